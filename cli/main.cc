@@ -1,0 +1,49 @@
+// seqrec: one binary, one subcommand per job. main only parses and hands over.
+#include <iostream>
+#include <map>
+
+#include "cli/commands.h"
+#include "engine/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"seqrec " SEQREC_VERSION " — serve transformer sequential recommenders (SASRec, BERT4Rec) on CPUs",
+               "seqrec"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", SEQREC_VERSION);
+  std::map<CLI::App*, seqrec::cli::Action> actions;
+  auto add = [&](const char* name, const char* help, seqrec::cli::Action (*add_command)(CLI::App&)) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    actions[sub] = add_command(*sub);
+  };
+  add("convert", "Convert a training checkpoint into a .seqrec model file", seqrec::cli::add_convert);
+  add("recommend", "Answer one POST /recommend request body (stdin) with the response (stdout)",
+      seqrec::cli::add_recommend);
+  add("inspect", "Print a model file's architecture, sizes, catalog size and provenance", seqrec::cli::add_inspect);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, as for every other bad input.
+    std::cerr << "seqrec: error: " << e.what() << " (see --help)\n";
+    return 2;
+  }
+  for (auto& [sub, action] : actions) {
+    if (!sub->parsed()) continue;
+    try {
+      return action();
+    } catch (const seqrec::Error& e) {
+      std::cerr << "seqrec " << sub->get_name() << ": error: " << e.what() << "\n";
+      return 1;
+    } catch (const std::bad_alloc&) {
+      std::cerr << "seqrec " << sub->get_name() << ": error: out of memory\n";
+      return 1;
+    }
+  }
+  return 2;
+}

@@ -1,0 +1,118 @@
+#include "engine/recommender.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "engine/error.h"
+
+namespace seqrec {
+
+namespace {
+
+std::string join_ids(const std::vector<std::string>& ids, size_t max_listed) {
+  std::string out;
+  for (size_t i = 0; i < ids.size() && i < max_listed; ++i) out += (i ? ", " : "") + ids[i];
+  if (ids.size() > max_listed) out += ", ...";
+  return out;
+}
+
+void append_sentence(std::optional<std::string>& message, const std::string& sentence) {
+  message = message ? *message + " " + sentence : sentence;
+}
+
+// Sentences that are true whatever path answered the request.
+void add_notes(Response& response, const Request& request, const PreparedRequest& prepared) {
+  if (!prepared.unknown_ids.empty())
+    append_sentence(response.message, "Skipped " + std::to_string(prepared.unknown_ids.size()) +
+                                          " item id(s) unknown to the model: " + join_ids(prepared.unknown_ids, 10) +
+                                          ".");
+  if (static_cast<int64_t>(response.recommendations.size()) < request.k)
+    append_sentence(response.message, "Only " + std::to_string(response.recommendations.size()) +
+                                          " item(s) could be recommended (k = " + std::to_string(request.k) + ").");
+}
+
+}  // namespace
+
+Recommender::Recommender(const ModelSpec& spec, WeightMap weights, std::vector<std::string> catalog_ids,
+                         std::vector<uint64_t> popularity, std::optional<double> rating_threshold)
+    : model_(spec, std::move(weights)),
+      catalog_(std::move(catalog_ids)),
+      popularity_(std::move(popularity)),
+      rating_threshold_(rating_threshold) {
+  if (catalog_.size() != spec.n_items)
+    throw Error("catalog: " + std::to_string(catalog_.size()) + " ids, expected n_items = " +
+                std::to_string(spec.n_items));
+  if (!popularity_.empty() && static_cast<int64_t>(popularity_.size()) != spec.n_items)
+    throw Error("popularity: " + std::to_string(popularity_.size()) + " counts, expected n_items = " +
+                std::to_string(spec.n_items));
+  // Counts that are all zero carry no popularity.
+  if (std::all_of(popularity_.begin(), popularity_.end(), [](uint64_t c) { return c == 0; })) popularity_.clear();
+}
+
+std::vector<Response> Recommender::recommend(std::span<const Request> requests, Workspace& ws) const {
+  const ModelSpec& spec = model_.spec();
+  std::vector<PreparedRequest> prepared;
+  prepared.reserve(requests.size());
+  for (const Request& r : requests) prepared.push_back(prepare_request(r, catalog_, rating_threshold_, spec.max_len));
+
+  // Cold start (no known positive) is answered by popularity when there is any; everything
+  // else goes through the model together, as one batch.
+  std::vector<size_t> model_batch;
+  std::vector<std::vector<int32_t>> sequences;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (prepared[i].sequence.empty() && !popularity_.empty()) continue;
+    model_batch.push_back(i);
+    sequences.push_back(prepared[i].sequence);
+  }
+  FloatBuffer logits(sequences.size() * static_cast<size_t>(spec.n_items));
+  model_.logits(sequences, ws, logits.data());
+
+  std::vector<Response> out(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i)
+    if (prepared[i].sequence.empty() && !popularity_.empty()) out[i] = popular(requests[i], prepared[i]);
+  for (size_t b = 0; b < model_batch.size(); ++b) {
+    const size_t i = model_batch[b];
+    out[i] = answer(requests[i], prepared[i], logits.data() + b * static_cast<size_t>(spec.n_items));
+  }
+  return out;
+}
+
+Response Recommender::answer(const Request& request, const PreparedRequest& prepared, const float* logits) const {
+  const ModelSpec& spec = model_.spec();
+  std::function<float(float)> report = [](float x) { return x; };
+  switch (spec.score) {
+    case ScoreKind::raw: break;
+    case ScoreKind::sigmoid: report = [](float x) { return 1.0f / (1.0f + std::exp(-x)); }; break;
+    case ScoreKind::softmax: {
+      // Probability over the whole catalog (every row the model was trained to predict).
+      const float max_logit = *std::max_element(logits, logits + spec.n_items);
+      double sum = 0.0;
+      for (int64_t r = 0; r < spec.n_items; ++r) sum += std::exp(static_cast<double>(logits[r] - max_logit));
+      const float log_norm = max_logit + static_cast<float>(std::log(sum));
+      report = [log_norm](float x) { return std::exp(x - log_norm); };
+      break;
+    }
+  }
+  Response response;
+  response.recommendations = rank_items(logits, report, catalog_, request, prepared);
+  if (prepared.sequence.empty())
+    append_sentence(response.message,
+                    "No known positive interaction: showing the model's scores for an empty history.");
+  add_notes(response, request, prepared);
+  return response;
+}
+
+Response Recommender::popular(const Request& request, const PreparedRequest& prepared) const {
+  // Score = the item's share of all counted interactions.
+  const double total = static_cast<double>(std::accumulate(popularity_.begin(), popularity_.end(), uint64_t{0}));
+  std::vector<float> share(popularity_.size());
+  for (size_t r = 0; r < popularity_.size(); ++r) share[r] = static_cast<float>(popularity_[r] / total);
+  Response response;
+  response.recommendations = rank_items(share.data(), [](float x) { return x; }, catalog_, request, prepared);
+  append_sentence(response.message, "No known positive interaction: showing the most popular items.");
+  add_notes(response, request, prepared);
+  return response;
+}
+
+}  // namespace seqrec

@@ -1,0 +1,47 @@
+// The engine's front door: a model, its catalog and serving defaults. Takes a batch of
+// requests, runs every one that needs the model through ONE forward pass (one scoring
+// GEMM), and ranks each with its own filters.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/catalog.h"
+#include "engine/model.h"
+#include "engine/ranker.h"
+#include "engine/request.h"
+
+namespace seqrec {
+
+struct Response {
+  std::vector<ScoredItem> recommendations;
+  std::optional<std::string> message;  // none: nothing needs saying
+};
+
+class Recommender {
+ public:
+  // popularity: one count per catalog row (training interactions), or empty.
+  Recommender(const ModelSpec& spec, WeightMap weights, std::vector<std::string> catalog_ids,
+              std::vector<uint64_t> popularity, std::optional<double> rating_threshold);
+
+  const Model& model() const { return model_; }
+  const Catalog& catalog() const { return catalog_; }
+  std::optional<double> rating_threshold() const { return rating_threshold_; }
+
+  // One response per request, in order. `ws` is the calling worker's scratch memory.
+  std::vector<Response> recommend(std::span<const Request> requests, Workspace& ws) const;
+
+ private:
+  Response answer(const Request& request, const PreparedRequest& prepared, const float* logits) const;
+  Response popular(const Request& request, const PreparedRequest& prepared) const;
+
+  Model model_;
+  Catalog catalog_;
+  std::vector<uint64_t> popularity_;
+  std::optional<double> rating_threshold_;
+};
+
+}  // namespace seqrec

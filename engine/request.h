@@ -1,0 +1,44 @@
+// A recommendation request as the engine sees it (already parsed and validated by the
+// caller), and the rules that turn its interactions into the model's input sequence.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/catalog.h"
+
+namespace seqrec {
+
+struct Interaction {
+  std::string item_id;
+  std::optional<int64_t> timestamp;
+  std::optional<double> rating;
+};
+
+struct Request {
+  std::vector<Interaction> interactions;  // in the order the client (or the store) gave them
+  int64_t k = 10;
+  bool recommend_seen = false;
+  std::optional<std::vector<std::string>> candidate_ids;  // none: the whole catalog
+  std::vector<std::string> exclude_ids;
+};
+
+// What the model and the ranker need from a request.
+struct PreparedRequest {
+  std::vector<int32_t> sequence;         // item rows, oldest first, at most max_len
+  std::vector<int32_t> seen_rows;        // rows of every known interacted item, positive or not
+  std::vector<std::string> unknown_ids;  // positives the model does not know, skipped, in input order
+};
+
+// The sequence-building rules of product.md:
+//  - positive = no rating, or rating >= threshold (no threshold: all positive);
+//  - positives sorted by timestamp ascending, stable (ties keep input order); an
+//    interaction without a timestamp keeps its place after the one before it in input order;
+//  - ids unknown to the catalog are skipped (and reported);
+//  - the most recent max_len known positives are kept.
+PreparedRequest prepare_request(const Request& request, const Catalog& catalog,
+                                std::optional<double> rating_threshold, int64_t max_len);
+
+}  // namespace seqrec

@@ -1,0 +1,67 @@
+// Tensor: an fp32 buffer, 64-byte aligned, plus its shape (row-major, contiguous).
+// The engine computes in fp32 only; readers convert other dtypes when they load.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace seqrec {
+
+template <class T, std::size_t Alignment = 64>
+struct AlignedAllocator {
+  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = AlignedAllocator<U, Alignment>;
+  };
+  AlignedAllocator() = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U, Alignment>&) {}
+  T* allocate(std::size_t n) {
+    std::size_t bytes = (n * sizeof(T) + Alignment - 1) / Alignment * Alignment;
+    void* p = std::aligned_alloc(Alignment, bytes == 0 ? Alignment : bytes);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) { std::free(p); }
+  template <class U>
+  bool operator==(const AlignedAllocator<U, Alignment>&) const { return true; }
+  template <class U>
+  bool operator!=(const AlignedAllocator<U, Alignment>&) const { return false; }
+};
+
+using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+
+struct Tensor {
+  std::vector<int64_t> shape;
+  FloatBuffer data;
+
+  Tensor() = default;
+  explicit Tensor(std::vector<int64_t> s) : shape(std::move(s)), data(count(shape), 0.0f) {}
+
+  static std::size_t count(const std::vector<int64_t>& s) {
+    std::size_t n = 1;
+    for (int64_t d : s) n *= static_cast<std::size_t>(d);
+    return n;
+  }
+  std::size_t numel() const { return data.size(); }
+  int64_t dim(std::size_t i) const { return shape.at(i); }
+  float* ptr() { return data.data(); }
+  const float* ptr() const { return data.data(); }
+};
+
+// "[3, 50]" — used in every shape error message.
+inline std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+}  // namespace seqrec

@@ -1,0 +1,251 @@
+#include "server/json_io.h"
+
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <simdjson.h>
+#include <unordered_set>
+
+namespace seqrec::api {
+
+namespace {
+
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+
+[[noreturn]] void invalid(const std::string& message) { throw ApiError(400, "invalid_request", message); }
+
+// A short rendering of a JSON value for error messages.
+std::string show(const element& value) {
+  std::string text = simdjson::minify(value);
+  if (text.size() > 60) text = text.substr(0, 57) + "...";
+  return text;
+}
+
+const char* type_name(const element& value) {
+  switch (value.type()) {
+    case element_type::ARRAY: return "an array";
+    case element_type::OBJECT: return "an object";
+    case element_type::INT64:
+    case element_type::UINT64: return "an integer";
+    case element_type::DOUBLE: return "a number";
+    case element_type::STRING: return "a string";
+    case element_type::BOOL: return "a boolean";
+    case element_type::NULL_VALUE: return "null";
+  }
+  return "a value";
+}
+
+[[noreturn]] void wrong_type(const std::string& field, const char* expected, const element& value) {
+  invalid(field + ": expected " + expected + ", found " + type_name(value) + " " + show(value));
+}
+
+// An item or user id: a string, or an integer read as its decimal string.
+std::string read_id(const std::string& field, const element& value) {
+  switch (value.type()) {
+    case element_type::STRING: {
+      std::string id(std::string_view(value.get_string().value_unsafe()));
+      if (id.empty()) invalid(field + ": empty id");
+      return id;
+    }
+    case element_type::INT64: return std::to_string(int64_t(value.get_int64().value_unsafe()));
+    case element_type::UINT64: return std::to_string(uint64_t(value.get_uint64().value_unsafe()));
+    default: wrong_type(field, "a string or an integer id", value);
+  }
+}
+
+std::optional<int64_t> read_timestamp(const std::string& field, const element& value) {
+  if (value.is_null()) return std::nullopt;
+  if (value.type() != element_type::INT64) wrong_type(field, "an integer timestamp", value);
+  return int64_t(value.get_int64().value_unsafe());
+}
+
+std::optional<double> read_rating(const std::string& field, const element& value) {
+  if (value.is_null()) return std::nullopt;
+  if (!value.is_number()) wrong_type(field, "a number", value);
+  const double rating = value.get_double().value_unsafe();
+  if (!std::isfinite(rating)) invalid(field + ": not a finite number: " + show(value));
+  return rating;
+}
+
+// {"timestamp": int, "rating": number}, both optional.
+void read_interaction_fields(const std::string& field, const element& value, Interaction& out, bool list_form) {
+  if (!value.is_object()) wrong_type(field, "an object", value);
+  simdjson::dom::object object = value.get_object().value_unsafe();
+  for (auto [key, member] : object) {
+    if (key == "timestamp")
+      out.timestamp = read_timestamp(field + ".timestamp", member);
+    else if (key == "rating")
+      out.rating = read_rating(field + ".rating", member);
+    else if (list_form && key == "item_id")
+      out.item_id = read_id(field + ".item_id", member);
+    else
+      invalid(field + ": unknown field '" + std::string(key) + "'");
+  }
+}
+
+std::vector<Interaction> read_interactions(const std::string& field, const element& value, const Limits& limits) {
+  std::vector<Interaction> out;
+  auto check_count = [&](size_t n) {
+    if (static_cast<int64_t>(n) > limits.max_interactions)
+      invalid(field + ": " + std::to_string(n) + " interactions, at most " + std::to_string(limits.max_interactions) +
+              " allowed");
+  };
+  if (value.is_object()) {  // {"item_id": {...}, ...}
+    simdjson::dom::object object = value.get_object().value_unsafe();
+    check_count(object.size());
+    std::unordered_set<std::string_view> keys;
+    for (auto [key, member] : object) {
+      const std::string name = field + "[\"" + std::string(key) + "\"]";
+      if (key.empty()) invalid(field + ": empty item id");
+      if (!keys.insert(key).second) invalid(field + ": item id \"" + std::string(key) + "\" appears twice");
+      Interaction it;
+      it.item_id = std::string(key);
+      read_interaction_fields(name, member, it, false);
+      out.push_back(std::move(it));
+    }
+  } else if (value.is_array()) {  // [{"item_id", "timestamp", "rating"}, ...]
+    simdjson::dom::array array = value.get_array().value_unsafe();
+    check_count(array.size());
+    size_t i = 0;
+    for (element member : array) {
+      const std::string name = field + "[" + std::to_string(i++) + "]";
+      Interaction it;
+      read_interaction_fields(name, member, it, true);
+      if (it.item_id.empty()) invalid(name + ": missing field 'item_id'");
+      out.push_back(std::move(it));
+    }
+  } else {
+    wrong_type(field, "an object (item_id -> {timestamp, rating}) or an array of {item_id, timestamp, rating}", value);
+  }
+  return out;
+}
+
+std::vector<std::string> read_id_list(const std::string& field, const element& value, int64_t max_count) {
+  if (!value.is_array()) wrong_type(field, "an array of item ids", value);
+  simdjson::dom::array array = value.get_array().value_unsafe();
+  if (static_cast<int64_t>(array.size()) > max_count)
+    invalid(field + ": " + std::to_string(array.size()) + " ids, at most " + std::to_string(max_count) + " allowed");
+  std::vector<std::string> out;
+  size_t i = 0;
+  for (element member : array) out.push_back(read_id(field + "[" + std::to_string(i++) + "]", member));
+  return out;
+}
+
+void append_escaped(std::string& out, std::string_view text) {
+  out += '"';
+  for (unsigned char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  out += '"';
+}
+
+// Shortest text that reads back as the same float; non-finite values have no JSON form.
+void append_score(std::string& out, float score) {
+  if (std::isnan(score)) {
+    out += "null";
+    return;
+  }
+  if (std::isinf(score)) score = score > 0 ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, score);
+  out.append(buf, end);
+}
+
+}  // namespace
+
+RecommendRequest parse_recommend_request(std::string_view body, const Limits& limits) {
+  simdjson::dom::parser parser;
+  element root;
+  if (auto error = parser.parse(body.data(), body.size()).get(root))
+    throw ApiError(400, "invalid_json", std::string("request body is not valid JSON: ") + simdjson::error_message(error));
+  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+
+  RecommendRequest out;
+  bool has_user_id = false;
+  simdjson::dom::object fields = root.get_object().value_unsafe();
+  for (auto [key, value] : fields) {
+    if (key == "user_interactions") {
+      out.request.interactions = read_interactions("user_interactions", value, limits);
+      out.has_interactions = true;
+    } else if (key == "user_id") {
+      out.user_id = read_id("user_id", value);
+      has_user_id = true;
+    } else if (key == "k") {
+      if (value.type() != element_type::INT64 && value.type() != element_type::UINT64)
+        wrong_type("k", "an integer", value);
+      const bool in_range = value.type() == element_type::INT64 && int64_t(value.get_int64().value_unsafe()) >= 1 &&
+                            int64_t(value.get_int64().value_unsafe()) <= limits.max_k;
+      if (!in_range) invalid("k: " + show(value) + " is out of range 1.." + std::to_string(limits.max_k));
+      out.request.k = int64_t(value.get_int64().value_unsafe());
+    } else if (key == "recommend_seen") {
+      if (!value.is_bool()) wrong_type("recommend_seen", "a boolean", value);
+      out.request.recommend_seen = bool(value.get_bool().value_unsafe());
+    } else if (key == "candidate_ids") {
+      out.request.candidate_ids = read_id_list("candidate_ids", value, limits.max_candidates);
+    } else if (key == "exclude_ids") {
+      out.request.exclude_ids = read_id_list("exclude_ids", value, limits.max_candidates);
+    } else {
+      invalid("unknown field '" + std::string(key) + "'");
+    }
+  }
+  if (out.has_interactions && has_user_id)
+    invalid("give exactly one of user_interactions or user_id, not both");
+  if (!out.has_interactions && !has_user_id) invalid("give exactly one of user_interactions or user_id; found neither");
+  return out;
+}
+
+std::string id_json(const std::string& id) {
+  // Canonical: optional '-', no leading zeros (except "0" itself), digits only, fits int64.
+  std::string_view digits = id;
+  if (!digits.empty() && digits[0] == '-') digits.remove_prefix(1);
+  bool canonical = !digits.empty() && digits.size() <= 18 && (digits == "0" || digits[0] != '0') && id != "-0";
+  for (char c : digits) canonical = canonical && c >= '0' && c <= '9';
+  if (canonical) return id;
+  std::string out;
+  append_escaped(out, id);
+  return out;
+}
+
+std::string write_response(const Response& response) {
+  std::string out = "{\"recommendations\": [";
+  for (size_t i = 0; i < response.recommendations.size(); ++i) {
+    const ScoredItem& item = response.recommendations[i];
+    if (i) out += ", ";
+    out += "{\"id\": " + id_json(item.id) + ", \"score\": ";
+    append_score(out, item.score);
+    out += "}";
+  }
+  out += "], \"message\": ";
+  if (response.message)
+    append_escaped(out, *response.message);
+  else
+    out += "null";
+  out += "}";
+  return out;
+}
+
+std::string write_error(const std::string& code, const std::string& message) {
+  std::string out = "{\"error\": {\"code\": ";
+  append_escaped(out, code);
+  out += ", \"message\": ";
+  append_escaped(out, message);
+  out += "}}";
+  return out;
+}
+
+}  // namespace seqrec::api

@@ -1,0 +1,209 @@
+// The engine end to end on small random models: batching, fallbacks, messages, score kinds,
+// and the slot layouts of each source.
+#include "engine/recommender.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "engine/error.h"
+#include "test_models.h"
+
+namespace seqrec {
+namespace {
+
+using testing::offset_ids;
+using testing::random_weights;
+using testing::small_spec;
+
+Request history(std::vector<std::string> ids, int64_t k = 5) {
+  Request r;
+  for (size_t i = 0; i < ids.size(); ++i) r.interactions.push_back({ids[i], static_cast<int64_t>(i), std::nullopt});
+  r.k = k;
+  return r;
+}
+
+Response one(const Recommender& rec, const Request& r) {
+  Workspace ws;
+  return rec.recommend({&r, 1}, ws).front();
+}
+
+// GEMM blocking may differ with the batch size, so scores agree to fp32 rounding.
+TEST(Recommender, ABatchAnswersAsOneByOne) {
+  ModelSpec spec = small_spec();
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  std::vector<Request> batch{history({"101"}, 11), history({"103", "104", "105", "101", "109", "110", "102"}, 11),
+                             history({"110", "110"}, 11)};
+  Workspace ws;
+  std::vector<Response> together = rec.recommend(batch, ws);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Response alone = one(rec, batch[i]);
+    ASSERT_EQ(together[i].recommendations.size(), alone.recommendations.size());
+    for (size_t j = 0; j < alone.recommendations.size(); ++j) {
+      EXPECT_EQ(together[i].recommendations[j].id, alone.recommendations[j].id);
+      EXPECT_NEAR(together[i].recommendations[j].score, alone.recommendations[j].score, 1e-5);
+    }
+  }
+}
+
+TEST(Recommender, OnlyTheMostRecentMaxLenMatter) {
+  ModelSpec spec = small_spec(12, 3);
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  Request longer = history({"109", "108", "101", "102", "103"}, 11);
+  Request cut = history({"101", "102", "103"}, 11);
+  longer.recommend_seen = cut.recommend_seen = true;
+  Response a = one(rec, longer), b = one(rec, cut);
+  ASSERT_EQ(a.recommendations.size(), b.recommendations.size());
+  for (size_t j = 0; j < a.recommendations.size(); ++j) EXPECT_EQ(a.recommendations[j].score, b.recommendations[j].score);
+}
+
+TEST(Recommender, HistoryChangesTheScores) {
+  ModelSpec spec = small_spec();
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  Response a = one(rec, history({"101", "102"}, 11)), b = one(rec, history({"102", "101"}, 11));
+  float diff = 0;
+  for (size_t j = 0; j < a.recommendations.size(); ++j)
+    diff += std::abs(a.recommendations[j].score - b.recommendations[j].score);
+  EXPECT_GT(diff, 1e-3f) << "order of the history must matter to a causal model";
+}
+
+TEST(Recommender, EmptyHistoryWithoutPopularityUsesTheModelAndSaysSo) {
+  ModelSpec spec = small_spec();
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  Response r = one(rec, history({}, 3));
+  EXPECT_EQ(r.recommendations.size(), 3u);
+  ASSERT_TRUE(r.message);
+  EXPECT_NE(r.message->find("empty history"), std::string::npos) << *r.message;
+}
+
+TEST(Recommender, ColdStartFallsBackToPopularity) {
+  ModelSpec spec = small_spec();
+  std::vector<uint64_t> counts(spec.n_items, 1);
+  counts[7] = 50;  // id 106
+  counts[3] = 20;  // id 102
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), counts, std::nullopt);
+  Request r = history({"nope", "also-unknown"}, 3);
+  Response resp = one(rec, r);
+  ASSERT_EQ(resp.recommendations.size(), 3u);
+  EXPECT_EQ(resp.recommendations[0].id, "106");
+  EXPECT_EQ(resp.recommendations[1].id, "102");
+  EXPECT_EQ(resp.recommendations[2].id, "100");  // ties by catalog order
+  const double total = std::accumulate(counts.begin(), counts.end(), 0.0);
+  EXPECT_FLOAT_EQ(resp.recommendations[0].score, static_cast<float>(50 / total));
+  ASSERT_TRUE(resp.message);
+  EXPECT_NE(resp.message->find("most popular"), std::string::npos) << *resp.message;
+  EXPECT_NE(resp.message->find("nope, also-unknown"), std::string::npos) << *resp.message;
+}
+
+TEST(Recommender, NegativeRatingsBelowThresholdAreColdStartButSeen) {
+  ModelSpec spec = small_spec();
+  std::vector<uint64_t> counts(spec.n_items, 1);
+  counts[7] = 50;  // id 106
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), counts, 3.5);
+  Request r;
+  r.interactions = {{"106", 1, 1.0}};
+  r.k = 1;
+  Response resp = one(rec, r);
+  ASSERT_EQ(resp.recommendations.size(), 1u);
+  EXPECT_NE(resp.recommendations[0].id, "106");  // seen, though not positive
+}
+
+TEST(Recommender, SaysWhenFewerThanKItemsRemain) {
+  ModelSpec spec = small_spec();
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  Request r = history({"101"}, 100);
+  Response resp = one(rec, r);
+  EXPECT_EQ(resp.recommendations.size(), 10u);  // 11 items, one seen
+  ASSERT_TRUE(resp.message);
+  EXPECT_NE(resp.message->find("Only 10 item(s)"), std::string::npos) << *resp.message;
+  EXPECT_FALSE(one(rec, history({"101"}, 3)).message);
+}
+
+TEST(Recommender, SoftmaxScoresAreProbabilitiesOverTheCatalog) {
+  ModelSpec spec = small_spec();
+  spec.score = ScoreKind::softmax;
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  Request r = history({"101", "102"}, 11);
+  r.recommend_seen = true;
+  Response resp = one(rec, r);
+  double sum = 0;
+  for (auto& item : resp.recommendations) sum += item.score;
+  EXPECT_GT(sum, 0.0);
+  EXPECT_LT(sum, 1.0 + 1e-5);  // row 0 holds the rest of the mass
+}
+
+TEST(Recommender, SigmoidScoresAreSigmoidOfRaw) {
+  ModelSpec raw_spec = small_spec();
+  ModelSpec sig_spec = raw_spec;
+  sig_spec.score = ScoreKind::sigmoid;
+  Recommender raw(raw_spec, random_weights(raw_spec), offset_ids(raw_spec.n_items), {}, std::nullopt);
+  Recommender sig(sig_spec, random_weights(sig_spec), offset_ids(sig_spec.n_items), {}, std::nullopt);
+  Request r = history({"103"}, 4);
+  Response a = one(raw, r), b = one(sig, r);
+  for (size_t j = 0; j < a.recommendations.size(); ++j) {
+    EXPECT_EQ(a.recommendations[j].id, b.recommendations[j].id);
+    EXPECT_NEAR(b.recommendations[j].score, 1.0 / (1.0 + std::exp(-a.recommendations[j].score)), 1e-6);
+  }
+}
+
+TEST(Recommender, RejectsACatalogOfTheWrongSize) {
+  ModelSpec spec = small_spec();
+  EXPECT_THROW(Recommender(spec, random_weights(spec), offset_ids(spec.n_items - 1), {}, std::nullopt), Error);
+}
+
+// ---- slot layouts ------------------------------------------------------------------------
+
+TEST(EncoderLayout, LeftPaddingWithSlotOrZeroPositions) {
+  ModelSpec spec = small_spec(12, 5);
+  WeightMap w = random_weights(spec);
+  Encoder enc(spec, w);
+  std::vector<int32_t> seq{3, 4};
+  SlotLayout l = enc.layout(seq);
+  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{0, 0, 0, 3, 4}));
+  EXPECT_EQ(l.positions, (std::vector<int32_t>{0, 0, 0, 4, 5}));
+  EXPECT_EQ(l.readout, 4);
+  EXPECT_EQ(l.valid_begin, 3);
+}
+
+TEST(EncoderLayout, RightPaddingReadsSlotLenMinusOne) {
+  ModelSpec spec = small_spec(12, 5);
+  spec.padding = Padding::right;
+  spec.positions = Positions::slot_index;
+  spec.mask_padded_keys = true;
+  WeightMap w = random_weights(spec);
+  Encoder enc(spec, w);
+  std::vector<int32_t> seq{3, 4};
+  SlotLayout l = enc.layout(seq);
+  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{3, 4, 0, 0, 0}));
+  EXPECT_EQ(l.positions, (std::vector<int32_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(l.readout, 1);
+  EXPECT_EQ(l.valid_end, 2);
+}
+
+TEST(EncoderLayout, MaskTokenLayouts) {
+  ModelSpec spec = small_spec(12, 4);
+  spec.padding = Padding::right;
+  spec.positions = Positions::slot_index;
+  spec.attention = AttentionKind::bidirectional;
+  spec.readout = Readout::mask_token;
+  WeightMap w = random_weights(spec);
+  Encoder old_layout(spec, w);
+  std::vector<int32_t> seq{3, 4, 5};
+  SlotLayout l = old_layout.layout(seq);
+  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{3, 4, 5, 12, 0}));  // L+1 slots, [MASK] = row n_items
+  EXPECT_EQ(l.readout, 3);
+
+  spec.readout = Readout::mask_token_drop_first;
+  WeightMap w2 = random_weights(spec);
+  Encoder new_layout(spec, w2);
+  l = new_layout.layout(seq);
+  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{4, 5, 12, 0}));  // the oldest falls out even when len < L
+  EXPECT_EQ(l.readout, 2);
+  std::vector<int32_t> full{1, 2, 3, 4, 5, 6};
+  l = new_layout.layout(full);
+  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{4, 5, 6, 12}));
+}
+
+}  // namespace
+}  // namespace seqrec

@@ -1,0 +1,73 @@
+// The sequence-building rules of product.md: threshold, order, ties, unknown ids, truncation.
+#include "engine/request.h"
+
+#include <gtest/gtest.h>
+
+#include "test_models.h"
+
+namespace seqrec {
+namespace {
+
+Interaction at(std::string id, std::optional<int64_t> ts, std::optional<double> rating = std::nullopt) {
+  return Interaction{std::move(id), ts, rating};
+}
+
+class PrepareRequest : public ::testing::Test {
+ protected:
+  Catalog catalog{testing::offset_ids(12)};  // ids 100..110 at rows 1..11
+  PreparedRequest prepare(std::vector<Interaction> interactions, std::optional<double> threshold = std::nullopt,
+                          int64_t max_len = 6) {
+    Request r;
+    r.interactions = std::move(interactions);
+    return prepare_request(r, catalog, threshold, max_len);
+  }
+};
+
+TEST_F(PrepareRequest, SortsByTimestampAscending) {
+  auto p = prepare({at("103", 30), at("101", 10), at("102", 20)});
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{2, 3, 4}));
+}
+
+TEST_F(PrepareRequest, EqualTimestampsKeepInputOrder) {
+  auto p = prepare({at("105", 5), at("101", 5), at("103", 1), at("102", 5)});
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{4, 6, 2, 3}));
+}
+
+TEST_F(PrepareRequest, MissingTimestampKeepsItsPlaceAfterThePreviousOne) {
+  auto all_missing = prepare({at("103", std::nullopt), at("101", std::nullopt), at("102", std::nullopt)});
+  EXPECT_EQ(all_missing.sequence, (std::vector<int32_t>{4, 2, 3}));
+  auto mixed = prepare({at("101", 50), at("102", std::nullopt), at("103", 10)});
+  EXPECT_EQ(mixed.sequence, (std::vector<int32_t>{4, 2, 3}));
+}
+
+TEST_F(PrepareRequest, ThresholdKeepsOnlyPositivesButAllAreSeen) {
+  auto p = prepare({at("101", 1, 4.0), at("102", 2, 2.0), at("103", 3, 3.5), at("104", 4)}, 3.5);
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{2, 4, 5}));  // 2.0 < 3.5 dropped; no rating = positive
+  EXPECT_EQ(p.seen_rows, (std::vector<int32_t>{2, 3, 4, 5}));
+}
+
+TEST_F(PrepareRequest, WithoutThresholdEveryRatingIsPositive) {
+  auto p = prepare({at("101", 1, 0.5), at("102", 2, -3.0)});
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{2, 3}));
+}
+
+TEST_F(PrepareRequest, UnknownIdsAreSkippedAndReported) {
+  auto p = prepare({at("101", 1), at("999", 2), at("102", 3), at("[PAD]", 4), at("0", 5)});
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(p.unknown_ids, (std::vector<std::string>{"999", "[PAD]", "0"}));
+}
+
+TEST_F(PrepareRequest, KeepsTheMostRecentMaxLen) {
+  std::vector<Interaction> history;
+  for (int i = 0; i < 9; ++i) history.push_back(at(std::to_string(101 + i), 100 - i));  // newest first
+  auto p = prepare(history, std::nullopt, 4);
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{5, 4, 3, 2}));  // ids 104, 103, 102, 101
+}
+
+TEST_F(PrepareRequest, RepeatedItemsStayRepeated) {
+  auto p = prepare({at("101", 1), at("101", 2), at("102", 3), at("101", 4)});
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{2, 2, 3, 2}));
+}
+
+}  // namespace
+}  // namespace seqrec

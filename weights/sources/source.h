@@ -1,0 +1,39 @@
+// Mappers from a training framework's checkpoint to seqrec's canonical model
+// (engine/model_spec.h names and spec). One file per framework in this folder.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "engine/model_spec.h"
+#include "weights/seqrec_file.h"
+
+namespace seqrec {
+
+// What `seqrec convert` was told. Unset values are read from the checkpoint, its file
+// name, or the source's defaults.
+struct ConvertOptions {
+  std::string checkpoint;
+  std::optional<std::string> item_ids_file;  // one id per line in row order; line 0 = padding row
+  std::optional<int64_t> heads;
+  std::optional<int64_t> max_len;
+  std::optional<std::string> variant;
+  std::optional<double> rating_threshold;
+  std::optional<ScoreKind> score;
+};
+
+// SASRec.pytorch (pmixer) state_dict → canonical model. Throws seqrec::Error.
+ModelFile convert_pmixer(const ConvertOptions& options);
+
+// Row ids from an item-id file: exactly `rows` lines (line 0, the padding row, is kept
+// but never looked up). Throws seqrec::Error naming the file, the line and expected vs. found.
+std::vector<std::string> read_item_ids(const std::string& path, int64_t rows);
+
+// Ids "0", "1", ..., "rows-1": the data file's integer ids when no item-id file is given.
+std::vector<std::string> row_number_ids(int64_t rows);
+
+// Throws seqrec::Error naming `what` and the flat index of the first NaN / Inf.
+void require_finite(const Tensor& tensor, const std::string& what);
+
+}  // namespace seqrec
