@@ -12,5 +12,6 @@ using Action = std::function<int()>;
 Action add_convert(CLI::App& app);
 Action add_recommend(CLI::App& app);
 Action add_inspect(CLI::App& app);
+Action add_import(CLI::App& app);
 
 }  // namespace seqrec::cli

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   add("recommend", "Answer one POST /recommend request body (stdin) with the response (stdout)",
       seqrec::cli::add_recommend);
   add("inspect", "Print a model file's architecture, sizes, catalog size and provenance", seqrec::cli::add_inspect);
+  add("import", "Bulk-load users' interaction histories from a CSV/TSV file into a history store",
+      seqrec::cli::add_import);
 
   try {
     app.parse(argc, argv);

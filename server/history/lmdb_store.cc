@@ -1,0 +1,375 @@
+// The embedded, durable store: one LMDB environment (a directory) with two named databases,
+//   users        key(user id)  → encoded history (encoding.h), oldest first
+//   item_counts  key(item id)  → uint64 little-endian count [+ the full id, for hashed keys]
+// Every write is a transaction committed with LMDB's default durable sync, so an append that
+// returned survives kill -9 (and power loss). Concurrent appends are group-committed: one
+// thread writes everything queued in one transaction and one sync, the others wait for it.
+#include <lmdb.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include "server/history/backends.h"
+#include "server/history/encoding.h"
+
+namespace seqrec::history {
+namespace {
+
+// Largest encoded batch written by one append_many transaction: bounds LMDB's dirty pages.
+constexpr size_t kMaxBytesPerTransaction = size_t{64} << 20;
+constexpr unsigned kMaxReaders = 1024;
+
+// A stored value that does not decode: the caller's request fails, the batch goes on.
+class CorruptValue : public Error {
+ public:
+  using Error::Error;
+};
+
+// LMDB forbids opening one environment twice in a process (closing either breaks the other's
+// locks), so each directory may back one open store at a time.
+class OpenDirectoryClaim {
+ public:
+  OpenDirectoryClaim() = default;
+  OpenDirectoryClaim(const std::string& path, const std::string& description) {
+    std::error_code ec;
+    const std::filesystem::path canonical = std::filesystem::canonical(path, ec);
+    key_ = ec ? path : canonical.string();
+    std::lock_guard lock(mutex());
+    if (!open().insert(key_).second) {
+      key_.clear();
+      throw Error(description + ": already open in this process (share the one store object)");
+    }
+  }
+  OpenDirectoryClaim(OpenDirectoryClaim&& other) noexcept : key_(std::exchange(other.key_, {})) {}
+  OpenDirectoryClaim& operator=(OpenDirectoryClaim&& other) noexcept {
+    release();
+    key_ = std::exchange(other.key_, {});
+    return *this;
+  }
+  ~OpenDirectoryClaim() { release(); }
+
+ private:
+  void release() {
+    if (key_.empty()) return;
+    std::lock_guard lock(mutex());
+    open().erase(key_);
+    key_.clear();
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::set<std::string>& open() {
+    static std::set<std::string> paths;
+    return paths;
+  }
+  std::string key_;
+};
+
+class LmdbStore final : public HistoryStore {
+ public:
+  LmdbStore(const std::string& path, const StoreOptions& options)
+      : path_(path), max_per_user_(std::max<int64_t>(options.max_per_user, 1)) {
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec) throw Error(describe() + ": cannot create the directory: " + ec.message());
+    if (!std::filesystem::is_directory(path, ec)) throw Error(describe() + ": not a directory");
+    claim_ = OpenDirectoryClaim(path, describe());
+    check(mdb_env_create(&env_), "mdb_env_create");
+    try {
+      check(mdb_env_set_maxdbs(env_, 2), "mdb_env_set_maxdbs");
+      check(mdb_env_set_mapsize(env_, options.lmdb_map_bytes), "mdb_env_set_mapsize");
+      check(mdb_env_set_maxreaders(env_, kMaxReaders), "mdb_env_set_maxreaders");
+      // MDB_NOTLS: read transactions are not tied to threads (the server's threads share
+      // the store). No MDB_NOSYNC / MDB_NOMETASYNC: a commit is on disk when it returns.
+      const int rc = mdb_env_open(env_, path.c_str(), MDB_NOTLS, 0644);
+      if (rc != 0) throw Error(describe() + ": cannot open: " + mdb_strerror(rc));
+      int stale_readers = 0;
+      mdb_reader_check(env_, &stale_readers);  // slots left by a killed process
+      max_key_size_ = static_cast<size_t>(mdb_env_get_maxkeysize(env_));
+      MDB_txn* txn = nullptr;
+      check(mdb_txn_begin(env_, nullptr, 0, &txn), "begin");
+      int rc_users = mdb_dbi_open(txn, "users", MDB_CREATE, &users_);
+      int rc_counts = rc_users ? rc_users : mdb_dbi_open(txn, "item_counts", MDB_CREATE, &counts_);
+      if (rc_counts != 0) {
+        mdb_txn_abort(txn);
+        check(rc_counts, "opening the named databases");
+      }
+      check(mdb_txn_commit(txn), "commit");
+    } catch (...) {
+      mdb_env_close(env_);
+      throw;
+    }
+  }
+
+  ~LmdbStore() override { mdb_env_close(env_); }
+
+  std::vector<Interaction> get(std::string_view user_id) override {
+    ReadTxn txn(*this);
+    const std::string key = key_for(user_id);
+    MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
+    const int rc = mdb_get(txn.txn, users_, &k, &v);
+    if (rc == MDB_NOTFOUND) return {};
+    check(rc, "get");
+    std::vector<Interaction> out;
+    try {
+      decode_history({static_cast<const char*>(v.mv_data), v.mv_size}, out);
+    } catch (const Error& e) {
+      throw Error(describe() + ": user " + printable_id(user_id) + ": " + e.what());
+    }
+    return out;
+  }
+
+  void append(std::string_view user_id, std::span<const Interaction> interactions) override {
+    if (interactions.empty()) return;
+    PendingAppend mine{user_id, interactions, false, nullptr};
+    std::unique_lock lock(queue_mutex_);
+    queue_.push_back(&mine);
+    while (!mine.done) {
+      if (writer_active_) {
+        queue_changed_.wait(lock);
+        continue;
+      }
+      // Become the writer for everything queued so far (our own append included).
+      writer_active_ = true;
+      std::vector<PendingAppend*> batch;
+      batch.swap(queue_);
+      lock.unlock();
+      write_batch(batch);
+      lock.lock();
+      for (PendingAppend* p : batch) p->done = true;
+      writer_active_ = false;
+      queue_changed_.notify_all();
+    }
+    if (mine.error) std::rethrow_exception(mine.error);
+  }
+
+  void append_many(std::span<const std::pair<std::string, std::vector<Interaction>>> users) override {
+    size_t begin = 0;
+    while (begin < users.size()) {
+      // One transaction (one sync) per ~kMaxBytesPerTransaction of new data.
+      size_t end = begin, bytes = 0;
+      while (end < users.size() && (end == begin || bytes < kMaxBytesPerTransaction)) {
+        for (const Interaction& it : users[end].second) bytes += it.item_id.size() + 16;
+        ++end;
+      }
+      WriteTxn txn(*this);
+      std::map<std::string, uint64_t> counts;
+      // A corrupt stored value fails the whole transaction: an import never half-applies.
+      for (size_t i = begin; i < end; ++i) append_in_txn(txn.txn, users[i].first, users[i].second, counts);
+      add_counts(txn.txn, counts);
+      txn.commit();
+      begin = end;
+    }
+  }
+
+  bool erase(std::string_view user_id) override {
+    WriteTxn txn(*this);
+    const std::string key = key_for(user_id);
+    MDB_val k{key.size(), const_cast<char*>(key.data())};
+    const int rc = mdb_del(txn.txn, users_, &k, nullptr);
+    if (rc == MDB_NOTFOUND) return false;
+    check(rc, "delete");
+    txn.commit();
+    return true;
+  }
+
+  std::vector<std::pair<std::string, uint64_t>> item_counts() override {
+    std::vector<std::pair<std::string, uint64_t>> out;
+    ReadTxn txn(*this);
+    MDB_cursor* cursor = nullptr;
+    check(mdb_cursor_open(txn.txn, counts_, &cursor), "cursor");
+    MDB_val k, v;
+    int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST);
+    for (; rc == 0; rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+      const std::string_view key{static_cast<const char*>(k.mv_data), k.mv_size};
+      const std::string_view value{static_cast<const char*>(v.mv_data), v.mv_size};
+      try {
+        out.emplace_back(std::string(count_id(key, value)), decode_count(value));
+      } catch (...) {
+        mdb_cursor_close(cursor);
+        throw;
+      }
+    }
+    mdb_cursor_close(cursor);
+    if (rc != MDB_NOTFOUND) check(rc, "cursor");
+    sort_item_counts(out);
+    return out;
+  }
+
+  bool ready() override { return true; }
+  std::string describe() const override { return "lmdb:" + path_; }
+
+ private:
+  struct PendingAppend {
+    std::string_view user_id;
+    std::span<const Interaction> interactions;
+    bool done = false;
+    std::exception_ptr error;
+  };
+
+  struct ReadTxn {
+    explicit ReadTxn(LmdbStore& store) { store.check(mdb_txn_begin(store.env_, nullptr, MDB_RDONLY, &txn), "begin"); }
+    ~ReadTxn() { mdb_txn_abort(txn); }
+    MDB_txn* txn = nullptr;
+  };
+
+  struct WriteTxn {
+    explicit WriteTxn(LmdbStore& store) : store(store) { store.check(mdb_txn_begin(store.env_, nullptr, 0, &txn), "begin"); }
+    ~WriteTxn() {
+      if (txn) mdb_txn_abort(txn);
+    }
+    void commit() {
+      const int rc = mdb_txn_commit(txn);  // frees the transaction even when it fails
+      txn = nullptr;
+      store.check(rc, "commit");
+    }
+    LmdbStore& store;
+    MDB_txn* txn = nullptr;
+  };
+
+  // Errors that may pass (a full reader table, a full disk, I/O) are StoreUnavailable;
+  // the rest need an operator.
+  void check(int rc, const char* what) const {
+    if (rc == 0) return;
+    if (rc == MDB_MAP_FULL)
+      throw Error(describe() + ": the database is full (its map size is " + std::to_string(map_bytes_gib()) +
+                  " GiB); reopen it with a larger map size");
+    const std::string message = describe() + ": " + what + ": " + mdb_strerror(rc);
+    if (rc == MDB_READERS_FULL || rc == ENOSPC || rc == EIO || rc == ENOMEM || rc == EAGAIN)
+      throw StoreUnavailable(message);
+    throw Error(message);
+  }
+
+  uint64_t map_bytes_gib() const {
+    MDB_envinfo info{};
+    mdb_env_info(env_, &info);
+    return info.me_mapsize >> 30;
+  }
+
+  // LMDB keys are at most max_key_size_ bytes; a longer id is stored under its SHA-256.
+  // The tag byte keeps the two kinds of key from ever colliding.
+  std::string key_for(std::string_view id) const {
+    std::string key;
+    if (id.size() + 1 <= max_key_size_) {
+      key.reserve(id.size() + 1);
+      key.push_back('=');
+      key.append(id);
+    } else {
+      const auto digest = sha256(id);
+      key.push_back('#');
+      key.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+    }
+    return key;
+  }
+
+  std::string_view count_id(std::string_view key, std::string_view value) const {
+    if (!key.empty() && key[0] == '=') return key.substr(1);
+    if (!key.empty() && key[0] == '#' && value.size() > 8) return value.substr(8);
+    throw Error(describe() + ": corrupt item count entry (key of " + std::to_string(key.size()) + " bytes)");
+  }
+
+  uint64_t decode_count(std::string_view value) const {
+    if (value.size() < 8) throw Error(describe() + ": corrupt item count value (" + std::to_string(value.size()) + " bytes)");
+    uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<uint8_t>(value[i])) << (8 * i);
+    return n;
+  }
+
+  // Appends to one user's stored history inside `txn`, trimming to the cap, and tallies the
+  // items in `counts`. Throws CorruptValue (nothing written) when the stored value is bad.
+  void append_in_txn(MDB_txn* txn, std::string_view user_id, std::span<const Interaction> interactions,
+                     std::map<std::string, uint64_t>& counts) {
+    if (interactions.empty()) return;
+    const std::string key = key_for(user_id);
+    MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
+    const int rc = mdb_get(txn, users_, &k, &v);
+    std::string value;
+    size_t stored = 0;
+    if (rc == MDB_NOTFOUND) {
+      value.push_back(static_cast<char>(kEncodingVersion));
+    } else {
+      check(rc, "get");
+      value.assign(static_cast<const char*>(v.mv_data), v.mv_size);
+      try {
+        stored = record_offsets(value).size();
+      } catch (const Error& e) {
+        throw CorruptValue(describe() + ": user " + printable_id(user_id) + ": " + e.what());
+      }
+    }
+    encode_records(interactions, value);
+    const size_t total = stored + interactions.size();
+    if (total > static_cast<size_t>(max_per_user_)) {
+      const size_t cut = record_offsets(value)[total - static_cast<size_t>(max_per_user_)];
+      value.erase(1, cut - 1);
+    }
+    MDB_val nv{value.size(), value.data()};
+    check(mdb_put(txn, users_, &k, &nv, 0), "put");
+    for (const Interaction& it : interactions) ++counts[it.item_id];
+  }
+
+  void add_counts(MDB_txn* txn, const std::map<std::string, uint64_t>& counts) {
+    for (const auto& [item_id, n] : counts) {
+      const std::string key = key_for(item_id);
+      MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
+      const int rc = mdb_get(txn, counts_, &k, &v);
+      uint64_t total = n;
+      if (rc == 0)
+        total += decode_count({static_cast<const char*>(v.mv_data), v.mv_size});
+      else if (rc != MDB_NOTFOUND)
+        check(rc, "get");
+      std::string value(8, '\0');
+      for (int i = 0; i < 8; ++i) value[i] = static_cast<char>((total >> (8 * i)) & 0xff);
+      if (key[0] == '#') value.append(item_id);  // the hashed key alone cannot give the id back
+      MDB_val nv{value.size(), value.data()};
+      check(mdb_put(txn, counts_, &k, &nv, 0), "put");
+    }
+  }
+
+  // One transaction for the whole batch; a user whose stored value is corrupt fails alone.
+  void write_batch(const std::vector<PendingAppend*>& batch) {
+    try {
+      WriteTxn txn(*this);
+      std::map<std::string, uint64_t> counts;
+      for (PendingAppend* p : batch) {
+        try {
+          append_in_txn(txn.txn, p->user_id, p->interactions, counts);
+        } catch (const CorruptValue&) {
+          p->error = std::current_exception();
+        }
+      }
+      add_counts(txn.txn, counts);
+      txn.commit();
+    } catch (...) {
+      const std::exception_ptr error = std::current_exception();
+      for (PendingAppend* p : batch)
+        if (!p->error) p->error = error;
+    }
+  }
+
+  const std::string path_;
+  const int64_t max_per_user_;
+  OpenDirectoryClaim claim_;
+  MDB_env* env_ = nullptr;
+  MDB_dbi users_ = 0, counts_ = 0;
+  size_t max_key_size_ = 511;
+
+  std::mutex queue_mutex_;
+  std::condition_variable queue_changed_;
+  std::vector<PendingAppend*> queue_;
+  bool writer_active_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<HistoryStore> make_lmdb_store(const std::string& path, const StoreOptions& options) {
+  return std::make_unique<LmdbStore>(path, options);
+}
+
+}  // namespace seqrec::history

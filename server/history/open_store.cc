@@ -1,0 +1,74 @@
+// STORE text → backend: "lmdb:PATH", "redis://HOST:PORT[/DB]", "memory".
+#include <charconv>
+
+#include "server/history/backends.h"
+
+namespace seqrec::history {
+namespace {
+
+constexpr const char* kExpected = "expected lmdb:PATH, redis://HOST:PORT[/DB] or memory";
+
+[[noreturn]] void bad(const std::string& spec, const std::string& why) {
+  throw Error("history store '" + spec + "': " + why + " (" + kExpected + ")");
+}
+
+// A whole decimal integer in [low, high], or nullopt.
+std::optional<int> parse_int(std::string_view text, int low, int high) {
+  int value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < low || value > high)
+    return std::nullopt;
+  return value;
+}
+
+std::unique_ptr<HistoryStore> open_redis(const std::string& spec, std::string_view rest, const StoreOptions& options) {
+  if (rest.find('@') != std::string_view::npos) bad(spec, "credentials in the URL are not supported");
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  std::string_view db_text = authority.size() < rest.size() ? rest.substr(authority.size() + 1) : "";
+  std::string host;
+  std::string_view port_text;
+  if (!authority.empty() && authority[0] == '[') {  // [IPv6]:PORT
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos) bad(spec, "unclosed '[' in the host");
+    host = authority.substr(1, close - 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after[0] != ':') bad(spec, "expected ':PORT' after the host");
+    if (!after.empty()) port_text = after.substr(1);
+  } else {
+    const size_t colon = authority.rfind(':');
+    host = authority.substr(0, colon);
+    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
+  }
+  if (host.empty()) bad(spec, "no host");
+  int port = 6379;
+  if (!port_text.empty() || authority.find(':') != std::string_view::npos) {
+    const auto parsed = parse_int(port_text, 1, 65535);
+    if (!parsed) bad(spec, "port '" + std::string(port_text) + "' is not a number in 1..65535");
+    port = *parsed;
+  }
+  int db = 0;
+  if (!db_text.empty()) {
+    const auto parsed = parse_int(db_text, 0, 1 << 20);
+    if (!parsed) bad(spec, "database '" + std::string(db_text) + "' is not a non-negative number");
+    db = *parsed;
+  }
+  return make_redis_store(host, port, db, options);
+}
+
+}  // namespace
+
+std::unique_ptr<HistoryStore> open_store(const std::string& spec, const StoreOptions& options) {
+  if (options.max_per_user < 1)
+    throw Error("history store '" + spec + "': max interactions per user " + std::to_string(options.max_per_user) +
+                " (expected >= 1)");
+  if (spec == "memory") return make_memory_store(options);
+  if (spec.starts_with("lmdb:")) {
+    const std::string path = spec.substr(5);
+    if (path.empty()) bad(spec, "no directory after 'lmdb:'");
+    return make_lmdb_store(path, options);
+  }
+  if (spec.starts_with("redis://")) return open_redis(spec, std::string_view(spec).substr(8), options);
+  bad(spec, "unknown kind");
+}
+
+}  // namespace seqrec::history

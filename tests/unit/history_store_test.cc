@@ -1,0 +1,783 @@
+// The history store: one suite run against every backend (memory, LMDB, Redis), then what
+// only one backend has (LMDB durability and limits, Redis outages), the binary encoding
+// under corruption, and the STORE text parser.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "server/history/encoding.h"
+#include "server/history/import.h"
+#include "server/history/store.h"
+
+namespace seqrec::history {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kRedisServer = "/usr/bin/redis-server";
+constexpr const char* kRedisCli = "/usr/bin/redis-cli";
+
+Interaction item(std::string id, std::optional<int64_t> timestamp = std::nullopt,
+                 std::optional<double> rating = std::nullopt) {
+  return {std::move(id), timestamp, rating};
+}
+
+std::vector<std::string> ids_of(const std::vector<Interaction>& interactions) {
+  std::vector<std::string> ids;
+  for (const Interaction& it : interactions) ids.push_back(it.item_id);
+  return ids;
+}
+
+void expect_same(const std::vector<Interaction>& expected, const std::vector<Interaction>& got) {
+  ASSERT_EQ(expected.size(), got.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(expected[i].item_id, got[i].item_id) << "at " << i;
+    EXPECT_EQ(expected[i].timestamp, got[i].timestamp) << "at " << i;
+    EXPECT_EQ(expected[i].rating, got[i].rating) << "at " << i;
+  }
+}
+
+uint64_t count_of(const std::vector<std::pair<std::string, uint64_t>>& counts, const std::string& id) {
+  for (const auto& [item_id, n] : counts)
+    if (item_id == id) return n;
+  return 0;
+}
+
+fs::path fresh_dir(const std::string& name) {
+  static std::atomic<int> counter{0};
+  const fs::path dir =
+      fs::path(::testing::TempDir()) / ("seqrec_history_" + std::to_string(getpid()) + "_" + std::to_string(counter++) + "_" + name);
+  fs::remove_all(dir);
+  return dir;
+}
+
+int free_loopback_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t size = sizeof address;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) {
+    if (fd >= 0) close(fd);
+    return 0;
+  }
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+// A private redis-server on a loopback port, no persistence; stopped with the object.
+class RedisServer {
+ public:
+  static bool installed() { return access(kRedisServer, X_OK) == 0; }
+
+  ~RedisServer() { stop(); }
+
+  // Starts on `port` (0: a free one) and waits until it answers PING.
+  void start(int port = 0) {
+    port_ = port ? port : free_loopback_port();
+    ASSERT_NE(port_, 0) << "no free loopback port";
+    pid_ = fork();
+    ASSERT_GE(pid_, 0);
+    if (pid_ == 0) {
+      const int devnull = ::open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      const std::string port_text = std::to_string(port_);
+      execl(kRedisServer, kRedisServer, "--port", port_text.c_str(), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    auto probe = open_store(url());
+    for (int i = 0; i < 200; ++i) {
+      if (probe->ready()) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    FAIL() << "redis-server did not answer PING on port " << port_ << " within 5 s";
+  }
+
+  void stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = 0;
+  }
+
+  // Runs redis-cli against this server (to plant values the store would never write).
+  bool cli(const std::string& args) const {
+    if (access(kRedisCli, X_OK) != 0) return false;
+    const std::string command = std::string(kRedisCli) + " -p " + std::to_string(port_) + " " + args + " >/dev/null";
+    return std::system(command.c_str()) == 0;
+  }
+
+  int port() const { return port_; }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_) + "/0"; }
+
+ private:
+  pid_t pid_ = 0;
+  int port_ = 0;
+};
+
+// ---- the suite every backend passes ---------------------------------------------------
+
+class HistoryStoreTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "redis") {
+      if (!RedisServer::installed())
+        GTEST_SKIP() << "redis-server is not installed (" << kRedisServer
+                     << "); Redis backend cases skipped. Install it: scripts/install-deps.sh --test";
+      redis_.start();
+    } else if (GetParam() == "lmdb") {
+      dir_ = fresh_dir("suite");
+    }
+  }
+
+  void TearDown() override {
+    redis_.stop();
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  std::string spec() const {
+    if (GetParam() == "redis") return redis_.url();
+    if (GetParam() == "lmdb") return "lmdb:" + dir_.string();
+    return "memory";
+  }
+
+  std::unique_ptr<HistoryStore> open(StoreOptions options = {}) { return open_store(spec(), options); }
+
+  RedisServer redis_;
+  fs::path dir_;
+};
+
+TEST_P(HistoryStoreTest, UnknownUserHasEmptyHistory) {
+  auto store = open();
+  EXPECT_TRUE(store->ready());
+  EXPECT_TRUE(store->get("nobody").empty());
+  EXPECT_FALSE(store->erase("nobody"));
+  EXPECT_TRUE(store->item_counts().empty());
+}
+
+TEST_P(HistoryStoreTest, AppendKeepsAppendOrderAndEveryField) {
+  auto store = open();
+  const std::vector<Interaction> first = {item("10", 1704060026, 4.5), item("11"), item("12", -5),
+                                          item("13", std::nullopt, -0.5)};
+  const std::vector<Interaction> second = {item("9", INT64_MIN, 1e300), item("10", INT64_MAX, 0.0)};
+  store->append("alice", first);
+  store->append("alice", second);
+  store->append("bob", std::vector<Interaction>{item("99", 1)});
+  std::vector<Interaction> expected = first;
+  expected.insert(expected.end(), second.begin(), second.end());
+  expect_same(expected, store->get("alice"));
+  expect_same({item("99", 1)}, store->get("bob"));
+}
+
+TEST_P(HistoryStoreTest, EmptyAppendStoresNothing) {
+  auto store = open();
+  store->append("ghost", {});
+  EXPECT_TRUE(store->get("ghost").empty());
+  EXPECT_FALSE(store->erase("ghost"));
+}
+
+TEST_P(HistoryStoreTest, CapTrimsTheOldest) {
+  StoreOptions options;
+  options.max_per_user = 5;
+  auto store = open(options);
+  store->append("u", std::vector<Interaction>{item("1"), item("2"), item("3")});
+  store->append("u", std::vector<Interaction>{item("4"), item("5"), item("6"), item("7")});
+  EXPECT_EQ((std::vector<std::string>{"3", "4", "5", "6", "7"}), ids_of(store->get("u")));
+  std::vector<Interaction> many;
+  for (int i = 100; i < 112; ++i) many.push_back(item(std::to_string(i), i));
+  store->append("v", many);  // one append longer than the cap
+  EXPECT_EQ((std::vector<std::string>{"107", "108", "109", "110", "111"}), ids_of(store->get("v")));
+  // Trimmed interactions still counted towards popularity.
+  EXPECT_EQ(1u, count_of(store->item_counts(), "100"));
+}
+
+TEST_P(HistoryStoreTest, EraseRemovesTheHistoryButNotTheCounts) {
+  auto store = open();
+  store->append("u", std::vector<Interaction>{item("a"), item("b")});
+  store->append("w", std::vector<Interaction>{item("a")});
+  EXPECT_TRUE(store->erase("u"));
+  EXPECT_TRUE(store->get("u").empty());
+  EXPECT_FALSE(store->erase("u"));
+  EXPECT_EQ(1u, store->get("w").size());
+  EXPECT_EQ(2u, count_of(store->item_counts(), "a"));
+  store->append("u", std::vector<Interaction>{item("c")});
+  EXPECT_EQ((std::vector<std::string>{"c"}), ids_of(store->get("u")));
+}
+
+TEST_P(HistoryStoreTest, ItemCountsCountEveryInteractionMostCountedFirst) {
+  auto store = open();
+  store->append("u1", std::vector<Interaction>{item("x"), item("y"), item("x", 1, 1.0)});
+  store->append("u2", std::vector<Interaction>{item("y"), item("z"), item("x")});
+  store->append_many(std::vector<std::pair<std::string, std::vector<Interaction>>>{
+      {"u3", {item("z"), item("w")}}, {"u4", {item("w")}}});
+  const auto counts = store->item_counts();
+  const std::vector<std::pair<std::string, uint64_t>> expected = {{"x", 3}, {"w", 2}, {"y", 2}, {"z", 2}};
+  EXPECT_EQ(expected, counts);
+}
+
+TEST_P(HistoryStoreTest, AppendManyHasTheSemanticsOfAppend) {
+  StoreOptions options;
+  options.max_per_user = 4;
+  auto store = open(options);
+  store->append("old", std::vector<Interaction>{item("o1"), item("o2"), item("o3")});
+  std::vector<std::pair<std::string, std::vector<Interaction>>> batch;
+  batch.push_back({"old", {item("n1", 5), item("n2", 6)}});
+  batch.push_back({"new", {item("a", 1, 3.0)}});
+  batch.push_back({"empty", {}});
+  batch.push_back({"new", {item("b", 2)}});  // the same user twice: appended in batch order
+  for (int u = 0; u < 300; ++u) batch.push_back({"bulk" + std::to_string(u), {item("i" + std::to_string(u % 7))}});
+  store->append_many(batch);
+  EXPECT_EQ((std::vector<std::string>{"o2", "o3", "n1", "n2"}), ids_of(store->get("old")));
+  expect_same({item("a", 1, 3.0), item("b", 2)}, store->get("new"));
+  EXPECT_TRUE(store->get("empty").empty());
+  EXPECT_EQ((std::vector<std::string>{"i5"}), ids_of(store->get("bulk299")));
+  EXPECT_EQ(43u, count_of(store->item_counts(), "i0"));  // u = 0, 7, ..., 294
+}
+
+TEST_P(HistoryStoreTest, BinaryUnsafeIdsAreKeptApartAndIntact) {
+  auto store = open();
+  const std::string long_a(5000, 'a');
+  std::string long_b = long_a;
+  long_b.back() = 'b';  // differs from long_a only in its last byte
+  const std::vector<std::string> users = {"a b",
+                                          "a",
+                                          "\"quoted\" 'single'",
+                                          "ünïcødé 日本語 🙂",
+                                          std::string("nul\0byte", 8),
+                                          std::string("nul\0bytf", 8),
+                                          "line\r\nbreak",
+                                          "%s%n%b*{}[]",
+                                          long_a,
+                                          long_b,
+                                          std::string(510, 'k'),
+                                          std::string(511, 'k'),
+                                          std::string(512, 'k'),
+                                          ""};
+  for (size_t u = 0; u < users.size(); ++u) {
+    // Item ids are as hostile as the user ids; the item of user u is users[u] itself.
+    store->append(users[u], std::vector<Interaction>{item(users[u], static_cast<int64_t>(u)), item("common")});
+  }
+  for (size_t u = 0; u < users.size(); ++u) {
+    SCOPED_TRACE("user " + std::to_string(u));
+    expect_same({item(users[u], static_cast<int64_t>(u)), item("common")}, store->get(users[u]));
+  }
+  const auto counts = store->item_counts();
+  EXPECT_EQ(users.size() + 1, counts.size());
+  for (const std::string& u : users) EXPECT_EQ(1u, count_of(counts, u));
+  EXPECT_EQ(users.size(), count_of(counts, "common"));
+  EXPECT_TRUE(store->erase(long_a));
+  EXPECT_TRUE(store->get(long_a).empty());
+  EXPECT_EQ(2u, store->get(long_b).size());
+}
+
+TEST_P(HistoryStoreTest, ConcurrentAppendsLoseNothing) {
+  auto store = open();
+  constexpr int kThreads = 8, kAppends = 40;
+  std::vector<std::thread> threads;
+  std::atomic<bool> failed{false};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        const std::string own = "user" + std::to_string(t);
+        for (int i = 0; i < kAppends; ++i) {
+          const std::string id = std::to_string(t) + ":" + std::to_string(i);
+          store->append(own, std::vector<Interaction>{item(id, i), item(id, i)});
+          store->append("shared", std::vector<Interaction>{item(id)});
+          store->get("shared");  // readers alongside the writers
+        }
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+        failed = true;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  ASSERT_FALSE(failed);
+  for (int t = 0; t < kThreads; ++t) {
+    const auto history = store->get("user" + std::to_string(t));
+    ASSERT_EQ(2u * kAppends, history.size());
+    for (int i = 0; i < kAppends; ++i) EXPECT_EQ(std::to_string(t) + ":" + std::to_string(i), history[2 * i].item_id);
+  }
+  const auto shared = store->get("shared");
+  EXPECT_EQ(static_cast<size_t>(kThreads * kAppends), shared.size());
+  // Each thread's own appends to the shared user keep their order.
+  std::vector<int> next(kThreads, 0);
+  for (const Interaction& it : shared) {
+    const int t = std::stoi(it.item_id.substr(0, it.item_id.find(':')));
+    EXPECT_EQ(std::to_string(t) + ":" + std::to_string(next[t]++), it.item_id);
+  }
+  uint64_t total = 0;
+  for (const auto& [id, n] : store->item_counts()) total += n;
+  EXPECT_EQ(3u * kThreads * kAppends, total);
+}
+
+TEST_P(HistoryStoreTest, ANewStoreObjectSeesWhatWasWritten) {
+  if (GetParam() == "memory") GTEST_SKIP() << "the memory store lives and dies with its object";
+  {
+    auto store = open();
+    store->append("u", std::vector<Interaction>{item("1", 10, 2.5), item("2")});
+    store->append("gone", std::vector<Interaction>{item("3")});
+    store->erase("gone");
+  }
+  auto reopened = open();
+  expect_same({item("1", 10, 2.5), item("2")}, reopened->get("u"));
+  EXPECT_TRUE(reopened->get("gone").empty());
+  EXPECT_EQ(1u, count_of(reopened->item_counts(), "3"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, HistoryStoreTest, ::testing::Values("memory", "lmdb", "redis"),
+                         [](const auto& info) { return info.param; });
+
+// ---- LMDB -------------------------------------------------------------------------------
+
+TEST(LmdbStore, CreatesTheDirectoryAndDescribesItself) {
+  const fs::path dir = fresh_dir("create") / "nested" / "deeper";
+  auto store = open_store("lmdb:" + dir.string());
+  EXPECT_TRUE(fs::is_directory(dir));
+  EXPECT_EQ("lmdb:" + dir.string(), store->describe());
+  store.reset();
+  fs::remove_all(dir.parent_path().parent_path());
+}
+
+TEST(LmdbStore, AnUnwritablePathIsACleanError) {
+  const fs::path dir = fresh_dir("unwritable");
+  fs::create_directories(dir);
+  const fs::path file = dir / "a-file";
+  std::ofstream(file) << "not a directory";
+  const std::string spec = "lmdb:" + (file / "store").string();
+  try {
+    open_store(spec);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(spec), std::string::npos) << e.what();
+  }
+  try {
+    open_store("lmdb:" + file.string());  // a file where the directory should be
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(file.string() + ": "), std::string::npos) << e.what();
+  }
+  if (geteuid() != 0) {  // root writes anywhere; permissions only stop others
+    const fs::path read_only = dir / "read-only";
+    fs::create_directories(read_only);
+    fs::permissions(read_only, fs::perms::owner_read | fs::perms::owner_exec);
+    EXPECT_THROW(open_store("lmdb:" + read_only.string()), Error);
+    EXPECT_THROW(open_store("lmdb:" + (read_only / "sub").string()), Error);
+    fs::permissions(read_only, fs::perms::owner_all);
+  }
+  fs::remove_all(dir);
+}
+
+TEST(LmdbStore, AFullMapIsACleanErrorAndTheStoreStaysUsable) {
+  const fs::path dir = fresh_dir("full");
+  StoreOptions options;
+  options.lmdb_map_bytes = 256 << 10;  // 64 pages
+  auto store = open_store("lmdb:" + dir.string(), options);
+  store->append("kept", std::vector<Interaction>{item("1")});
+  bool full = false;
+  for (int i = 0; i < 1000 && !full; ++i) {
+    try {
+      store->append("big" + std::to_string(i), std::vector<Interaction>{item(std::string(2000, 'x'))});
+    } catch (const StoreUnavailable& e) {
+      FAIL() << "a full map is not a passing outage: " << e.what();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("full"), std::string::npos) << e.what();
+      full = true;
+    }
+  }
+  EXPECT_TRUE(full);
+  EXPECT_EQ(1u, store->get("kept").size());
+  EXPECT_TRUE(store->erase("big0"));  // deleting frees room again
+  store->append("after", std::vector<Interaction>{item("2")});
+  EXPECT_EQ(1u, store->get("after").size());
+  store.reset();
+  fs::remove_all(dir);
+}
+
+TEST(LmdbStore, AnAcknowledgedAppendSurvivesKill9) {
+  const fs::path dir = fresh_dir("kill9");
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto store = open_store("lmdb:" + dir.string());
+    store->append("u", std::vector<Interaction>{item("acknowledged", 1)});
+    raise(SIGKILL);  // no close, no destructor, no exit handlers
+    _exit(1);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  auto store = open_store("lmdb:" + dir.string());
+  expect_same({item("acknowledged", 1)}, store->get("u"));
+  store->append("u", std::vector<Interaction>{item("later")});  // the killed writer left no lock behind
+  EXPECT_EQ(2u, store->get("u").size());
+  store.reset();
+  fs::remove_all(dir);
+}
+
+TEST(LmdbStore, OneDirectoryIsOpenOnceAtATime) {
+  const fs::path dir = fresh_dir("twice");
+  auto store = open_store("lmdb:" + dir.string());
+  try {
+    open_store("lmdb:" + dir.string() + "/.");  // the same directory by another name
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already open"), std::string::npos) << e.what();
+  }
+  store->append("u", std::vector<Interaction>{item("1")});  // the first store is unharmed
+  store.reset();
+  EXPECT_EQ(1u, open_store("lmdb:" + dir.string())->get("u").size());
+  fs::remove_all(dir);
+}
+
+TEST(LmdbStore, TwoStoresInTurnOnOneDirectory) {
+  const fs::path dir = fresh_dir("reopen");
+  StoreOptions options;
+  options.max_per_user = 3;
+  for (int round = 0; round < 3; ++round) {
+    auto store = open_store("lmdb:" + dir.string(), options);
+    store->append("u", std::vector<Interaction>{item(std::to_string(round)), item(std::to_string(round) + "b")});
+  }
+  auto store = open_store("lmdb:" + dir.string(), options);
+  EXPECT_EQ((std::vector<std::string>{"1b", "2", "2b"}), ids_of(store->get("u")));
+  store.reset();
+  fs::remove_all(dir);
+}
+
+// ---- Redis ------------------------------------------------------------------------------
+
+class RedisStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!RedisServer::installed())
+      GTEST_SKIP() << "redis-server is not installed (" << kRedisServer << "); Redis cases skipped";
+    redis_.start();
+  }
+  RedisServer redis_;
+};
+
+TEST_F(RedisStoreTest, RecoversByItselfWhenRedisComesBack) {
+  auto store = open_store(redis_.url());
+  store->append("u", std::vector<Interaction>{item("before")});
+  ASSERT_TRUE(store->ready());
+
+  redis_.stop();
+  EXPECT_FALSE(store->ready());
+  EXPECT_THROW(store->append("u", std::vector<Interaction>{item("lost")}), StoreUnavailable);
+  EXPECT_THROW(store->get("u"), StoreUnavailable);
+  EXPECT_THROW(store->erase("u"), StoreUnavailable);
+  EXPECT_THROW(store->item_counts(), StoreUnavailable);
+  try {
+    store->get("u");
+  } catch (const StoreUnavailable& e) {
+    EXPECT_NE(std::string(e.what()).find(redis_.url()), std::string::npos) << e.what();
+  }
+
+  redis_.start(redis_.port());  // same port, empty (no persistence)
+  EXPECT_TRUE(store->ready());
+  store->append("u", std::vector<Interaction>{item("after")});
+  EXPECT_EQ((std::vector<std::string>{"after"}), ids_of(store->get("u")));
+}
+
+TEST_F(RedisStoreTest, StaysUsableAfterAnOutageWithoutAReadyProbe) {
+  auto store = open_store(redis_.url());
+  store->append("u", std::vector<Interaction>{item("1")});  // leaves an idle pooled connection
+  redis_.stop();
+  redis_.start(redis_.port());
+  // The pooled connection is dead; the store notices before using it.
+  store->append("u", std::vector<Interaction>{item("2")});
+  EXPECT_EQ((std::vector<std::string>{"2"}), ids_of(store->get("u")));
+}
+
+TEST_F(RedisStoreTest, NothingListeningIsUnavailableNotFatal) {
+  const int port = free_loopback_port();
+  auto store = open_store("redis://127.0.0.1:" + std::to_string(port));
+  EXPECT_FALSE(store->ready());
+  EXPECT_THROW(store->get("u"), StoreUnavailable);
+}
+
+TEST_F(RedisStoreTest, KeysAreOnePerUserAndDatabasesAreSeparate) {
+  auto db0 = open_store(redis_.url());
+  auto db3 = open_store("redis://127.0.0.1:" + std::to_string(redis_.port()) + "/3");
+  db0->append("u", std::vector<Interaction>{item("zero")});
+  db3->append("u", std::vector<Interaction>{item("three")});
+  EXPECT_EQ((std::vector<std::string>{"zero"}), ids_of(db0->get("u")));
+  EXPECT_EQ((std::vector<std::string>{"three"}), ids_of(db3->get("u")));
+  EXPECT_EQ("redis://127.0.0.1:" + std::to_string(redis_.port()) + "/3", db3->describe());
+  if (!redis_.cli("EXISTS seqrec:h:u")) GTEST_SKIP() << "redis-cli not installed";
+}
+
+TEST_F(RedisStoreTest, ForeignOrCorruptValuesAreErrorsNotCrashes) {
+  if (!redis_.cli("PING")) GTEST_SKIP() << "redis-cli is not installed; cannot plant foreign values";
+  auto store = open_store(redis_.url());
+  ASSERT_TRUE(redis_.cli("SET seqrec:h:string-user not-a-list"));
+  ASSERT_TRUE(redis_.cli("RPUSH seqrec:h:garbage-user garbage"));
+  ASSERT_TRUE(redis_.cli("HSET seqrec:item_counts bad-item not-a-number"));
+  EXPECT_THROW(store->get("string-user"), Error);
+  EXPECT_THROW(store->append("string-user", std::vector<Interaction>{item("1")}), Error);
+  try {
+    store->get("garbage-user");
+    FAIL() << "expected an error";
+  } catch (const StoreUnavailable&) {
+    FAIL() << "corruption is not an outage";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("garbage-user"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(store->item_counts(), Error);
+  // The store still works for everyone else.
+  store->append("fine", std::vector<Interaction>{item("1")});
+  EXPECT_EQ(1u, store->get("fine").size());
+  EXPECT_TRUE(store->ready());
+}
+
+// ---- import: what `seqrec import` wrote, read back -------------------------------------------
+
+class ImportTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = fresh_dir("import"); fs::create_directories(dir_); }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path path = dir_ / name;
+    std::ofstream(path, std::ios::binary) << text;
+    return path.string();
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(ImportTest, CsvUsersComeBackOldestFirstWithEveryField) {
+  const std::string path = write("ratings.csv",
+                                 "UserId,MovieId,Rating,Timestamp\n"
+                                 "u1,10,4.5,300\n"
+                                 "u2,\"a, \"\"quoted\"\" id\",1.0,5\n"
+                                 "u1,11,2.0,100\n"
+                                 "u1,12,,200\n"
+                                 "u1,13,3.0,\n"  // no timestamp: stays after the line before it (12 at 200)
+                                 "u1,14,5.0,100\n");
+  auto store = open_store("lmdb:" + (dir_ / "store").string());
+  const ImportResult result = InteractionFile(path).load_into(*store);
+  EXPECT_EQ(6u, result.interactions);
+  EXPECT_EQ(2u, result.users);
+  expect_same({item("11", 100, 2.0), item("14", 100, 5.0), item("12", 200), item("13", std::nullopt, 3.0),
+               item("10", 300, 4.5)},
+              store->get("u1"));
+  expect_same({item("a, \"quoted\" id", 5, 1.0)}, store->get("u2"));
+  EXPECT_EQ(1u, count_of(store->item_counts(), "a, \"quoted\" id"));
+}
+
+TEST_F(ImportTest, UserItemLinesKeepFileOrder) {
+  const std::string path = write("train.txt", "1 5\n2 7\n1 3\n\n1 9\n");
+  auto store = open_store("memory");
+  const ImportResult result = InteractionFile(path).load_into(*store);
+  EXPECT_EQ(4u, result.interactions);
+  expect_same({item("5"), item("3"), item("9")}, store->get("1"));
+  expect_same({item("7")}, store->get("2"));
+}
+
+TEST_F(ImportTest, ChunksAppendInFileOrderAndTheCapHolds) {
+  std::string text = "user\titem\ttimestamp\n";
+  for (int i = 0; i < 10; ++i) text += "u\t" + std::to_string(i) + "\t" + std::to_string(i) + "\n";
+  const std::string path = write("chunks.tsv", text);
+  StoreOptions store_options;
+  store_options.max_per_user = 4;
+  auto store = open_store("lmdb:" + (dir_ / "store").string(), store_options);
+  ImportOptions options;
+  options.interactions_per_chunk = 3;
+  uint64_t progress_calls = 0;
+  options.progress = [&](uint64_t, uint64_t) { ++progress_calls; };
+  EXPECT_EQ(10u, InteractionFile(path).load_into(*store, options).interactions);
+  EXPECT_EQ((std::vector<std::string>{"6", "7", "8", "9"}), ids_of(store->get("u")));
+  EXPECT_EQ(10u, store->item_counts().size());
+  EXPECT_GT(progress_calls, 0u);
+}
+
+TEST_F(ImportTest, ColumnsFlagPicksTheColumns) {
+  const std::string path = write("custom.csv", "a,b,c\nx,y,7\n");
+  const ImportColumns columns = parse_import_columns("user=C, item=a");
+  auto store = open_store("memory");
+  InteractionFile(path, columns).load_into(*store);
+  EXPECT_EQ((std::vector<std::string>{"x"}), ids_of(store->get("7")));
+  EXPECT_THROW(parse_import_columns("user=a,user=b"), Error);
+  EXPECT_THROW(parse_import_columns("user="), Error);
+  EXPECT_THROW(parse_import_columns("colour=a"), Error);
+  try {
+    InteractionFile(path, parse_import_columns("user=zzz,item=a"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'zzz'"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ImportTest, SkippedBadLinesAreCountedAndNamed) {
+  const std::string path = write("bad.csv", "user,item,rating\n1,2,3\n1,2,three\n4,5\n6,7,1\n");
+  auto store = open_store("memory");
+  try {
+    InteractionFile(path).load_into(*store);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(path + ":3: rating 'three' is not a finite number", std::string(e.what()));
+  }
+  auto fresh = open_store("memory");
+  ImportOptions options;
+  options.skip_bad_lines = true;
+  const ImportResult result = InteractionFile(path).load_into(*fresh, options);
+  EXPECT_EQ(2u, result.interactions);
+  EXPECT_EQ(2u, result.bad_lines);
+  ASSERT_EQ(2u, result.first_bad_lines.size());
+  EXPECT_EQ(path + ":4: 2 fields, expected 3 (as in the header)", result.first_bad_lines[1]);
+}
+
+TEST_F(ImportTest, HostileBytesAreBadLinesNotCrashes) {
+  std::mt19937 random(5);
+  for (int n = 0; n < 200; ++n) {
+    std::string text = n % 2 ? "user,item,rating,timestamp\n" : "";
+    const size_t size = random() % 400;
+    for (size_t i = 0; i < size; ++i) text.push_back("ab1,\"\n\r\t \x00\xff"[random() % 12]);
+    const std::string path = write("hostile" + std::to_string(n), text);
+    auto store = open_store("memory");
+    ImportOptions options;
+    options.skip_bad_lines = n % 3 != 0;
+    try {
+      InteractionFile(path).load_into(*store, options);
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST_F(ImportTest, TheMovieLensRatings) {
+  const std::string path = std::string(SEQREC_TEST_DATA_DIR) + "/../../examples/movielens/ratings.csv";
+  if (!fs::exists(path)) GTEST_SKIP() << path << " is not there";
+  auto store = open_store("lmdb:" + (dir_ / "store").string());
+  const ImportResult result = InteractionFile(path).load_into(*store);
+  EXPECT_EQ(100836u, result.interactions);
+  EXPECT_EQ(610u, result.users);
+  const auto user1 = store->get("1");
+  ASSERT_EQ(232u, user1.size());
+  expect_same({item("804", 964980499, 4.0)}, {user1.front()});
+  expect_same({item("2492", 965719662, 4.0)}, {user1.back()});
+  for (size_t i = 1; i < user1.size(); ++i) EXPECT_LE(*user1[i - 1].timestamp, *user1[i].timestamp);
+  const auto counts = store->item_counts();
+  ASSERT_GE(counts.size(), 3u);
+  EXPECT_EQ((std::pair<std::string, uint64_t>{"356", 329}), counts[0]);
+  EXPECT_EQ((std::pair<std::string, uint64_t>{"318", 317}), counts[1]);
+  uint64_t total = 0;
+  for (const auto& [id, n] : counts) total += n;
+  EXPECT_EQ(100836u, total);
+}
+
+// ---- encoding -----------------------------------------------------------------------------
+
+TEST(HistoryEncoding, RoundTripsEveryFieldCombination) {
+  const std::vector<Interaction> history = {item(""), item("a", 0), item("b", std::nullopt, 0.0),
+                                            item("c", INT64_MIN, -1.25), item("d", INT64_MAX, 5.0),
+                                            item(std::string(300, 'z'), -1, 1e-300)};
+  const std::string value = encode_history(history);
+  std::vector<Interaction> decoded;
+  decode_history(value, decoded);
+  expect_same(history, decoded);
+  EXPECT_EQ(history.size(), record_offsets(value).size());
+  decoded.clear();
+  decode_history(encode_history({}), decoded);
+  EXPECT_TRUE(decoded.empty());
+}
+
+TEST(HistoryEncoding, EveryTruncationIsAnErrorOrAPrefixNeverACrash) {
+  const std::string value = encode_history(std::vector<Interaction>{item("item1", 123456789, 4.5), item("x", -7)});
+  for (size_t n = 0; n < value.size(); ++n) {
+    std::vector<Interaction> decoded;
+    try {
+      decode_history(value.substr(0, n), decoded);
+      EXPECT_LE(decoded.size(), 1u) << "at " << n;  // only a cut at a record boundary decodes
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST(HistoryEncoding, HostileValuesAreErrors) {
+  const auto fails = [](const std::string& value) {
+    std::vector<Interaction> out;
+    EXPECT_THROW(decode_history(value, out), Error) << "value of " << value.size() << " bytes";
+  };
+  fails("");
+  fails(std::string("\x02", 1));                                      // unknown version
+  fails(std::string("\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11));  // id length 2^63+...
+  fails(std::string("\x01\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01", 12));  // varint > 10 bytes
+  fails(std::string("\x01\x05" "ab", 4));                              // id longer than the value
+  fails(std::string("\x01\x01" "a\x04", 4));                           // unknown flag
+  fails(std::string("\x01\x01" "a\x02\x00\x00", 6));                   // truncated rating
+  fails(std::string("\x01\x01" "a\x01", 4));                           // missing timestamp
+  std::mt19937 random(42);
+  for (int i = 0; i < 20000; ++i) {
+    std::string value(1 + random() % 40, '\0');
+    for (char& c : value) c = static_cast<char>(random());
+    value[0] = static_cast<char>(kEncodingVersion);
+    std::vector<Interaction> out;
+    try {
+      decode_history(value, out);
+      record_offsets(value);
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST(HistoryEncoding, Sha256MatchesTheStandardVectors) {
+  const auto hex = [](const std::array<uint8_t, 32>& digest) {
+    std::string s;
+    for (uint8_t b : digest) {
+      s += "0123456789abcdef"[b >> 4];
+      s += "0123456789abcdef"[b & 15];
+    }
+    return s;
+  };
+  EXPECT_EQ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", hex(sha256("")));
+  EXPECT_EQ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", hex(sha256("abc")));
+  EXPECT_EQ("248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+            hex(sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")));
+  EXPECT_EQ("cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0", hex(sha256(std::string(1000000, 'a'))));
+}
+
+// ---- the STORE text -------------------------------------------------------------------------
+
+TEST(OpenStore, ParsesEveryKindOfStoreText) {
+  EXPECT_EQ("memory", open_store("memory")->describe());
+  EXPECT_EQ("redis://127.0.0.1:6379/0", open_store("redis://127.0.0.1:6379")->describe());
+  EXPECT_EQ("redis://localhost:6379/0", open_store("redis://localhost")->describe());
+  EXPECT_EQ("redis://cache.internal:7000/2", open_store("redis://cache.internal:7000/2")->describe());
+  EXPECT_EQ("redis://[::1]:6380/0", open_store("redis://[::1]:6380/")->describe());
+}
+
+TEST(OpenStore, ABadTextIsAnErrorNamingIt) {
+  for (const std::string bad : {"", "lmdb:", "lmdb", "redis://", "redis://:6379", "redis://host:0", "redis://host:65536",
+                                "redis://host:port", "redis://host:6379/x", "redis://host:6379/-1",
+                                "redis://user:pw@host:6379", "redis://[::1", "postgres://db", "MEMORY"}) {
+    try {
+      open_store(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + bad + "'"), std::string::npos) << e.what();
+    }
+  }
+  StoreOptions options;
+  options.max_per_user = 0;
+  EXPECT_THROW(open_store("memory", options), Error);
+}
+
+}  // namespace
+}  // namespace seqrec::history
