@@ -50,8 +50,12 @@ Recommender::Recommender(const ModelSpec& spec, WeightMap weights, std::vector<s
   if (std::all_of(popularity_.begin(), popularity_.end(), [](uint64_t c) { return c == 0; })) popularity_.clear();
 }
 
-std::vector<Response> Recommender::recommend(std::span<const Request> requests, Workspace& ws) const {
+std::vector<Response> Recommender::recommend(std::span<const Request> requests, Workspace& ws,
+                                             const std::vector<uint64_t>* popularity) const {
   const ModelSpec& spec = model_.spec();
+  const bool use_override = popularity && static_cast<int64_t>(popularity->size()) == spec.n_items &&
+                            std::any_of(popularity->begin(), popularity->end(), [](uint64_t c) { return c > 0; });
+  const std::vector<uint64_t>& counts = use_override ? *popularity : popularity_;
   std::vector<PreparedRequest> prepared;
   prepared.reserve(requests.size());
   for (const Request& r : requests) prepared.push_back(prepare_request(r, catalog_, rating_threshold_, spec.max_len));
@@ -61,7 +65,7 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   std::vector<size_t> model_batch;
   std::vector<std::vector<int32_t>> sequences;
   for (size_t i = 0; i < requests.size(); ++i) {
-    if (prepared[i].sequence.empty() && !popularity_.empty()) continue;
+    if (prepared[i].sequence.empty() && !counts.empty()) continue;
     model_batch.push_back(i);
     sequences.push_back(prepared[i].sequence);
   }
@@ -70,7 +74,7 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
 
   std::vector<Response> out(requests.size());
   for (size_t i = 0; i < requests.size(); ++i)
-    if (prepared[i].sequence.empty() && !popularity_.empty()) out[i] = popular(requests[i], prepared[i]);
+    if (prepared[i].sequence.empty() && !counts.empty()) out[i] = popular(requests[i], prepared[i], counts);
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const size_t i = model_batch[b];
     out[i] = answer(requests[i], prepared[i], logits.data() + b * static_cast<size_t>(spec.n_items));
@@ -103,11 +107,12 @@ Response Recommender::answer(const Request& request, const PreparedRequest& prep
   return response;
 }
 
-Response Recommender::popular(const Request& request, const PreparedRequest& prepared) const {
+Response Recommender::popular(const Request& request, const PreparedRequest& prepared,
+                              const std::vector<uint64_t>& popularity) const {
   // Score = the item's share of all counted interactions.
-  const double total = static_cast<double>(std::accumulate(popularity_.begin(), popularity_.end(), uint64_t{0}));
-  std::vector<float> share(popularity_.size());
-  for (size_t r = 0; r < popularity_.size(); ++r) share[r] = static_cast<float>(popularity_[r] / total);
+  const double total = static_cast<double>(std::accumulate(popularity.begin(), popularity.end(), uint64_t{0}));
+  std::vector<float> share(popularity.size());
+  for (size_t r = 0; r < popularity.size(); ++r) share[r] = static_cast<float>(popularity[r] / total);
   Response response;
   response.recommendations = rank_items(share.data(), [](float x) { return x; }, catalog_, request, prepared);
   append_sentence(response.message, "No known positive interaction: showing the most popular items.");

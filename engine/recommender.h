@@ -32,11 +32,15 @@ class Recommender {
   std::optional<double> rating_threshold() const { return rating_threshold_; }
 
   // One response per request, in order. `ws` is the calling worker's scratch memory.
-  std::vector<Response> recommend(std::span<const Request> requests, Workspace& ws) const;
+  // `popularity` (one count per catalog row, e.g. from the history store) replaces the
+  // model file's counts for cold start when given and of the right size.
+  std::vector<Response> recommend(std::span<const Request> requests, Workspace& ws,
+                                  const std::vector<uint64_t>* popularity = nullptr) const;
 
  private:
   Response answer(const Request& request, const PreparedRequest& prepared, const float* logits) const;
-  Response popular(const Request& request, const PreparedRequest& prepared) const;
+  Response popular(const Request& request, const PreparedRequest& prepared,
+                   const std::vector<uint64_t>& popularity) const;
 
   Model model_;
   Catalog catalog_;
