@@ -1,9 +1,11 @@
 // seqrec: one binary, one subcommand per job. main only parses and hands over.
+#include <algorithm>
 #include <iostream>
 #include <map>
 
 #include "cli/commands.h"
 #include "engine/error.h"
+#include "engine/text.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"seqrec " SEQREC_VERSION " — serve transformer sequential recommenders (SASRec, BERT4Rec) on CPUs",
@@ -21,7 +23,15 @@ int main(int argc, char** argv) {
   add("inspect", "Print a model file's architecture, sizes, catalog size and provenance", seqrec::cli::add_inspect);
   add("import", "Bulk-load users' interaction histories from a CSV/TSV file into a history store",
       seqrec::cli::add_import);
+  add("serve", "Serve the HTTP API for a model, with a history store", seqrec::cli::add_serve);
 
+  if (argc > 1 && argv[1][0] != '-' &&
+      std::none_of(actions.begin(), actions.end(), [&](const auto& a) { return a.first->get_name() == argv[1]; })) {
+    std::string known;
+    for (const auto& [sub, action] : actions) known += (known.empty() ? "" : "|") + sub->get_name();
+    std::cerr << "seqrec: error: unknown command '" << seqrec::printable(argv[1]) << "' (expected " << known << ")\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -32,7 +42,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     // One line, as for every other bad input.
-    std::cerr << "seqrec: error: " << e.what() << " (see --help)\n";
+    std::cerr << "seqrec: error: " << seqrec::printable(e.what()) << " (see --help)\n";
     return 2;
   }
   for (auto& [sub, action] : actions) {
@@ -40,7 +50,8 @@ int main(int argc, char** argv) {
     try {
       return action();
     } catch (const seqrec::Error& e) {
-      std::cerr << "seqrec " << sub->get_name() << ": error: " << e.what() << "\n";
+      // Messages can quote bytes from hostile files: keep them one printable line.
+      std::cerr << "seqrec " << sub->get_name() << ": error: " << seqrec::printable(e.what()) << "\n";
       return 1;
     } catch (const std::bad_alloc&) {
       std::cerr << "seqrec " << sub->get_name() << ": error: out of memory\n";

@@ -3,6 +3,7 @@
 
 #include "cli/commands.h"
 #include "engine/error.h"
+#include "engine/text.h"
 #include "server/json_io.h"
 #include "weights/model_loader.h"
 
@@ -35,7 +36,7 @@ Action add_recommend(CLI::App& app) {
       std::cout << api::write_response(responses.front()) << "\n";
       return 0;
     } catch (const api::ApiError& e) {
-      std::cerr << "seqrec recommend: error: " << e.what() << "\n";
+      std::cerr << "seqrec recommend: error: " << printable(e.what()) << "\n";
       return 1;
     }
   };

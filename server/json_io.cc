@@ -1,5 +1,7 @@
 #include "server/json_io.h"
 
+#include "engine/text.h"
+
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -134,22 +136,24 @@ std::vector<std::string> read_id_list(const std::string& field, const element& v
 
 void append_escaped(std::string& out, std::string_view text) {
   out += '"';
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    const size_t n = utf8_sequence_length(text, i);
+    char buf[8];
+    if (n == 0) {  // not UTF-8 (e.g. a Latin-1 id from a CSV file): read the byte as Latin-1
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c < 0x20) {
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out.append(text.substr(i, n));
     }
+    i += n == 0 ? 1 : n;
   }
   out += '"';
 }
@@ -168,13 +172,17 @@ void append_score(std::string& out, float score) {
 
 }  // namespace
 
-RecommendRequest parse_recommend_request(std::string_view body, const Limits& limits) {
-  simdjson::dom::parser parser;
+namespace {
+
+element parse_body(simdjson::dom::parser& parser, std::string_view body) {
   element root;
   if (auto error = parser.parse(body.data(), body.size()).get(root))
     throw ApiError(400, "invalid_json", std::string("request body is not valid JSON: ") + simdjson::error_message(error));
-  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+  return root;
+}
 
+RecommendRequest read_recommend_request(const element& root, const std::string& where, const Limits& limits) {
+  if (!root.is_object()) wrong_type(where, "a JSON object", root);
   RecommendRequest out;
   bool has_user_id = false;
   simdjson::dom::object fields = root.get_object().value_unsafe();
@@ -209,6 +217,74 @@ RecommendRequest parse_recommend_request(std::string_view body, const Limits& li
   return out;
 }
 
+}  // namespace
+
+RecommendRequest parse_recommend_request(std::string_view body, const Limits& limits) {
+  simdjson::dom::parser parser;
+  return read_recommend_request(parse_body(parser, body), "request body", limits);
+}
+
+std::vector<BatchEntry> parse_batch_request(std::string_view body, const Limits& limits, int64_t max_requests) {
+  simdjson::dom::parser parser;
+  const element root = parse_body(parser, body);
+  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+  simdjson::dom::object fields = root.get_object().value_unsafe();
+  std::optional<element> requests;
+  for (auto [key, value] : fields) {
+    if (key != "requests") invalid("unknown field '" + std::string(key) + "'");
+    requests = value;
+  }
+  if (!requests) invalid("missing field 'requests'");
+  if (!requests->is_array()) wrong_type("requests", "an array of recommendation requests", *requests);
+  simdjson::dom::array array = requests->get_array().value_unsafe();
+  if (static_cast<int64_t>(array.size()) > max_requests)
+    invalid("requests: " + std::to_string(array.size()) + " requests, at most " + std::to_string(max_requests) +
+            " allowed");
+  std::vector<BatchEntry> out;
+  size_t i = 0;
+  for (element entry : array) {
+    BatchEntry e;
+    try {
+      e.request = read_recommend_request(entry, "requests[" + std::to_string(i) + "]", limits);
+    } catch (const ApiError& error) {
+      e.error = error;
+    }
+    out.push_back(std::move(e));
+    ++i;
+  }
+  return out;
+}
+
+std::vector<Interaction> parse_interactions_body(std::string_view body, const Limits& limits) {
+  simdjson::dom::parser parser;
+  const element root = parse_body(parser, body);
+  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+  simdjson::dom::object fields = root.get_object().value_unsafe();
+  std::optional<std::vector<Interaction>> out;
+  for (auto [key, value] : fields) {
+    if (key != "user_interactions") invalid("unknown field '" + std::string(key) + "'");
+    out = read_interactions("user_interactions", value, limits);
+  }
+  if (!out) invalid("missing field 'user_interactions'");
+  return std::move(*out);
+}
+
+std::optional<std::string> parse_reload_body(std::string_view body) {
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return std::nullopt;
+  simdjson::dom::parser parser;
+  const element root = parse_body(parser, body);
+  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+  simdjson::dom::object fields = root.get_object().value_unsafe();
+  std::optional<std::string> path;
+  for (auto [key, value] : fields) {
+    if (key != "path") invalid("unknown field '" + std::string(key) + "'");
+    if (!value.is_string()) wrong_type("path", "a string", value);
+    path = std::string(std::string_view(value.get_string().value_unsafe()));
+    if (path->empty()) invalid("path: empty");
+  }
+  return path;
+}
+
 std::string id_json(const std::string& id) {
   // Canonical: optional '-', no leading zeros (except "0" itself), digits only, fits int64.
   std::string_view digits = id;
@@ -237,6 +313,41 @@ std::string write_response(const Response& response) {
     out += "null";
   out += "}";
   return out;
+}
+
+std::string quote(std::string_view text) {
+  std::string out;
+  append_escaped(out, text);
+  return out;
+}
+
+std::string write_batch(const std::vector<std::string>& results_json) {
+  std::string out = "{\"results\": [";
+  for (size_t i = 0; i < results_json.size(); ++i) {
+    if (i) out += ", ";
+    out += results_json[i];
+  }
+  return out + "]}";
+}
+
+std::string write_interactions(const std::string& user_id, const std::vector<Interaction>& interactions) {
+  std::string out = "{\"user_id\": " + quote(user_id) + ", \"interactions\": [";
+  for (size_t i = 0; i < interactions.size(); ++i) {
+    const Interaction& it = interactions[i];
+    if (i) out += ", ";
+    out += "{\"item_id\": " + id_json(it.item_id) + ", \"timestamp\": ";
+    out += it.timestamp ? std::to_string(*it.timestamp) : "null";
+    out += ", \"rating\": ";
+    if (it.rating) {
+      char buf[32];
+      auto [end, ec] = std::to_chars(buf, buf + sizeof buf, *it.rating);
+      out.append(buf, end);
+    } else {
+      out += "null";
+    }
+    out += "}";
+  }
+  return out + "]}";
 }
 
 std::string write_error(const std::string& code, const std::string& message) {

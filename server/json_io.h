@@ -43,8 +43,28 @@ struct RecommendRequest {
 // Throws ApiError (400, code "invalid_json" or "invalid_request") naming the field and value.
 RecommendRequest parse_recommend_request(std::string_view body, const Limits& limits);
 
+// POST /recommend/batch: {"requests": [...]} with at most max_requests entries. The body
+// itself must be valid (else ApiError); each entry parses on its own, so one bad entry
+// becomes that entry's error and the others are answered.
+struct BatchEntry {
+  std::optional<RecommendRequest> request;
+  std::optional<ApiError> error;
+};
+std::vector<BatchEntry> parse_batch_request(std::string_view body, const Limits& limits, int64_t max_requests);
+
+// POST /users/{id}/interactions: {"user_interactions": ...} in either form.
+std::vector<Interaction> parse_interactions_body(std::string_view body, const Limits& limits);
+
+// POST /admin/reload: an empty body, or {"path": "NEW.seqrec"}.
+std::optional<std::string> parse_reload_body(std::string_view body);
+
 std::string write_response(const Response& response);
 std::string write_error(const std::string& code, const std::string& message);
+std::string write_batch(const std::vector<std::string>& results_json);  // each a response or an error object
+std::string write_interactions(const std::string& user_id, const std::vector<Interaction>& interactions);
+
+// JSON string literal (quoted, escaped).
+std::string quote(std::string_view text);
 
 // JSON text for a catalog id: a number when the id is a canonical decimal integer that
 // fits in int64, else a string.
