@@ -13,5 +13,6 @@ Action add_convert(CLI::App& app);
 Action add_recommend(CLI::App& app);
 Action add_inspect(CLI::App& app);
 Action add_import(CLI::App& app);
+Action add_serve(CLI::App& app);
 
 }  // namespace seqrec::cli

@@ -1,0 +1,53 @@
+// Prometheus text exposition (format 0.0.4) of what the service does: requests by route
+// and status, latency per route, batch sizes, inference time, queue depth, model info.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace seqrec::server {
+
+// A fixed-bucket histogram, safe to observe from any thread.
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> upper_bounds);
+  void observe(double value);
+  // Appends the _bucket / _sum / _count lines for `name` with `labels` ("" or `route="/x"`).
+  void write(std::string& out, const std::string& name, const std::string& labels) const;
+
+ private:
+  std::vector<double> bounds_;
+  mutable std::mutex mutex_;
+  std::vector<uint64_t> counts_;  // per bucket, not cumulative; last = +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics();
+  void count_request(const std::string& route, int status, double seconds);
+  void observe_batch(size_t batch_size, double seconds);
+  void count_reload(bool ok);
+  // Gauges read at scrape time.
+  std::function<size_t()> queue_depth;
+  std::function<std::string()> model_labels;  // `source="pmixer",n_items="9725",...`
+
+  std::string render() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::string, int>, uint64_t> requests_;  // (route, status) -> count
+  std::map<std::string, Histogram> latency_;                    // route -> seconds
+  Histogram batch_size_;
+  Histogram inference_seconds_;
+  std::atomic<uint64_t> reloads_ok_{0}, reloads_failed_{0};
+};
+
+}  // namespace seqrec::server

@@ -1,0 +1,359 @@
+#include "server/routes.h"
+
+#include <boost/asio/post.hpp>
+#include <chrono>
+
+namespace seqrec::server {
+
+namespace http = boost::beast::http;
+using http_server::HttpResponse;
+
+std::string percent_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '%') {
+      out += text[i];
+      continue;
+    }
+    if (i + 2 >= text.size() || hex(text[i + 1]) < 0 || hex(text[i + 2]) < 0)
+      throw api::ApiError(400, "invalid_request", "path: bad percent-escape in '" + std::string(text) + "'");
+    out += static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2]));
+    i += 2;
+  }
+  return out;
+}
+
+// One request being answered: answers exactly once, and counts itself in the metrics.
+struct Service::Call {
+  http_server::HttpRequest request;
+  http_server::Reply reply;
+  Metrics* metrics = nullptr;
+  std::string route = "other";
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  std::atomic<bool> answered{false};
+
+  void answer(http::status status, std::string body, const char* content_type = "application/json") {
+    if (answered.exchange(true)) return;
+    HttpResponse res = http_server::json_response(status, std::move(body));
+    res.set(http::field::content_type, content_type);
+    if (status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
+    metrics->count_request(route, static_cast<int>(status),
+                           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    reply(std::move(res));
+  }
+  void error(http::status status, const std::string& code, const std::string& message) {
+    answer(status, api::write_error(code, message));
+  }
+  void method_not_allowed(const char* allowed) {
+    if (answered.exchange(true)) return;
+    HttpResponse res = http_server::error_response(
+        http::status::method_not_allowed, "method_not_allowed",
+        std::string(request.method_string()) + " " + route + ": method not allowed (allowed: " + allowed + ")");
+    res.set(http::field::allow, allowed);
+    metrics->count_request(route, 405, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    reply(std::move(res));
+  }
+};
+
+Service::Service(ServiceOptions options, WorkerPool& workers, history::HistoryStore& store, Metrics& metrics,
+                 boost::asio::thread_pool& blocking, ModelLoader loader, ServedModel model)
+    : options_(std::move(options)),
+      workers_(workers),
+      store_(store),
+      metrics_(metrics),
+      blocking_(blocking),
+      loader_(std::move(loader)),
+      model_(std::move(model)) {}
+
+ServedModel Service::current_model() const {
+  std::lock_guard lock(model_mutex_);
+  return model_;
+}
+
+void Service::handle(http_server::HttpRequest&& request, http_server::Reply reply) {
+  auto call = std::make_shared<Call>();
+  call->request = std::move(request);
+  call->reply = std::move(reply);
+  call->metrics = &metrics_;
+  try {
+    route(call);
+  } catch (const api::ApiError& e) {
+    call->error(static_cast<http::status>(e.status()), e.code(), e.what());
+  } catch (const std::exception& e) {
+    call->error(http::status::internal_server_error, "internal", e.what());
+  }
+}
+
+bool Service::authorized(const Call& call) const {
+  if (!options_.api_key) return true;
+  std::string given;
+  if (auto it = call.request.find(http::field::authorization); it != call.request.end()) {
+    const std::string_view value(it->value().data(), it->value().size());
+    if (value.substr(0, 7) == "Bearer ") given = std::string(value.substr(7));
+  } else if (auto key = call.request.find("X-API-Key"); key != call.request.end()) {
+    given = std::string(key->value());
+  }
+  // Compare in constant time: the key must not leak through response timing.
+  const std::string& expected = *options_.api_key;
+  unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(expected[i] ^ (i < given.size() ? given[i] : 0));
+  return diff == 0;
+}
+
+void Service::route(const std::shared_ptr<Call>& call) {
+  std::string_view target(call->request.target().data(), call->request.target().size());
+  if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+  const http::verb method = call->request.method();
+  auto only = [&](http::verb allowed, const char* name) {
+    if (method == allowed) return true;
+    call->method_not_allowed(name);
+    return false;
+  };
+  auto require_key = [&] {
+    if (authorized(*call)) return true;
+    call->error(http::status::unauthorized, "unauthorized",
+                "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
+    return false;
+  };
+
+  if (target == "/recommend" || target == "/iid_recommend" || target == "/uid_recommend") {
+    call->route = std::string(target);
+    if (only(http::verb::post, "POST")) recommend(call, call->route);
+  } else if (target == "/recommend/batch") {
+    call->route = "/recommend/batch";
+    if (only(http::verb::post, "POST")) recommend_batch(call);
+  } else if (target == "/healthz") {
+    call->route = "/healthz";
+    if (only(http::verb::get, "GET")) call->answer(http::status::ok, R"({"status": "ok"})");
+  } else if (target == "/readyz") {
+    call->route = "/readyz";
+    if (only(http::verb::get, "GET")) ready(call);
+  } else if (target == "/metrics") {
+    call->route = "/metrics";
+    if (only(http::verb::get, "GET")) call->answer(http::status::ok, metrics_.render(), "text/plain; version=0.0.4");
+  } else if (target == "/model") {
+    call->route = "/model";
+    if (only(http::verb::get, "GET")) call->answer(http::status::ok, model_json());
+  } else if (target == "/admin/reload") {
+    call->route = "/admin/reload";
+    if (only(http::verb::post, "POST") && require_key()) admin_reload(call);
+  } else if (target.substr(0, 7) == "/users/") {
+    std::string_view rest = target.substr(7);
+    const bool interactions = rest.size() > 13 && rest.substr(rest.size() - 13) == "/interactions";
+    if (interactions) rest.remove_suffix(13);
+    if (rest.empty() || rest.find('/') != std::string_view::npos) {
+      call->error(http::status::not_found, "not_found", "no route " + std::string(target));
+      return;
+    }
+    const std::string user_id = percent_decode(rest);
+    if (interactions) {
+      call->route = "/users/{id}/interactions";
+      if (method == http::verb::get || (method == http::verb::post && require_key()))
+        user_interactions(call, user_id);
+      else if (method != http::verb::post)
+        call->method_not_allowed("GET, POST");
+    } else {
+      call->route = "/users/{id}";
+      if (only(http::verb::delete_, "DELETE") && require_key()) delete_user(call, user_id);
+    }
+  } else {
+    call->error(http::status::not_found, "not_found", "no route " + std::string(target));
+  }
+}
+
+void Service::off_io(const std::shared_ptr<Call>& call, std::function<void()> work) {
+  boost::asio::post(blocking_, [call, work = std::move(work)] {
+    try {
+      work();
+    } catch (const history::StoreUnavailable& e) {
+      call->error(http::status::service_unavailable, "history_unavailable", e.what());
+    } catch (const api::ApiError& e) {
+      call->error(static_cast<http::status>(e.status()), e.code(), e.what());
+    } catch (const std::exception& e) {
+      call->error(http::status::internal_server_error, "internal", e.what());
+    }
+  });
+}
+
+void Service::infer(api::RecommendRequest parsed, std::function<void(std::string json, int status)> done) {
+  auto submit = [this, done](Request request) {
+    const bool queued = workers_.submit(std::move(request), [done](Response response, std::exception_ptr error) {
+      if (!error) return done(api::write_response(response), 200);
+      try {
+        std::rethrow_exception(error);
+      } catch (const std::exception& e) {
+        done(api::write_error("internal", e.what()), 500);
+      }
+    });
+    if (!queued) done(api::write_error("overloaded", "the inference queue is full; retry shortly"), 503);
+  };
+  if (!parsed.user_id) return submit(std::move(parsed.request));
+  // The store may block (disk, network): never on an I/O thread.
+  boost::asio::post(blocking_, [this, parsed = std::move(parsed), submit, done]() mutable {
+    try {
+      parsed.request.interactions = store_.get(*parsed.user_id);
+    } catch (const history::StoreUnavailable& e) {
+      return done(api::write_error("history_unavailable", e.what()), 503);
+    } catch (const std::exception& e) {
+      return done(api::write_error("internal", e.what()), 500);
+    }
+    submit(std::move(parsed.request));
+  });
+}
+
+void Service::recommend(const std::shared_ptr<Call>& call, const std::string& alias) {
+  api::RecommendRequest parsed = api::parse_recommend_request(call->request.body(), options_.limits);
+  if (alias == "/iid_recommend" && !parsed.has_interactions)
+    throw api::ApiError(400, "invalid_request", "/iid_recommend needs user_interactions (use /uid_recommend for user_id)");
+  if (alias == "/uid_recommend" && !parsed.user_id)
+    throw api::ApiError(400, "invalid_request", "/uid_recommend needs user_id (use /iid_recommend for user_interactions)");
+  infer(std::move(parsed), [call](std::string json, int status) {
+    call->answer(static_cast<http::status>(status), std::move(json));
+  });
+}
+
+void Service::recommend_batch(const std::shared_ptr<Call>& call) {
+  std::vector<api::BatchEntry> entries =
+      api::parse_batch_request(call->request.body(), options_.limits, options_.max_batch_requests);
+  struct Gather {
+    std::mutex mutex;
+    std::vector<std::string> results;
+    size_t remaining;
+  };
+  auto gather = std::make_shared<Gather>();
+  gather->results.resize(entries.size());
+  gather->remaining = entries.size();
+  if (entries.empty()) return call->answer(http::status::ok, api::write_batch({}));
+  auto finish_one = [call, gather](size_t i, std::string json) {
+    std::lock_guard lock(gather->mutex);
+    gather->results[i] = std::move(json);
+    if (--gather->remaining == 0) call->answer(http::status::ok, api::write_batch(gather->results));
+  };
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].error) {
+      finish_one(i, api::write_error(entries[i].error->code(), entries[i].error->what()));
+      continue;
+    }
+    // The entry's result is its response, or its {"error": {...}} (e.g. store down).
+    infer(std::move(*entries[i].request), [finish_one, i](std::string json, int) { finish_one(i, std::move(json)); });
+  }
+}
+
+void Service::user_interactions(const std::shared_ptr<Call>& call, const std::string& user_id) {
+  if (call->request.method() == http::verb::get) {
+    return off_io(call, [this, call, user_id] {
+      call->answer(http::status::ok, api::write_interactions(user_id, store_.get(user_id)));
+    });
+  }
+  std::vector<Interaction> interactions = api::parse_interactions_body(call->request.body(), options_.limits);
+  off_io(call, [this, call, user_id, interactions = std::move(interactions)] {
+    store_.append(user_id, interactions);  // returns once durable: only then do we acknowledge
+    call->answer(http::status::ok, "{\"user_id\": " + api::quote(user_id) +
+                                       ", \"appended\": " + std::to_string(interactions.size()) + "}");
+  });
+}
+
+void Service::delete_user(const std::shared_ptr<Call>& call, const std::string& user_id) {
+  off_io(call, [this, call, user_id] {
+    const bool existed = store_.erase(user_id);
+    call->answer(http::status::ok, "{\"user_id\": " + api::quote(user_id) +
+                                       ", \"deleted\": " + (existed ? "true" : "false") + "}");
+  });
+}
+
+void Service::ready(const std::shared_ptr<Call>& call) {
+  off_io(call, [this, call] {
+    const bool model = current_model().recommender != nullptr;
+    const bool history = store_.ready();
+    const std::string body = std::string("{\"model\": ") + (model ? "\"loaded\"" : "\"missing\"") +
+                             ", \"history\": " + (history ? "\"ok\"" : "\"unreachable\"") + "}";
+    if (model && history)
+      call->answer(http::status::ok, body);
+    else
+      call->error(http::status::service_unavailable, "not_ready",
+                  std::string("not ready: ") + (model ? "" : "no model loaded; ") +
+                      (history ? "" : "history store " + store_.describe() + " unreachable"));
+  });
+}
+
+void Service::admin_reload(const std::shared_ptr<Call>& call) {
+  std::optional<std::string> path = api::parse_reload_body(call->request.body());
+  reload(path, [this, call](std::optional<std::string> error) {
+    if (error)
+      call->error(http::status::unprocessable_entity, "reload_failed", *error);
+    else
+      call->answer(http::status::ok, "{\"reloaded\": true, \"model\": " + model_json() + "}");
+  });
+}
+
+void Service::reload(std::optional<std::string> path, std::function<void(std::optional<std::string>)> done) {
+  boost::asio::post(blocking_, [this, path = std::move(path), done = std::move(done)] {
+    std::lock_guard one_at_a_time(reload_mutex_);
+    const std::string file = path.value_or(current_model().path);
+    try {
+      ServedModel loaded = loader_(file);
+      workers_.set_recommender(loaded.recommender);
+      {
+        std::lock_guard lock(model_mutex_);
+        model_ = std::move(loaded);
+      }
+      metrics_.count_reload(true);
+    } catch (const std::exception& e) {
+      metrics_.count_reload(false);
+      return done(std::string(e.what()));
+    }
+    refresh_popularity();
+    done(std::nullopt);
+  });
+}
+
+void Service::refresh_popularity() {
+  boost::asio::post(blocking_, [this] {
+    try {
+      const std::shared_ptr<const Recommender> model = workers_.recommender();
+      const Catalog& catalog = model->catalog();
+      auto counts = std::make_shared<std::vector<uint64_t>>(static_cast<size_t>(catalog.size()), 0);
+      for (const auto& [item, count] : store_.item_counts())
+        if (int32_t row = catalog.row(item); row > 0) (*counts)[row] += count;
+      workers_.set_popularity(std::move(counts));
+    } catch (const std::exception&) {
+      // Store unreachable: keep the counts we had; the next refresh tries again.
+    }
+  });
+}
+
+std::string Service::model_json() const {
+  const ServedModel m = current_model();
+  const ModelSpec& s = m.recommender->model().spec();
+  const auto threshold = m.recommender->rating_threshold();
+  auto field = [](const char* name, const std::string& json) { return std::string("\"") + name + "\": " + json; };
+  auto text = [](const char* v) { return api::quote(v); };
+  std::string out = "{";
+  out += field("path", api::quote(m.path)) + ", ";
+  out += field("source", api::quote(m.source)) + ", ";
+  out += field("source_detail", api::quote(m.source_detail)) + ", ";
+  out += field("architecture", "{" + field("block", text(to_string(s.block))) + ", " +
+                                   field("attention", text(to_string(s.attention))) + ", " +
+                                   field("positions", text(to_string(s.positions))) + ", " +
+                                   field("padding", text(to_string(s.padding))) + ", " +
+                                   field("readout", text(to_string(s.readout))) + ", " +
+                                   field("activation", text(to_string(s.activation))) + "}") + ", ";
+  out += field("sizes", "{" + field("d", std::to_string(s.d)) + ", " + field("heads", std::to_string(s.heads)) + ", " +
+                            field("ffn_dim", std::to_string(s.ffn_dim)) + ", " +
+                            field("layers", std::to_string(s.n_layers)) + ", " +
+                            field("max_len", std::to_string(s.max_len)) + "}") + ", ";
+  out += field("catalog_size", std::to_string(s.n_items - 1)) + ", ";
+  out += field("score", text(to_string(s.score))) + ", ";
+  out += field("rating_threshold", threshold ? std::to_string(*threshold) : "null") + ", ";
+  out += field("history", api::quote(store_.describe()));
+  return out + "}";
+}
+
+}  // namespace seqrec::server
