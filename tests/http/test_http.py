@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `seqrec serve` over real sockets, against a real server process, for
+each history backend (memory, lmdb, and redis with a redis-server this harness starts on
+a free loopback port). Standard-library Python only.
+
+usage: test_http.py --seqrec build/seqrec --workdir DIR [--backend memory|lmdb|redis|all] [--only NAME]
+"""
+import argparse
+import glob
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "examples", "movielens")
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class Failure(Exception):
+    pass
+
+
+class Skip(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise Failure(message)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def item_ids():
+    with open(os.path.join(EXAMPLE, "item_ids.txt")) as f:
+        return [line.rstrip("\n") for line in f][1:]
+
+
+class Server:
+    """One `seqrec serve` process on a free port."""
+
+    def __init__(self, binary, model, history, workdir, *extra, env=None):
+        self.port = free_port()
+        self.log_path = os.path.join(workdir, f"serve-{self.port}.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--model", model, "--history", history, "--port", str(self.port), "--threads", "2",
+             *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            check(self.proc.poll() is None, f"seqrec serve exited early:\n{self.read_log()}")
+            try:
+                status, _, _ = self.request("GET", "/healthz")
+                if status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise Failure(f"seqrec serve did not come up:\n{self.read_log()}")
+
+    def read_log(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()[-3000:]
+
+    def request(self, method, path, body=None, headers=None, raw=False):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+            conn.request(method, path, body=data, headers=headers or {})
+            res = conn.getresponse()
+            payload = res.read()
+            if raw:
+                return res.status, payload, dict(res.getheaders())
+            text = payload.decode()
+            parsed = json.loads(text) if res.getheader("Content-Type", "").startswith("application/json") else text
+            return res.status, parsed, dict(res.getheaders())
+        finally:
+            conn.close()
+
+    def post(self, path, body, headers=None):
+        status, parsed, _ = self.request("POST", path, body, headers)
+        return status, parsed
+
+    def get(self, path):
+        status, parsed, _ = self.request("GET", path)
+        return status, parsed
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+class Redis:
+    def __init__(self, workdir):
+        if not os.path.exists(REDIS):
+            raise Skip("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.workdir = workdir
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", self.workdir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise Failure("redis-server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class Context:
+    def __init__(self, args, backend, workdir):
+        self.binary = os.path.abspath(args.seqrec)
+        self.backend = backend
+        self.workdir = workdir
+        self.model = os.path.join(args.workdir, "movielens.seqrec")
+        self.redis = None
+        self.counter = 0
+
+    def history(self):
+        """A fresh store of this backend."""
+        self.counter += 1
+        if self.backend == "memory":
+            return "memory"
+        if self.backend == "lmdb":
+            return "lmdb:" + os.path.join(self.workdir, f"lmdb-{self.counter}")
+        if self.redis is None:
+            self.redis = Redis(self.workdir)
+        return self.redis.url.rsplit("/", 1)[0] + f"/{self.counter % 16}"
+
+    def serve(self, *extra, history=None, env=None):
+        return Server(self.binary, self.model, history or self.history(), self.workdir, *extra, env=env)
+
+    def cli_recommend(self, body):
+        proc = subprocess.run([self.binary, "recommend", "--model", self.model], input=json.dumps(body),
+                              capture_output=True, text=True, timeout=60)
+        check(proc.returncode == 0, proc.stderr)
+        return json.loads(proc.stdout)
+
+
+def interactions_of(ids, start=1000, rating=4.5):
+    return [{"item_id": i, "timestamp": start + n, "rating": rating} for n, i in enumerate(ids)]
+
+
+# ---- tests -------------------------------------------------------------------------------
+
+def test_forms_and_aliases_match_cli(ctx):
+    ids = item_ids()
+    bodies = [
+        {"user_interactions": {i: {"timestamp": 10 + n, "rating": 4.0} for n, i in enumerate(ids[:7])}, "k": 15},
+        {"user_interactions": interactions_of(ids[20:25]) + [{"item_id": ids[3], "timestamp": 5, "rating": 1.0}],
+         "k": 7, "candidate_ids": ids[:40] + ["unknown-1"], "exclude_ids": [ids[1]]},
+        {"user_interactions": [], "k": 3},
+        {"user_interactions": interactions_of(["nope", ids[9]]), "recommend_seen": True},
+    ]
+    server = ctx.serve()
+    try:
+        for body in bodies:
+            expected = ctx.cli_recommend(body)
+            for route in ("/recommend", "/iid_recommend"):
+                status, got = server.post(route, body)
+                check(status == 200, f"{route}: {status} {got}")
+                check(got == expected, f"{route} must answer as `seqrec recommend`:\n{got}\nvs\n{expected}")
+        status, got = server.post("/uid_recommend", bodies[0])
+        check(status == 400 and "user_id" in got["error"]["message"], got)
+        status, got = server.post("/iid_recommend", {"user_id": "u"})
+        check(status == 400 and "user_interactions" in got["error"]["message"], got)
+    finally:
+        server.stop()
+
+
+def test_user_id_equals_inline_history(ctx):
+    ids = item_ids()
+    history = interactions_of(ids[30:36]) + [{"item_id": ids[50], "timestamp": 1002, "rating": 2.0}]
+    server = ctx.serve()
+    try:
+        status, got = server.post("/users/alice/interactions", {"user_interactions": history[:4]})
+        check(status == 200 and got["appended"] == 4, got)
+        status, got = server.post("/users/alice/interactions", {"user_interactions": history[4:]})
+        check(status == 200, got)
+        status, listed = server.get("/users/alice/interactions")
+        check(status == 200 and [str(x["item_id"]) for x in listed["interactions"]] == [h["item_id"] for h in history],
+              f"GET interactions must list oldest first: {listed}")
+        inline = ctx.cli_recommend({"user_interactions": history, "k": 12})
+        for route in ("/recommend", "/uid_recommend"):
+            status, by_id = server.post(route, {"user_id": "alice", "k": 12})
+            check(status == 200 and by_id == inline, f"{route} user_id must answer as the same history inline")
+        status, by_int = server.post("/recommend", {"user_id": 12345, "k": 3})
+        message = by_int["message"] or ""
+        check(status == 200 and ("popular" in message or "empty history" in message),
+              f"an unknown user gets the fallback with a message: {by_int}")
+        # Appending changes the next recommendation.
+        top = by_id["recommendations"][0]["id"]
+        server.post("/users/alice/interactions", {"user_interactions": [{"item_id": str(top), "timestamp": 5000}]})
+        status, after = server.post("/recommend", {"user_id": "alice", "k": 12})
+        check(after != by_id and top not in [r["id"] for r in after["recommendations"]],
+              "an appended interaction must change the next user_id recommendation")
+        status, got = server.request("DELETE", "/users/alice")[:2]
+        check(status == 200 and got["deleted"] is True, got)
+        status, listed = server.get("/users/alice/interactions")
+        check(listed["interactions"] == [], listed)
+        status, got = server.request("DELETE", "/users/alice")[:2]
+        check(status == 200 and got["deleted"] is False, got)
+        status, cold = server.post("/recommend", {"user_id": "alice", "k": 5})
+        check(status == 200 and cold["message"], cold)
+        # Ids with characters that need escaping in a path.
+        status, got = server.post("/users/a%2Fb%20c/interactions", {"user_interactions": history[:1]})
+        check(status == 200 and got["user_id"] == "a/b c", got)
+        status, listed = server.get("/users/a%2Fb%20c/interactions")
+        check(len(listed["interactions"]) == 1, listed)
+    finally:
+        server.stop()
+
+
+def test_batch_in_order_with_errors(ctx):
+    ids = item_ids()
+    good = {"user_interactions": interactions_of(ids[:3]), "k": 4}
+    server = ctx.serve()
+    try:
+        body = {"requests": [good, {"k": 0, "user_interactions": []}, {"user_id": "nobody", "k": 2}, "oops", good]}
+        status, got = server.post("/recommend/batch", body)
+        check(status == 200 and len(got["results"]) == 5, got)
+        expected = ctx.cli_recommend(good)
+        check(got["results"][0] == expected and got["results"][4] == expected, "batch results in order")
+        check("k: 0" in got["results"][1]["error"]["message"], got["results"][1])
+        check(len(got["results"][2]["recommendations"]) == 2, got["results"][2])
+        check("error" in got["results"][3], got["results"][3])
+        status, got = server.post("/recommend/batch", {"requests": [good] * 300})
+        check(status == 400 and "at most 256" in got["error"]["message"], got)
+        status, got = server.post("/recommend/batch", {"reqs": []})
+        check(status == 400, got)
+    finally:
+        server.stop()
+
+
+def test_errors(ctx):
+    key_file = os.path.join(ctx.workdir, "api-key")
+    with open(key_file, "w") as f:
+        f.write("s3cret\n")
+    server = ctx.serve("--api-key-file", key_file, "--max-body-bytes", "4096")
+    try:
+        cases = [
+            ("{nope", 400, "invalid_json"), ("[]", 400, "request body"), ('{"k": 5}', 400, "neither"),
+            ('{"user_id": "u", "user_interactions": {}}', 400, "both"), ('{"user_id": "u", "k": 0}', 400, "k: 0"),
+            ('{"user_id": "u", "k": 1001}', 400, "k: 1001"), ('{"user_id": ["u"]}', 400, "user_id"),
+            ('{"user_interactions": {"1": {"rating": "x"}}}', 400, "rating"),
+        ]
+        for body, status_expected, text in cases:
+            status, got = server.post("/recommend", body)
+            check(status == status_expected and text in json.dumps(got), f"{body}: {status} {got}")
+            check(set(got) == {"error"} and set(got["error"]) == {"code", "message"}, got)
+        status, got, _ = server.request("POST", "/recommend", "x" * 5000)
+        check(status == 413, f"oversized body: {status} {got}")
+        # Decided from Content-Length alone: the body is never sent.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.putrequest("POST", "/recommend")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(50 * 1024 * 1024))
+        conn.endheaders()
+        res = conn.getresponse()
+        check(res.status == 413 and b"Content-Length" in res.read(), f"413 before the body: {res.status}")
+        conn.close()
+        status, got = server.get("/nowhere")
+        check(status == 404 and got["error"]["code"] == "not_found", got)
+        status, got, headers = server.request("GET", "/recommend")
+        check(status == 405 and "POST" in headers.get("Allow", ""), f"{status} {headers}")
+        status, got, _ = server.request("PUT", "/users/u1")
+        check(status == 405, got)
+        body = {"user_interactions": [{"item_id": "1", "timestamp": 1}]}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"}):
+            status, got = server.post("/users/u1/interactions", body, headers)
+            check(status == 401 and got["error"]["code"] == "unauthorized", f"{headers}: {status}")
+        status, got, _ = server.request("DELETE", "/users/u1")
+        check(status == 401, got)
+        status, got = server.post("/admin/reload", "")
+        check(status == 401, got)
+        for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
+            status, got = server.post("/users/u1/interactions", body, headers)
+            check(status == 200, f"{headers}: {status} {got}")
+        status, got = server.post("/recommend", {"user_id": "u1"})  # reads need no key
+        check(status == 200, got)
+        status, got = server.post("/users/u1/interactions", {"user_interactions": "x"}, {"X-API-Key": "s3cret"})
+        check(status == 400 and "user_interactions" in got["error"]["message"], got)
+        # Garbage that is not HTTP at all: a 400 or a closed connection, and the server lives on.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"\x00\x01\x02 garbage\r\n\r\n")
+            try:
+                s.recv(1000)
+            except OSError:
+                pass
+        status, _ = server.get("/healthz")
+        check(status == 200, "server must survive garbage")
+    finally:
+        server.stop()
+
+
+def test_metrics_count_requests(ctx):
+    server = ctx.serve()
+    try:
+        body = {"user_interactions": interactions_of(item_ids()[:2])}
+        for _ in range(7):
+            server.post("/recommend", body)
+        for _ in range(3):
+            server.post("/recommend", "{bad")
+        server.get("/nowhere")
+        status, text = server.get("/metrics")
+        check(status == 200 and isinstance(text, str), text)
+        check('seqrec_http_requests_total{route="/recommend",status="200"} 7' in text, text[:2000])
+        check('seqrec_http_requests_total{route="/recommend",status="400"} 3' in text, text[:2000])
+        check('seqrec_http_requests_total{route="other",status="404"} 1' in text, text[:2000])
+        check('seqrec_http_request_duration_seconds_count{route="/recommend"} 10' in text, text[:2000])
+        m = re.search(r"^seqrec_batch_size_count (\d+)$", text, re.M)
+        check(m and int(m.group(1)) >= 1, "batch size histogram")
+        check("seqrec_queue_depth " in text and "seqrec_model_info{" in text, text)
+        status, model = server.get("/model")
+        check(status == 200 and model["catalog_size"] == len(item_ids()) and model["source"] == "pmixer", model)
+        status, ready = server.get("/readyz")
+        check(status == 200, ready)
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_and_exits_zero(ctx):
+    server = ctx.serve()
+    body = {"user_interactions": interactions_of(item_ids()[:50])}
+    results = []
+
+    def client():
+        for _ in range(20):
+            try:
+                results.append(server.post("/recommend", body)[0])
+            except OSError:
+                results.append("refused")
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    code = server.stop(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    check(code == 0, f"SIGTERM must exit 0, got {code}")
+    check(all(r in (200, "refused") for r in results), f"every answered request succeeded: {set(results)}")
+
+
+def test_reload_under_load(ctx):
+    good_copy = os.path.join(ctx.workdir, "reload.seqrec")
+    shutil.copy(ctx.model, good_copy)
+    bad = os.path.join(ctx.workdir, "corrupt.seqrec")
+    with open(ctx.model, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 2])
+    server = Server(ctx.binary, good_copy, ctx.history(), ctx.workdir)
+    body = {"user_interactions": interactions_of(item_ids()[:20]), "k": 10}
+    failures, done = [], threading.Event()
+    count = [0]
+
+    def client():
+        while not done.is_set():
+            try:
+                status, got = server.post("/recommend", body)
+                count[0] += 1
+                if status != 200:
+                    failures.append((status, got))
+            except OSError as e:
+                failures.append(str(e))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        status, got = server.post("/admin/reload", "")
+        check(status == 200 and got["reloaded"], got)
+        status, got = server.post("/admin/reload", {"path": bad})
+        check(status == 422 and "corrupt.seqrec" in got["error"]["message"], f"corrupt file refused: {status} {got}")
+        status, got = server.post("/admin/reload", {"path": good_copy})
+        check(status == 200, got)
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+        server.stop()
+    check(not failures, f"zero failed requests during reloads, got {failures[:3]}")
+    check(count[0] > 20, f"the load loop must have run (ran {count[0]})")
+    with open(server.log_path) as f:
+        check("SIGHUP: reloading" in f.read(), "SIGHUP reloads (and says so in the log)")
+
+
+def test_lmdb_durable_after_kill9(ctx):
+    if ctx.backend != "lmdb":
+        raise Skip("lmdb only")
+    store = ctx.history()
+    ids = item_ids()
+    server = ctx.serve(history=store)
+    acknowledged = []
+    try:
+        for n in range(30):
+            status, got = server.post(f"/users/u{n % 3}/interactions",
+                                      {"user_interactions": [{"item_id": ids[n], "timestamp": n}]})
+            check(status == 200, got)
+            acknowledged.append((f"u{n % 3}", ids[n]))
+    finally:
+        server.proc.kill()  # kill -9 right after the last 200
+        server.proc.wait()
+        server.log.close()
+    server = ctx.serve(history=store)
+    try:
+        for user in ("u0", "u1", "u2"):
+            status, listed = server.get(f"/users/{user}/interactions")
+            got = [str(x["item_id"]) for x in listed["interactions"]]
+            check(got == [i for u, i in acknowledged if u == user], f"{user} after kill -9: {got}")
+    finally:
+        server.stop()
+
+
+def test_redis_outage_and_recovery(ctx):
+    if ctx.backend != "redis":
+        raise Skip("redis only")
+    store = ctx.history()
+    server = ctx.serve(history=store)
+    try:
+        ids = item_ids()
+        status, _ = server.post("/users/bob/interactions", {"user_interactions": interactions_of(ids[:3])})
+        check(status == 200, "append with Redis up")
+        ctx.redis.stop()
+        status, got = server.post("/recommend", {"user_id": "bob"})
+        check(status == 503 and got["error"]["code"] == "history_unavailable", f"{status} {got}")
+        status, got = server.post("/users/bob/interactions", {"user_interactions": interactions_of(ids[3:4])})
+        check(status == 503, f"{status} {got}")
+        status, got = server.get("/readyz")
+        check(status == 503, f"/readyz with Redis down: {status}")
+        status, got = server.post("/recommend", {"user_interactions": interactions_of(ids[:3])})
+        check(status == 200, "inline requests need no store")
+        ctx.redis.start()
+        deadline = time.time() + 10
+        while time.time() < deadline and server.get("/readyz")[0] != 200:
+            time.sleep(0.1)
+        check(server.get("/readyz")[0] == 200, "/readyz recovers by itself")
+        status, got = server.post("/users/bob/interactions", {"user_interactions": interactions_of(ids[:3])})
+        check(status == 200, f"writes work again without restarting seqrec: {status} {got}")
+        status, got = server.post("/recommend", {"user_id": "bob"})
+        check(status == 200, got)
+    finally:
+        server.stop()
+
+
+def test_two_replicas_share_redis(ctx):
+    if ctx.backend != "redis":
+        raise Skip("redis only")
+    store = ctx.history()
+    a, b = ctx.serve(history=store), ctx.serve(history=store)
+    try:
+        ids = item_ids()
+        status, before = b.post("/recommend", {"user_id": "carol", "k": 5})
+        status, _ = a.post("/users/carol/interactions", {"user_interactions": interactions_of(ids[100:104])})
+        check(status == 200, "append via replica A")
+        status, after = b.post("/recommend", {"user_id": "carol", "k": 5})
+        expected = ctx.cli_recommend({"user_interactions": interactions_of(ids[100:104]), "k": 5})
+        check(after == expected and after != before, "replica B answers from what replica A appended")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_cold_start_popularity_from_store(ctx):
+    store = ctx.history()
+    if ctx.backend == "memory":
+        raise Skip("import needs a persistent store")
+    ratings = os.path.join(EXAMPLE, "ratings.csv")
+    proc = subprocess.run([ctx.binary, "import", "--history", store, "--interactions", ratings], capture_output=True,
+                          text=True, timeout=300)
+    check(proc.returncode == 0, proc.stderr)
+    counts = {}
+    with open(ratings) as f:
+        next(f)
+        for line in f:
+            item = line.split(",")[1]
+            counts[item] = counts.get(item, 0) + 1
+    most = sorted(counts.items(), key=lambda kv: -kv[1])[0][0]
+    server = ctx.serve(history=store)
+    try:
+        status, got = server.post("/recommend", {"user_id": "no-such-user", "k": 3})
+        check(status == 200 and "popular" in got["message"], got)
+        check(str(got["recommendations"][0]["id"]) == most, f"the most imported item first: {got} vs {most}")
+        status, got = server.post("/recommend", {"user_id": "1", "k": 3})
+        check(status == 200 and got["message"] is None, f"an imported user is answered by the model: {got}")
+    finally:
+        server.stop()
+
+
+TESTS = [test_forms_and_aliases_match_cli, test_user_id_equals_inline_history, test_batch_in_order_with_errors,
+         test_errors, test_metrics_count_requests, test_sigterm_drains_and_exits_zero, test_reload_under_load,
+         test_lmdb_durable_after_kill9, test_redis_outage_and_recovery, test_two_replicas_share_redis,
+         test_cold_start_popularity_from_store]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seqrec", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--backend", default="all")
+    parser.add_argument("--only")
+    args = parser.parse_args()
+    checkpoint = sorted(glob.glob(os.path.join(EXAMPLE, "SASRec.*.pth")))
+    if not checkpoint:
+        print("SKIPPED: no bundled example checkpoint")
+        return 77
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    os.makedirs(args.workdir)
+    proc = subprocess.run([args.seqrec, "convert", "--from", "pmixer", checkpoint[0], "--item-ids",
+                           os.path.join(EXAMPLE, "item_ids.txt"), "--rating-threshold", "3.5", "--out",
+                           os.path.join(args.workdir, "movielens.seqrec")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print("FAIL convert:", proc.stderr)
+        print("0 passed, 1 failed")
+        return 1
+    backends = ["memory", "lmdb", "redis"] if args.backend == "all" else [args.backend]
+    passed = failed = skipped = 0
+    for backend in backends:
+        workdir = os.path.join(args.workdir, backend)
+        os.makedirs(workdir)
+        ctx = Context(args, backend, workdir)
+        try:
+            for test in TESTS:
+                if args.only and args.only not in test.__name__:
+                    continue
+                name = f"{backend}: {test.__name__}"
+                try:
+                    test(ctx)
+                    passed += 1
+                    print(f"ok   {name}")
+                except Skip as e:
+                    skipped += 1
+                    print(f"skip {name}: {e}")
+                except Exception as e:  # noqa: BLE001
+                    failed += 1
+                    print(f"FAIL {name}: {e}")
+                    if not isinstance(e, Failure):
+                        traceback.print_exc()
+        finally:
+            if ctx.redis:
+                ctx.redis.stop()
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
