@@ -1,0 +1,379 @@
+#!/usr/bin/python3
+"""seqrec side by side with PyTorch eager and ONNX Runtime (../shared/spec/performance.md).
+
+  /usr/bin/python3 bench/compare.py [--workloads ml1m,recbole,bert4rec,catalog1m]
+                                    [--rounds N] [--quick] [--build DIR] [--workdir DIR]
+
+For each workload: makes the model (the source framework's own modules, trained-looking
+random weights, fixed seed), saves its checkpoint and converts it with `seqrec convert`,
+exports the same model's scoring forward to ONNX (torch.onnx.export, opset 14, dynamic
+batch), and writes one fixed request set (histories of random length 1..2L, fixed seed).
+Then three worker processes hold the model, one per system:
+
+  seqrec        build-bench/bench/seqrec_timing: the engine in-process (Recommender::recommend:
+                sequence building, forward pass, scoring GEMM, top-10, response), no HTTP.
+                T threads, each with its own Workspace, take chunks of B requests;
+                kernels::set_gemm_threads(1) (parallelism across requests, as `seqrec serve`).
+  PyTorch       bench/torch_worker.py: eval(), torch.no_grad(), torch.set_num_threads(T),
+                batches of B through the source model's forward (-> logits over the catalog).
+  ONNX Runtime  bench/ort_worker.js: onnxruntime-node, CPU, intraOpNumThreads = T,
+                graphOptimizationLevel 'all', session.run on batches of B.
+
+ms/request = wall time of a pass over the whole request set / requests (so with T = 2 it
+is throughput: seqrec runs two requests-streams at once, the peers use two threads inside
+each batch). Each (batch, threads) cell is timed once per round per system, the systems'
+order rotating between rounds, the cells interleaved; the table shows medians over rounds.
+The peers' clocks cover only the forward pass to logits (no top-k); seqrec's covers
+everything recommend() does, so the comparison leans the peers' way.
+
+Before timing, every request's top-10 from seqrec (at batch 1, 8 and 64) and from ONNX
+Runtime is checked against PyTorch's; two rows may swap only where PyTorch's logits for them
+tie within fp32 noise (|a - b| <= 1e-5 * (1 + |a|)).
+
+seqrec's useful GFLOP/s = the useful FLOPs of the request set (workloads.useful_flops: real
+history length, causal lower triangle, last block only for the read-out slot, plus the
+catalog scoring GEMM) / seqrec's time, shown as a share of T x the single-core OpenBLAS
+sgemm rate (n = 1024) measured by seqrec_timing in every round of the same run.
+
+Results also go to WORKDIR/results.json and WORKDIR/results.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import workloads  # noqa: E402
+
+BATCHES = (1, 8, 64)
+THREADS = (1, 2)
+SYSTEMS = ("seqrec", "pytorch", "ort")
+LABEL = {"seqrec": "seqrec", "pytorch": "PyTorch", "ort": "ONNX Runtime"}
+TIE_TOLERANCE = 1e-5
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+class Worker:
+    """A process answering one JSON line per command line."""
+
+    def __init__(self, name, command, env=None):
+        self.name = name
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env, bufsize=1)
+        self.info = self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"{self.name} worker exited ({code}) before answering")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"{self.name} worker: {answer['error']}")
+        return answer
+
+    def ask(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_workers(w, folder, build):
+    sets = workloads.set_names(folder)
+    timing = os.path.join(build, "bench", "seqrec_timing")
+    seqrec_cmd = [timing, "--model", os.path.join(folder, "model.seqrec")]
+    for name in sets:
+        seqrec_cmd += ["--requests", f"{name}={os.path.join(folder, 'sets', name + '.txt')}"]
+    workers = {}
+    try:
+        workers["seqrec"] = Worker("seqrec", seqrec_cmd)
+        workers["pytorch"] = Worker("pytorch", [sys.executable, os.path.join(HERE, "torch_worker.py"), w.name, folder])
+        workers["ort"] = Worker("ort", ["node", os.path.join(HERE, "ort_worker.js"), folder])
+    except Exception:
+        for worker in workers.values():
+            worker.close()
+        raise
+    return workers
+
+
+# ---- the top-10 check ------------------------------------------------------------------------------
+
+def check_top10(reference, candidate):
+    """(requests that differ beyond ties, max |logit delta| on shared rows). `reference` and
+    `candidate`: {"top": [[row...]], "scores": [[...]]}, the reference with its 20 best."""
+    bad = 0
+    max_delta = 0.0
+    for ref_rows, ref_scores, rows, scores in zip(reference["top"], reference["scores"], candidate["top"],
+                                                  candidate["scores"]):
+        ref_score = dict(zip(ref_rows, ref_scores))
+        ok = len(rows) >= 10
+        for i in range(min(10, len(rows))):
+            got, want = rows[i], ref_rows[i]
+            if got in ref_score:
+                max_delta = max(max_delta, abs(ref_score[got] - scores[i]))
+            if got == want:
+                continue
+            a, b = ref_score.get(got), ref_score[want]
+            if a is None or abs(a - b) > TIE_TOLERANCE * (1 + abs(b)):
+                ok = False
+        bad += 0 if ok else 1
+    return bad, max_delta
+
+
+def run_checks(workers):
+    reference = workers["pytorch"].ask("top main 64")
+    checks = []
+    for system, batch in [("seqrec", 1), ("seqrec", 8), ("seqrec", 64), ("ort", 64)]:
+        got = workers[system].ask(f"top main {batch}")
+        bad, delta = check_top10(reference, got)
+        checks.append({"system": system, "batch": batch, "requests": len(reference["top"]), "differ": bad,
+                       "max_delta": delta})
+    return checks
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+
+def time_workload(w, folder, workers, rounds, sgemm):
+    sets = workloads.set_names(folder)
+    cells = [("main", b, t) for t in THREADS for b in BATCHES]
+    cells += [(name, 1, 1) for name in sets if name != "main"]
+    samples = {(s, cell): [] for s in SYSTEMS for cell in cells}
+    p50s = {(s, cell): [] for s in SYSTEMS for cell in cells}
+    for r in range(rounds):
+        started = time.time()
+        sgemm.append(workers["seqrec"].ask("sgemm")["gflops"])
+        order = SYSTEMS[r % 3:] + SYSTEMS[:r % 3]
+        for cell in cells:
+            name, b, t = cell
+            for system in order:
+                answer = workers[system].ask(f"run {name} {b} {t}")
+                samples[(system, cell)].append(answer["seconds"] / answer["n"] * 1e3)
+                if b == 1 and t == 1:
+                    p50s[(system, cell)] += answer["batch_ms"]
+        log(f"[{w.name}] round {r + 1}/{rounds}: {time.time() - started:.1f} s")
+    ms = {key: statistics.median(v) for key, v in samples.items()}
+    p50 = {key: statistics.median(v) for key, v in p50s.items() if v}
+    return cells, ms, p50
+
+
+# ---- the report ----------------------------------------------------------------------------------------
+
+def fmt_ms(x):
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def fmt_ratio(x):
+    return f"{x:.2f}x" if x < 10 else f"{x:.1f}x"
+
+
+def build_results(all_results, sgemm_gflops):
+    rows = []
+    for wr in all_results:
+        w = wr["workload"]
+        gflop_main = workloads.gflop_per_set(w, wr["folder"], "main")
+        n_main = len(workloads.set_lengths(wr["folder"], "main"))
+        for name, b, t in wr["cells"]:
+            if name != "main":
+                continue
+            cell = (name, b, t)
+            s, p, o = (wr["ms"][(x, cell)] for x in SYSTEMS)
+            gflops = gflop_main / (s * n_main / 1e3)
+            rows.append({"workload": w.name, "batch": b, "threads": t, "seqrec_ms": s, "pytorch_ms": p, "ort_ms": o,
+                         "vs_pytorch": p / s, "vs_ort": o / s, "gflops": gflops,
+                         "of_limit": gflops / (t * sgemm_gflops)})
+    return rows
+
+
+def table_markdown(rows):
+    head = ("| workload | batch | threads | seqrec ms/req | PyTorch ms/req | ONNX Runtime ms/req "
+            "| seqrec vs PyTorch | seqrec vs ORT | seqrec useful GFLOP/s | of T-core sgemm |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['threads']} | {fmt_ms(r['seqrec_ms'])} "
+                     f"| {fmt_ms(r['pytorch_ms'])} | {fmt_ms(r['ort_ms'])} | {fmt_ratio(r['vs_pytorch'])} "
+                     f"| {fmt_ratio(r['vs_ort'])} | {r['gflops']:.1f} | {100 * r['of_limit']:.1f}% |")
+    return "\n".join(lines)
+
+
+def targets(all_results, rows, sgemm_gflops):
+    """[(target, measured text, pass/fail/n/a)] — the issue's targets, each a same-run ratio."""
+    by = {(r["workload"], r["batch"], r["threads"]): r for r in rows}
+    res = {wr["workload"].name: wr for wr in all_results}
+    out = []
+
+    def add(text, value, goal_ok, shown):
+        out.append((text, shown if value is not None else "not run", "n/a" if value is None else
+                    ("PASS" if goal_ok else "FAIL")))
+
+    r = by.get(("ml1m", 1, 1))
+    add("ml1m batch 1, 1 thread: >= 5x faster than ONNX Runtime", r and r["vs_ort"],
+        r and r["vs_ort"] >= 5, r and fmt_ratio(r["vs_ort"]))
+    add("ml1m batch 1, 1 thread: >= 10x faster than PyTorch", r and r["vs_pytorch"],
+        r and r["vs_pytorch"] >= 10, r and fmt_ratio(r["vs_pytorch"]))
+    wr = res.get("ml1m")
+    if wr and ("len200", 1, 1) in wr["cells"]:
+        w = wr["workload"]
+        ms200 = wr["ms"][("seqrec", ("len200", 1, 1))]
+        ms10 = wr["ms"][("seqrec", ("len10", 1, 1))]
+        gflops = workloads.useful_flops(w, 200) / 1e9 / (ms200 / 1e3)
+        frac = gflops / sgemm_gflops
+        add("ml1m full-length (200-item) history, batch 1, 1 thread: within 2x of the FLOP limit "
+            "(useful GFLOP/s >= 50% of 1-core sgemm)", frac, frac >= 0.5,
+            f"{gflops:.1f} GFLOP/s = {100 * frac:.1f}% of {sgemm_gflops:.1f} ({fmt_ms(ms200)} ms for "
+            f"{workloads.useful_flops(w, 200) / 1e6:.1f} MFLOP)")
+        ratio = ms10 / ms200
+        add("ml1m 10-item history costs <= 1/5 of a 200-item one (batch 1, 1 thread)", ratio, ratio <= 0.2,
+            f"{fmt_ms(ms10)} / {fmt_ms(ms200)} ms = {ratio:.3f} (PyTorch {wr['ms'][('pytorch', ('len10', 1, 1))] / wr['ms'][('pytorch', ('len200', 1, 1))]:.2f}, "
+            f"ONNX Runtime {wr['ms'][('ort', ('len10', 1, 1))] / wr['ms'][('ort', ('len200', 1, 1))]:.2f})")
+    else:
+        add("ml1m full-length history within 2x of the FLOP limit", None, False, None)
+        add("ml1m 10-item history costs <= 1/5 of a 200-item one", None, False, None)
+    for name in ("ml1m", "recbole"):
+        r = by.get((name, 64, 2))
+        add(f"{name} batch 64, 2 threads: >= 3x ONNX Runtime's throughput", r and r["vs_ort"],
+            r and r["vs_ort"] >= 3, r and fmt_ratio(r["vs_ort"]))
+    wr = res.get("catalog1m")
+    if wr:
+        p50 = wr["p50"][("seqrec", ("main", 1, 1))]
+        add("catalog1m batch-1 p50 <= 5 ms, 1 thread", p50, p50 <= 5,
+            f"{fmt_ms(p50)} ms (PyTorch {fmt_ms(wr['p50'][('pytorch', ('main', 1, 1))])}, "
+            f"ONNX Runtime {fmt_ms(wr['p50'][('ort', ('main', 1, 1))])})")
+    else:
+        add("catalog1m batch-1 p50 <= 5 ms, 1 thread", None, False, None)
+    return out
+
+
+def environment_lines(info, sgemm, rounds, quick):
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    return [
+        f"machine: {cpu}, {os.cpu_count()} cores{', AVX-512' if avx512 else ''}, {platform.platform()}; "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"peers: PyTorch {info.get('torch', '?')} eager, onnxruntime-node {info.get('onnxruntime', '?')} (CPU); "
+        f"OPENBLAS_CORETYPE={coretype or '(unset)'}",
+        f"limit: single-core OpenBLAS sgemm n=1024: {statistics.median(sgemm):.1f} GFLOP/s "
+        f"(median of {len(sgemm)} same-run measurements, {min(sgemm):.1f}..{max(sgemm):.1f})",
+        f"method: {rounds} rounds, medians; {'--quick request sets' if quick else 'full request sets'}",
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default="ml1m,recbole,bert4rec,catalog1m")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller request sets and 2 rounds")
+    parser.add_argument("--build", default=os.path.join(REPO, "build-bench"),
+                        help="build folder with seqrec and bench/seqrec_timing (default build-bench)")
+    parser.add_argument("--workdir", default=None, help="models, ONNX files, request sets, results "
+                        "(default BUILD/compare)")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 5)
+    workdir = args.workdir or os.path.join(args.build, "compare")
+    os.makedirs(workdir, exist_ok=True)
+
+    seqrec = os.path.join(args.build, "seqrec")
+    timing = os.path.join(args.build, "bench", "seqrec_timing")
+    for path in (seqrec, timing):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"compare.py: no {path}; build it first:\n  cmake -S {REPO} -B {args.build} "
+                     f"-DCMAKE_BUILD_TYPE=Release && cmake --build {args.build} -j2 --target seqrec seqrec_timing")
+    if not os.path.isdir(os.path.join(HERE, "node_modules", "onnxruntime-node")) or not shutil.which("node"):
+        sys.exit("compare.py: ONNX Runtime peer missing; install it:\n  scripts/install-deps.sh --bench   "
+                 "(or: cd bench && npm install --ignore-scripts)")
+
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in workloads.WORKLOADS]
+    if unknown:
+        sys.exit(f"compare.py: unknown workload(s) {unknown} (expected {','.join(workloads.WORKLOADS)})")
+
+    started = time.time()
+    all_results, sgemm, skipped, info, check_rows = [], [], [], {}, []
+    for name in names:
+        w = workloads.WORKLOADS[name]
+        try:
+            folder = workloads.prepare(w, workdir, seqrec, args.quick, log=log)
+        except workloads.NotAvailable as why:
+            log(f"[{name}] SKIPPED: {why}")
+            skipped.append((name, str(why)))
+            continue
+        workers = start_workers(w, folder, args.build)
+        try:
+            info.update(workers["pytorch"].info)
+            info.update(workers["ort"].info)
+            log(f"[{name}] checking every request's top-10 (seqrec at batch 1/8/64, ONNX Runtime) against PyTorch")
+            checks = run_checks(workers)
+            for c in checks:
+                check_rows.append((name, c))
+                log(f"[{name}]   {LABEL[c['system']]} batch {c['batch']}: {c['differ']}/{c['requests']} requests differ; "
+                    f"max |logit delta| {c['max_delta']:.2e}")
+            cells, ms, p50 = time_workload(w, folder, workers, rounds, sgemm)
+        finally:
+            for worker in workers.values():
+                worker.close()
+        all_results.append({"workload": w, "folder": folder, "cells": cells, "ms": ms, "p50": p50})
+
+    if not all_results:
+        sys.exit("compare.py: no workload could run")
+    limit = statistics.median(sgemm)
+    rows = build_results(all_results, limit)
+    out = []
+    out += environment_lines(info, sgemm, rounds, args.quick)
+    out.append("")
+    out.append(table_markdown(rows))
+    out.append("")
+    out.append("top-10 agreement with PyTorch (every request of the main set; exact-tie swaps allowed):")
+    for name, c in check_rows:
+        out.append(f"  {name:9s} {LABEL[c['system']]:12s} batch {c['batch']:2d}: "
+                   f"{'same' if c['differ'] == 0 else 'DIFFERENT'} on {c['requests'] - c['differ']}/{c['requests']} "
+                   f"(max |logit delta| {c['max_delta']:.1e})")
+    out.append("")
+    out.append("targets (same-run ratios):")
+    for text, shown, verdict in targets(all_results, rows, limit):
+        out.append(f"  [{verdict:4s}] {text}: {shown}")
+    for name, why in skipped:
+        out.append(f"  [n/a ] {name}: not run - {why}")
+    out.append("")
+    out.append(f"total time {time.time() - started:.0f} s")
+    text = "\n".join(out)
+    print(text)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"rows": rows, "sgemm_gflops": sgemm, "checks": [dict(c, workload=n) for n, c in check_rows],
+                   "skipped": skipped}, f, indent=1)
+    differ = sum(c["differ"] for _, c in check_rows)
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

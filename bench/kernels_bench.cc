@@ -1,0 +1,310 @@
+// Google Benchmark micro-benchmarks: every kernel at the shapes of the performance spec's
+// workloads (../shared/spec/performance.md), and the engine end to end on a random
+// ml1m-shaped model.
+//
+//   ml1m       SASRec.pytorch: d=50, L=200, 1 head, FFN 50 (relu), 3,416 items (+ padding row)
+//   recbole    RecBole SASRec: d=64, L=50, 2 heads, FFN 256 (gelu), 10,000 items
+//   bert4rec   the recbole shape, bidirectional, L+1 slots (the [MASK] slot)
+//   catalog1m  the recbole encoder, 1,000,000 items
+//
+// Every kernel runs on one thread (kernels::set_gemm_threads(1), as the server's workers do).
+// Counters: "FLOPS" (useful floating-point operations per second, where they are defined)
+// or "bytes_per_second" for the memory-bound ones.
+//
+//   build-bench/bench/kernels_bench --benchmark_filter=ml1m
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/recommender.h"
+#include "engine/tensor.h"
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/layer_norm.h"
+#include "kernels/topk.h"
+
+namespace {
+
+using seqrec::FloatBuffer;
+namespace k = seqrec::kernels;
+
+struct Shape {
+  const char* name;
+  int64_t d, slots, heads, ffn, items;  // items: catalog rows incl. the padding row
+  bool relu, causal;
+};
+constexpr Shape kMl1m{"ml1m", 50, 200, 1, 50, 3417, true, true};
+constexpr Shape kRecbole{"recbole", 64, 50, 2, 256, 10001, false, true};
+constexpr Shape kBert4rec{"bert4rec", 64, 51, 2, 256, 10002, false, false};
+constexpr Shape kCatalog1m{"catalog1m", 64, 50, 2, 256, 1000001, false, true};
+const Shape kShapes[] = {kMl1m, kRecbole, kBert4rec, kCatalog1m};
+
+// Uniform values of standard deviation `scale` (a cheap generator: catalog1m's table has 64M).
+FloatBuffer random_buffer(size_t n, uint32_t seed, float scale = 1.0f) {
+  uint64_t state = 0x9E3779B97F4A7C15ull * (seed + 1);
+  const float unit = scale * 3.4641016f / 4294967296.0f;  // sqrt(12) · scale / 2^32
+  FloatBuffer out(n);
+  for (float& x : out) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    x = (static_cast<float>(static_cast<uint32_t>(state >> 32)) - 2147483648.0f) * unit;
+  }
+  return out;
+}
+
+// ---- attention: one head over one sequence -------------------------------------------
+
+// The kernel's signature is changing while the engine gets faster (a first_key_weight
+// argument: SASRec.pytorch's identical padded slots counted once); call whichever exists.
+template <class F = float>
+void attention_call(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, const float* kk, const float* v,
+                    int64_t ld_kv, int64_t n_kv, int64_t d_h, bool causal, F scale, float* out, int64_t ld_out,
+                    float* scratch) {
+  if constexpr (requires {
+                  k::attention_head(q, ld_q, q_begin, n_q, kk, v, ld_kv, n_kv, d_h, n_kv, n_kv, causal, scale, scale,
+                                    out, ld_out, scratch);
+                })
+    k::attention_head(q, ld_q, q_begin, n_q, kk, v, ld_kv, n_kv, d_h, 0, n_kv, causal, F{1}, scale, out, ld_out,
+                      scratch);
+  else
+    k::attention_head(q, ld_q, q_begin, n_q, kk, v, ld_kv, n_kv, d_h, 0, n_kv, causal, scale, out, ld_out, scratch);
+}
+
+// All query slots (every block but the last) or only the read-out slot (the last block).
+void attention(benchmark::State& state, Shape s, bool readout_only) {
+  k::set_gemm_threads(1);
+  const int64_t n = s.slots, d_h = s.d / s.heads;
+  FloatBuffer q = random_buffer(n * s.d, 1), kk = random_buffer(n * s.d, 2), v = random_buffer(n * s.d, 3);
+  FloatBuffer out(n * s.d), scratch(n * (d_h + 1) + 64);  // room for either signature
+  const int64_t q_begin = readout_only ? n - 1 : 0, n_q = readout_only ? 1 : n;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d_h));
+  for (auto _ : state) {
+    for (int64_t h = 0; h < s.heads; ++h)
+      attention_call(q.data() + q_begin * s.d + h * d_h, s.d, q_begin, n_q, kk.data() + h * d_h, v.data() + h * d_h,
+                     s.d, n, d_h, s.causal, scale, out.data() + h * d_h, s.d, scratch.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  // Useful: q·k and p·v over the keys each query sees (lower triangle when causal).
+  double pairs = 0;
+  for (int64_t i = q_begin; i < n; ++i) pairs += s.causal ? static_cast<double>(i + 1) : static_cast<double>(n);
+  state.counters["FLOPS"] = benchmark::Counter(4.0 * pairs * s.d, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- layer norm -------------------------------------------------------------------------
+
+void layer_norm(benchmark::State& state, Shape s) {
+  const int64_t rows = s.slots;
+  FloatBuffer x = random_buffer(rows * s.d, 4), y(rows * s.d);
+  FloatBuffer gamma = random_buffer(s.d, 5, 0.2f), beta = random_buffer(s.d, 6, 0.1f);
+  for (float& g : gamma) g += 1.0f;
+  for (auto _ : state) {
+    k::layer_norm(x.data(), s.d, rows, s.d, gamma.data(), beta.data(), 1e-8f, y.data(), s.d);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * rows * s.d * 2 * static_cast<int64_t>(sizeof(float)));
+}
+
+// ---- FFN: inner GEMM + bias + activation, outer GEMM + bias -------------------------------
+
+void ffn(benchmark::State& state, Shape s, int64_t rows) {
+  k::set_gemm_threads(1);
+  FloatBuffer x = random_buffer(rows * s.d, 7), w1 = random_buffer(s.ffn * s.d, 8, 0.1f),
+              b1 = random_buffer(s.ffn, 9, 0.1f), w2 = random_buffer(s.d * s.ffn, 10, 0.1f),
+              b2 = random_buffer(s.d, 11, 0.1f);
+  FloatBuffer hidden(rows * s.ffn), y(rows * s.d);
+  for (auto _ : state) {
+    k::sgemm(false, true, rows, s.ffn, s.d, 1.0f, x.data(), s.d, w1.data(), s.d, 0.0f, hidden.data(), s.ffn);
+    k::add_bias(hidden.data(), rows, s.ffn, b1.data());
+    if (s.relu)
+      k::relu(hidden.data(), rows * s.ffn);
+    else
+      k::gelu_erf(hidden.data(), rows * s.ffn);
+    k::sgemm(false, true, rows, s.d, s.ffn, 1.0f, hidden.data(), s.ffn, w2.data(), s.ffn, 0.0f, y.data(), s.d);
+    k::add_bias(y.data(), rows, s.d, b2.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(4.0 * rows * s.d * s.ffn, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- the linear projections of attention (Q, K, V, out): one GEMM each ------------------
+
+void projection(benchmark::State& state, Shape s, int64_t rows) {
+  k::set_gemm_threads(1);
+  FloatBuffer x = random_buffer(rows * s.d, 12), w = random_buffer(3 * s.d * s.d, 13, 0.1f), y(rows * 3 * s.d);
+  for (auto _ : state) {
+    k::sgemm(false, true, rows, 3 * s.d, s.d, 1.0f, x.data(), s.d, w.data(), s.d, 0.0f, y.data(), 3 * s.d);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(6.0 * rows * s.d * s.d, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- embedding gather: item rows (scaled) + position rows --------------------------------
+
+void gather(benchmark::State& state, Shape s) {
+  const int64_t n = s.slots, table_rows = std::min<int64_t>(s.items, 1 << 20);
+  FloatBuffer items = random_buffer(table_rows * s.d, 14), positions = random_buffer((n + 1) * s.d, 15);
+  std::mt19937 rng(16);
+  std::vector<int32_t> rows(n), pos(n);
+  for (int64_t i = 0; i < n; ++i) {
+    rows[i] = static_cast<int32_t>(1 + rng() % (table_rows - 1));
+    pos[i] = static_cast<int32_t>(i + 1);
+  }
+  FloatBuffer out(n * s.d);
+  const float scale = std::sqrt(static_cast<float>(s.d));
+  for (auto _ : state) {
+    k::gather_rows(items.data(), s.d, rows.data(), n, scale, out.data(), s.d);
+    k::gather_add_rows(positions.data(), s.d, pos.data(), n, out.data(), s.d);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * n * s.d * 3 * static_cast<int64_t>(sizeof(float)));
+}
+
+// ---- scoring GEMM: [batch, d] · item_tableᵀ over the whole catalog ------------------------
+
+void scoring(benchmark::State& state, Shape s, int64_t batch) {
+  k::set_gemm_threads(1);
+  FloatBuffer table = random_buffer(s.items * s.d, 17, 0.05f), hidden = random_buffer(batch * s.d, 18);
+  FloatBuffer logits(batch * s.items);
+  for (auto _ : state) {
+    k::sgemm(false, true, batch, s.items, s.d, 1.0f, hidden.data(), s.d, table.data(), s.d, 0.0f, logits.data(),
+             s.items);
+    benchmark::DoNotOptimize(logits.data());
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(2.0 * batch * s.items * s.d, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetBytesProcessed(state.iterations() * s.items * s.d * static_cast<int64_t>(sizeof(float)));
+}
+
+// ---- top-k over one request's catalog scores ------------------------------------------------
+
+void top_k(benchmark::State& state, Shape s, bool with_skip) {
+  FloatBuffer scores = random_buffer(s.items, 19);
+  std::vector<uint8_t> skip(s.items, 0);
+  skip[0] = 1;  // the padding row
+  std::mt19937 rng(20);
+  for (int i = 0; i < 200; ++i) skip[1 + rng() % (s.items - 1)] = 1;  // a long history's seen items
+  std::vector<int32_t> out(10);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k::top_k(scores.data(), s.items, with_skip ? skip.data() : nullptr, 10, out.data()));
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * s.items * static_cast<int64_t>(sizeof(float)));
+}
+
+// ---- activations over one FFN's hidden buffer ----------------------------------------------
+
+void activation(benchmark::State& state, Shape s) {
+  FloatBuffer x = random_buffer(s.slots * s.ffn, 21);
+  for (auto _ : state) {
+    if (s.relu)
+      k::relu(x.data(), s.slots * s.ffn);
+    else
+      k::gelu_erf(x.data(), s.slots * s.ffn);
+    benchmark::DoNotOptimize(x.data());
+  }
+  state.SetBytesProcessed(state.iterations() * s.slots * s.ffn * 2 * static_cast<int64_t>(sizeof(float)));
+}
+
+// ---- the engine: Recommender::recommend on a random ml1m-shaped model -----------------------
+
+std::shared_ptr<seqrec::Recommender> ml1m_recommender() {
+  seqrec::ModelSpec spec;  // SASRec.pytorch current generation, post_ln, as `convert --from pmixer` maps it
+  spec.block = seqrec::Block::post_ln;
+  spec.attention = seqrec::AttentionKind::causal;
+  spec.embed_scale = true;
+  spec.positions = seqrec::Positions::slot_or_zero;
+  spec.padding = seqrec::Padding::left;
+  spec.activation = seqrec::Activation::relu;
+  spec.final_norm = true;
+  spec.score = seqrec::ScoreKind::raw;
+  spec.max_len = kMl1m.slots;
+  spec.d = kMl1m.d;
+  spec.heads = kMl1m.heads;
+  spec.ffn_dim = kMl1m.ffn;
+  spec.n_layers = 2;
+  spec.n_items = kMl1m.items;
+  seqrec::WeightMap weights;
+  uint32_t seed = 100;
+  for (const seqrec::TensorDecl& decl : seqrec::required_tensors(spec)) {
+    seqrec::Tensor t(decl.shape);
+    const bool norm_gamma = decl.shape.size() == 1 && decl.name.size() > 7 &&
+                            decl.name.compare(decl.name.size() - 7, 7, "/weight") == 0;
+    FloatBuffer r = random_buffer(t.numel(), seed++, 0.1f);
+    for (size_t i = 0; i < t.numel(); ++i) t.data[i] = r[i] + (norm_gamma ? 1.0f : 0.0f);
+    weights.emplace(decl.name, std::move(t));
+  }
+  std::vector<std::string> ids(spec.n_items);
+  for (int64_t r = 0; r < spec.n_items; ++r) ids[r] = std::to_string(r);
+  return std::make_shared<seqrec::Recommender>(spec, std::move(weights), std::move(ids), std::vector<uint64_t>{},
+                                               std::nullopt);
+}
+
+// history_len 0: random lengths 1..2L (the comparison's request mix).
+void recommend(benchmark::State& state, int64_t batch, int64_t history_len) {
+  k::set_gemm_threads(1);
+  static const std::shared_ptr<seqrec::Recommender> rec = ml1m_recommender();
+  std::mt19937 rng(22);
+  std::vector<seqrec::Request> requests(256);
+  for (auto& r : requests) {
+    r.k = 10;
+    r.recommend_seen = true;
+    const int64_t len = history_len ? history_len : 1 + static_cast<int64_t>(rng() % (2 * kMl1m.slots));
+    for (int64_t i = 0; i < len; ++i)
+      r.interactions.push_back({std::to_string(1 + rng() % (kMl1m.items - 1)), i, std::nullopt});
+  }
+  seqrec::Workspace ws;
+  size_t at = 0;
+  for (auto _ : state) {
+    if (at + batch > requests.size()) at = 0;
+    auto out = rec->recommend(std::span<const seqrec::Request>(requests.data() + at, batch), ws);
+    benchmark::DoNotOptimize(out.data());
+    at += batch;
+  }
+  state.SetItemsProcessed(state.iterations() * batch);  // items_per_second = requests/s
+}
+
+void register_all() {
+  for (const Shape& s : kShapes) {
+    const std::string p = s.name;
+    if (s.items < 100000) {  // the encoder kernels of catalog1m are recbole's
+      benchmark::RegisterBenchmark((p + "/attention/all_slots").c_str(), attention, s, false);
+      benchmark::RegisterBenchmark((p + "/attention/readout_slot").c_str(), attention, s, true);
+      benchmark::RegisterBenchmark((p + "/layer_norm").c_str(), layer_norm, s);
+      benchmark::RegisterBenchmark((p + "/qkv_projection/all_slots").c_str(), projection, s, s.slots);
+      benchmark::RegisterBenchmark((p + "/ffn/all_slots").c_str(), ffn, s, s.slots);
+      benchmark::RegisterBenchmark((p + "/ffn/readout_slot").c_str(), ffn, s, int64_t{1});
+      benchmark::RegisterBenchmark((p + "/activation").c_str(), activation, s);
+    }
+    benchmark::RegisterBenchmark((p + "/gather").c_str(), gather, s);
+    for (int64_t batch : {int64_t{1}, int64_t{64}}) {
+      if (s.items > 100000 && batch > 8) batch = 8;  // [64, 1M] logits would be 256 MB
+      benchmark::RegisterBenchmark((p + "/scoring_gemm/batch:" + std::to_string(batch)).c_str(), scoring, s, batch);
+    }
+    benchmark::RegisterBenchmark((p + "/top_k/k:10").c_str(), top_k, s, false);
+    benchmark::RegisterBenchmark((p + "/top_k/k:10/skip_seen").c_str(), top_k, s, true);
+  }
+  benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:mix", recommend, int64_t{1}, int64_t{0});
+  benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:64/history:mix", recommend, int64_t{64}, int64_t{0});
+  benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:10", recommend, int64_t{1}, int64_t{10});
+  benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:200", recommend, int64_t{1}, int64_t{200});
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,225 @@
+// seqrec_timing: the engine in-process, timed the way bench/compare.py times its peers.
+//
+//   seqrec_timing --model M.seqrec --requests NAME=FILE [--requests NAME=FILE ...]
+//
+// Each request file holds one request per line: the history's item ids, oldest first,
+// separated by spaces (ids as in the model's catalog; `seqrec convert` without --item-ids
+// gives row r the id "r"). Every request asks for k = 10 with recommend_seen = true, so the
+// top-10 is the model's own ranking and can be compared with a peer's logits.
+//
+// Commands, one per line on stdin; each answer is one JSON line on stdout:
+//   run SET B T   time the whole set once: T threads, each with its own Workspace, take
+//                 chunks of B requests from a shared counter and answer each chunk with ONE
+//                 Recommender::recommend call. One untimed warm-up pass over min(N, 4·B·T)
+//                 requests comes first. Answers {"seconds": wall time of the pass,
+//                 "n": requests, "batch_ms": [latency of each recommend call]}.
+//   top SET B     one pass with batch B on one thread; answers {"top": [[row, ...], ...],
+//                 "scores": [[score, ...], ...]}: each request's top-10 rows and raw scores.
+//   sgemm         single-core OpenBLAS sgemm, n = 1024 (the machine's limit of the
+//                 performance spec); answers {"gflops": median of 7 calls}.
+//   quit
+//
+// Threading: kernels::set_gemm_threads(1) — parallelism comes from the T workers, each with
+// its own Workspace, as in `seqrec serve` (whose worker pool makes the same call). Request
+// parsing (ids -> Request) happens once at load and is not timed; everything recommend()
+// does (sequence building from string ids, forward pass, scoring GEMM, top-k, response
+// strings) is.
+#include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/error.h"
+#include "engine/recommender.h"
+#include "engine/tensor.h"
+#include "kernels/gemm.h"
+#include "weights/model_loader.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using seqrec::Request;
+
+std::vector<Request> read_requests(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw seqrec::Error("cannot read request file '" + path + "'");
+  std::vector<Request> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    Request r;
+    r.k = 10;
+    r.recommend_seen = true;
+    std::istringstream words(line);
+    std::string id;
+    int64_t t = 0;
+    while (words >> id) r.interactions.push_back({id, t++, std::nullopt});
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+struct Pass {
+  double seconds = 0;
+  std::vector<double> batch_ms;
+};
+
+class Timer {
+ public:
+  explicit Timer(std::shared_ptr<const seqrec::Recommender> rec) : rec_(std::move(rec)) {}
+
+  // Answers requests [0, n) of `set` with batch b on t threads. `top`, when given, gets each
+  // request's top-10 rows.
+  Pass pass(const std::vector<Request>& set, size_t n, size_t b, size_t t,
+            std::vector<std::vector<seqrec::ScoredItem>>* top) {
+    while (workspaces_.size() < t) workspaces_.emplace_back(std::make_unique<seqrec::Workspace>());
+    std::atomic<size_t> next{0};
+    std::vector<std::vector<double>> lat(t);
+    auto work = [&](size_t w) {
+      seqrec::Workspace& ws = *workspaces_[w];
+      for (;;) {
+        const size_t begin = next.fetch_add(b);
+        if (begin >= n) break;
+        const size_t end = std::min(n, begin + b);
+        const auto t0 = Clock::now();
+        std::vector<seqrec::Response> responses =
+            rec_->recommend(std::span<const Request>(set.data() + begin, end - begin), ws);
+        lat[w].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        if (top)
+          for (size_t i = begin; i < end; ++i) (*top)[i] = std::move(responses[i - begin].recommendations);
+      }
+    };
+    const auto start = Clock::now();
+    if (t == 1) {
+      work(0);
+    } else {
+      std::vector<std::thread> threads;
+      for (size_t w = 0; w < t; ++w) threads.emplace_back(work, w);
+      for (auto& th : threads) th.join();
+    }
+    Pass p;
+    p.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    for (auto& l : lat) p.batch_ms.insert(p.batch_ms.end(), l.begin(), l.end());
+    return p;
+  }
+
+ private:
+  std::shared_ptr<const seqrec::Recommender> rec_;
+  std::vector<std::unique_ptr<seqrec::Workspace>> workspaces_;
+};
+
+double sgemm_gflops() {
+  const int n = 1024;
+  seqrec::FloatBuffer a(n * n), b(n * n), c(n * n);
+  for (int i = 0; i < n * n; ++i) {
+    a[i] = static_cast<float>((i * 7 % 13) - 6) * 0.01f;
+    b[i] = static_cast<float>((i * 5 % 11) - 5) * 0.01f;
+  }
+  openblas_set_num_threads(1);
+  std::vector<double> g;
+  for (int rep = 0; rep < 8; ++rep) {
+    const auto t0 = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
+                n);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (rep > 0) g.push_back(2.0 * n * n * n / s / 1e9);  // the first call is a warm-up
+  }
+  std::sort(g.begin(), g.end());
+  seqrec::kernels::set_gemm_threads(1);
+  return g[g.size() / 2];
+}
+
+void print_pass(const Pass& p, size_t n) {
+  std::string s = "{\"seconds\": " + std::to_string(p.seconds) + ", \"n\": " + std::to_string(n) + ", \"batch_ms\": [";
+  for (size_t i = 0; i < p.batch_ms.size(); ++i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.5f", i ? ", " : "", p.batch_ms[i]);
+    s += buf;
+  }
+  std::cout << s << "]}" << std::endl;
+}
+
+int usage() {
+  std::cerr << "usage: seqrec_timing --model M.seqrec --requests NAME=FILE [--requests NAME=FILE ...]\n"
+               "then commands on stdin: run SET B T | top SET B | sgemm | quit\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::string model;
+  std::map<std::string, std::vector<Request>> sets;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--model" && i + 1 < argc) {
+      model = argv[++i];
+    } else if (arg == "--requests" && i + 1 < argc) {
+      const std::string spec = argv[++i];
+      const auto eq = spec.find('=');
+      if (eq == std::string::npos) return usage();
+      sets[spec.substr(0, eq)] = read_requests(spec.substr(eq + 1));
+    } else {
+      return usage();
+    }
+  }
+  if (model.empty() || sets.empty()) return usage();
+
+  seqrec::kernels::set_gemm_threads(1);
+  Timer timer(seqrec::load_recommender(model).recommender);
+  std::cout << "{\"ready\": true}" << std::endl;
+
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string cmd, set_name;
+    in >> cmd;
+    if (cmd == "quit") break;
+    if (cmd == "sgemm") {
+      std::cout << "{\"gflops\": " << sgemm_gflops() << "}" << std::endl;
+      continue;
+    }
+    size_t b = 1, t = 1;
+    in >> set_name >> b;
+    if (cmd == "run") in >> t;
+    auto it = sets.find(set_name);
+    if (it == sets.end() || b < 1 || t < 1 || (cmd != "run" && cmd != "top")) {
+      std::cout << "{\"error\": \"bad command: " << line << "\"}" << std::endl;
+      continue;
+    }
+    const std::vector<Request>& set = it->second;
+    if (cmd == "top") {
+      std::vector<std::vector<seqrec::ScoredItem>> top(set.size());
+      timer.pass(set, set.size(), b, 1, &top);
+      std::string rows = "{\"top\": [", scores = "\"scores\": [";
+      for (size_t i = 0; i < top.size(); ++i) {
+        rows += i ? ", [" : "[";
+        scores += i ? ", [" : "[";
+        for (size_t j = 0; j < top[i].size(); ++j) {
+          char buf[32];
+          std::snprintf(buf, sizeof buf, "%s%.9g", j ? ", " : "", top[i][j].score);
+          rows += (j ? ", " : "") + std::to_string(top[i][j].row);
+          scores += buf;
+        }
+        rows += "]";
+        scores += "]";
+      }
+      std::cout << rows << "], " << scores << "]}" << std::endl;
+      continue;
+    }
+    timer.pass(set, std::min(set.size(), 4 * b * t), b, t, nullptr);  // warm-up
+    print_pass(timer.pass(set, set.size(), b, t, nullptr), set.size());
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "seqrec_timing: " << e.what() << "\n";
+  return 1;
+}
