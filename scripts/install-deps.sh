@@ -2,12 +2,20 @@
 # Installs seqrec's build and test dependencies from Debian packages (run as root or via sudo).
 #   scripts/install-deps.sh          build + run dependencies
 #   scripts/install-deps.sh --test   also what the test suite needs (PyTorch for parity, Redis)
+#   scripts/install-deps.sh --bench  also what bench/ runs against: PyTorch, wrk, Node.js + npm,
+#                                    and onnxruntime-node (npm, into bench/node_modules)
 set -euo pipefail
 
 packages=(cmake g++ make pkg-config libdnnl-dev libopenblas-dev libcereal-dev libboost-dev
           libsimdjson-dev libcli11-dev liblmdb-dev libhiredis-dev libgtest-dev libgmock-dev libbenchmark-dev)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3 python3-torch python3-numpy redis-server)
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(python3 python3-torch python3-numpy wrk)
+  # Node.js may come from another apt source that bundles npm; add Debian's only if missing.
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
 fi
 
 missing=()
@@ -20,4 +28,10 @@ if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [[ "${1:-}" == "--bench" ]]; then
+  # The ONNX Runtime peer: its install script only fetches optional GPU bits (and fails
+  # offline); the CPU library ships inside the package.
+  (cd "$(dirname "$0")/../bench" && npm ci --ignore-scripts --no-audit --no-fund)
 fi
