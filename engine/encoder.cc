@@ -36,8 +36,26 @@ LayerNormWeights layer_norm(const WeightMap& w, const std::string& prefix, int64
   return LayerNormWeights{lookup(w, prefix + "/weight", {d}), lookup(w, prefix + "/bias", {d})};
 }
 
-void grow(FloatBuffer& buffer, size_t n) {
-  if (buffer.size() < n) buffer.resize(n);
+// Stacks linears that read the same input into one: [out_1 + out_2 + ..., in].
+Linear fuse(std::initializer_list<Linear> parts, std::vector<FloatBuffer>& storage) {
+  const int64_t in = parts.begin()->in;
+  int64_t out = 0;
+  for (const Linear& p : parts) out += p.out;
+  FloatBuffer weight(static_cast<size_t>(out * in)), bias(static_cast<size_t>(out));
+  int64_t row = 0;
+  for (const Linear& p : parts) {
+    std::copy(p.weight, p.weight + p.out * in, weight.begin() + row * in);
+    std::copy(p.bias, p.bias + p.out, bias.begin() + row);
+    row += p.out;
+  }
+  storage.push_back(std::move(weight));
+  const float* w = storage.back().data();
+  storage.push_back(std::move(bias));
+  return Linear{w, storage.back().data(), out, in};
+}
+
+void grow(FloatBuffer& buffer, int64_t n) {
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n));
 }
 
 }  // namespace
@@ -48,12 +66,15 @@ Encoder::Encoder(const ModelSpec& spec, const WeightMap& weights) : spec_(spec) 
   item_table_ = lookup(weights, "embedding/item/weight", {spec_.item_table_rows(), d});
   position_table_ = lookup(weights, "embedding/position/weight", {spec_.n_positions(), d});
   if (spec_.embed_norm) embed_norm_ = layer_norm(weights, "embedding/norm", d);
+  fused_.reserve(static_cast<size_t>(4 * spec_.n_layers));  // pointers into it must stay put
   for (int64_t i = 0; i < spec_.n_layers; ++i) {
     const std::string p = tensor_names::layer(i);
     EncoderLayer layer;
     layer.q = linear(weights, p + "/attention/q", d, d);
-    layer.k = linear(weights, p + "/attention/k", d, d);
-    layer.v = linear(weights, p + "/attention/v", d, d);
+    const Linear k = linear(weights, p + "/attention/k", d, d);
+    const Linear v = linear(weights, p + "/attention/v", d, d);
+    layer.kv = fuse({k, v}, fused_);
+    layer.qkv = fuse({layer.q, k, v}, fused_);
     layer.out = linear(weights, p + "/attention/out", d, d);
     layer.attention_norm = layer_norm(weights, p + "/attention/norm", d);
     layer.ffn_inner = linear(weights, p + "/ffn/inner", spec_.ffn_dim, d);
@@ -68,50 +89,83 @@ Encoder::Encoder(const ModelSpec& spec, const WeightMap& weights) : spec_(spec) 
   }
 }
 
-SlotLayout Encoder::layout(std::span<const int32_t> sequence) const {
+// ---- planning ------------------------------------------------------------------------------
+
+void Encoder::plan_every_slot(std::span<const int32_t> sequence, std::vector<int32_t>& item_rows,
+                              std::vector<int32_t>& positions, SequencePlan& plan) const {
   const int64_t slots = spec_.n_slots();
-  const int64_t mask_row = spec_.n_items;  // the [MASK] row follows the catalog rows
-  // The most recent max_len items are the model's input.
+  const int64_t len = static_cast<int64_t>(sequence.size());
+  const size_t base = item_rows.size();
+  item_rows.resize(base + slots, 0);
+  int64_t valid_begin = 0, valid_end = 0;
+  if (spec_.padding == Padding::left) {
+    valid_begin = slots - len;
+    valid_end = slots;
+    plan.readout = slots - 1;
+  } else {
+    valid_end = len;
+    plan.readout = std::max<int64_t>(len - 1, 0);
+  }
+  std::copy(sequence.begin(), sequence.end(), item_rows.begin() + base + valid_begin);
+  for (int64_t s = 0; s < slots; ++s) {
+    const bool valid = s >= valid_begin && s < valid_end;
+    positions.push_back(static_cast<int32_t>(spec_.positions == Positions::slot_or_zero ? (valid ? s + 1 : 0) : s));
+  }
+  plan.n_rows = slots;
+  plan.key_begin = spec_.mask_padded_keys ? valid_begin : 0;
+  plan.key_end = spec_.mask_padded_keys ? valid_end : slots;
+  plan.causal = spec_.attention == AttentionKind::causal;
+}
+
+void Encoder::plan(std::span<const int32_t> sequence, std::vector<int32_t>& item_rows,
+                   std::vector<int32_t>& positions, SequencePlan& plan) const {
+  plan = SequencePlan{};
+  plan.first_row = static_cast<int64_t>(item_rows.size());
+  plan.causal = spec_.attention == AttentionKind::causal;
+  const int32_t mask_row = static_cast<int32_t>(spec_.n_items);  // [MASK] follows the catalog rows
   if (static_cast<int64_t>(sequence.size()) > spec_.max_len) sequence = sequence.last(spec_.max_len);
   const int64_t len = static_cast<int64_t>(sequence.size());
+  auto push = [&](int32_t item, int64_t position) {
+    item_rows.push_back(item);
+    positions.push_back(static_cast<int32_t>(position));
+  };
 
-  SlotLayout out;
-  out.item_rows.assign(slots, 0);
-  switch (spec_.readout) {
-    case Readout::last_slot:
-      if (spec_.padding == Padding::left) {
-        out.valid_begin = slots - len;
-        out.valid_end = slots;
-        out.readout = slots - 1;
-      } else {
-        out.valid_begin = 0;
-        out.valid_end = len;
-        out.readout = std::max<int64_t>(len - 1, 0);
-      }
-      std::copy(sequence.begin(), sequence.end(), out.item_rows.begin() + out.valid_begin);
-      break;
-    case Readout::mask_token:  // L+1 slots: the items, then [MASK]
-      std::copy(sequence.begin(), sequence.end(), out.item_rows.begin());
-      out.item_rows[len] = mask_row;
-      out.valid_end = len + 1;
-      out.readout = len;
-      break;
-    case Readout::mask_token_drop_first: {  // append [MASK] to L slots, then drop the first slot
-      const int64_t kept = std::max<int64_t>(len - 1, 0);
-      std::copy(sequence.end() - kept, sequence.end(), out.item_rows.begin());
-      out.item_rows[kept] = mask_row;
-      out.valid_end = kept + 1;
-      out.readout = kept;
-      break;
+  if (spec_.readout != Readout::last_slot) {
+    // BERT4Rec: the items, then [MASK] read out; padded keys are masked, so only these rows matter.
+    const int64_t kept = spec_.readout == Readout::mask_token ? len : std::max<int64_t>(len - 1, 0);
+    const auto first = sequence.end() - kept;
+    for (int64_t i = 0; i < kept; ++i) push(first[i], i);
+    push(mask_row, kept);
+    plan.n_rows = kept + 1;
+  } else if (!spec_.mask_padded_keys) {
+    // Left padding, padded keys visible: the P padded slots are one row weighted by P —
+    // valid when they are identical (position 0 for all, or zeroed every block).
+    const int64_t padded = spec_.max_len - len;
+    if (padded > 0 && spec_.positions != Positions::slot_or_zero && !spec_.zero_padded_rows)
+      return plan_every_slot(sequence, item_rows, positions, plan);
+    if (padded > 0) {
+      push(0, spec_.positions == Positions::slot_or_zero ? 0 : padded - 1);
+      plan.first_key_weight = static_cast<float>(padded);
+      plan.zero_first_row = spec_.zero_padded_rows;
     }
+    for (int64_t i = 0; i < len; ++i)
+      push(sequence[i], spec_.positions == Positions::slot_or_zero ? padded + i + 1 : padded + i);
+    plan.n_rows = (padded > 0 ? 1 : 0) + len;
+  } else if (len > 0) {
+    // Padded keys masked: real items only (their slots are 0..len-1 whichever side pads).
+    const int64_t offset = spec_.padding == Padding::left ? spec_.max_len - len : 0;
+    for (int64_t i = 0; i < len; ++i)
+      push(sequence[i], spec_.positions == Positions::slot_or_zero ? offset + i + 1 : offset + i);
+    plan.n_rows = len;
+  } else {
+    return plan_every_slot(sequence, item_rows, positions, plan);  // nothing real: every slot
   }
-  out.positions.resize(slots);
-  for (int64_t s = 0; s < slots; ++s) {
-    const bool valid = s >= out.valid_begin && s < out.valid_end;
-    out.positions[s] = static_cast<int32_t>(spec_.positions == Positions::slot_or_zero ? (valid ? s + 1 : 0) : s);
-  }
-  return out;
+  plan.key_begin = 0;
+  plan.key_end = plan.n_rows;
+  plan.readout = plan.n_rows - 1;
 }
+
+// ---- computing -----------------------------------------------------------------------------
 
 void Encoder::norm(const LayerNormWeights& w, const float* x, int64_t rows, float* y) const {
   kernels::layer_norm(x, spec_.d, rows, spec_.d, w.gamma, w.beta, spec_.ln_eps, y, spec_.d);
@@ -128,32 +182,25 @@ void Encoder::activate(float* x, int64_t n) const {
   }
 }
 
-// out = MultiHeadAttention(query = query_src, key = value = kv_src), both [batch * slots, d].
-void Encoder::attention(const EncoderLayer& layer, const float* query_src, const float* kv_src, int64_t batch,
-                        Workspace& ws, float* out) const {
-  const int64_t d = spec_.d, slots = spec_.n_slots(), rows = batch * slots;
-  const int64_t d_h = d / spec_.heads;
-  layer.q.apply(query_src, d, rows, ws.q.data());
-  layer.k.apply(kv_src, d, rows, ws.k.data());
-  layer.v.apply(kv_src, d, rows, ws.v.data());
+void Encoder::attend(const float* q, int64_t ld_q, bool readout_only, const float* k, const float* v, int64_t ld_kv,
+                     Workspace& ws, float* context) const {
+  const int64_t d = spec_.d, d_h = d / spec_.heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d_h));
-  const bool causal = spec_.attention == AttentionKind::causal;
-  for (int64_t b = 0; b < batch; ++b) {
-    const SlotLayout& lay = ws.layouts[b];
-    const int64_t key_begin = spec_.mask_padded_keys ? lay.valid_begin : 0;
-    const int64_t key_end = spec_.mask_padded_keys ? lay.valid_end : slots;
-    const int64_t base = b * slots * d;
+  for (size_t b = 0; b < ws.plans.size(); ++b) {
+    const SequencePlan& p = ws.plans[b];
+    const int64_t q_row = readout_only ? static_cast<int64_t>(b) : p.first_row;
+    const int64_t q_begin = readout_only ? p.readout : 0;
+    const int64_t n_q = readout_only ? 1 : p.n_rows;
     for (int64_t h = 0; h < spec_.heads; ++h) {
-      const int64_t off = base + h * d_h;
-      kernels::attention_head(ws.q.data() + off, d, 0, slots, ws.k.data() + off, ws.v.data() + off, d, slots, d_h,
-                              key_begin, key_end, causal, scale, ws.context.data() + off, d, ws.scores.data());
+      const int64_t col = h * d_h;
+      kernels::attention_head(q + q_row * ld_q + col, ld_q, q_begin, n_q, k + p.first_row * ld_kv + col,
+                              v + p.first_row * ld_kv + col, ld_kv, p.n_rows, d_h, p.key_begin, p.key_end, p.causal,
+                              p.first_key_weight, scale, context + q_row * d + col, d, ws.scores.data());
     }
   }
-  layer.out.apply(ws.context.data(), d, rows, out);
 }
 
-void Encoder::feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws,
-                           float* out) const {
+void Encoder::feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws, float* out) const {
   layer.ffn_inner.apply(x, spec_.d, rows, ws.ffn.data());
   activate(ws.ffn.data(), rows * spec_.ffn_dim);
   layer.ffn_outer.apply(ws.ffn.data(), spec_.ffn_dim, rows, out);
@@ -161,79 +208,121 @@ void Encoder::feed_forward(const EncoderLayer& layer, const float* x, int64_t ro
 
 void Encoder::encode(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* hidden) const {
   const int64_t batch = static_cast<int64_t>(sequences.size());
-  const int64_t d = spec_.d, slots = spec_.n_slots(), rows = batch * slots;
   if (batch == 0) return;
-  for (FloatBuffer* buffer : {&ws.x, &ws.normed, &ws.q, &ws.k, &ws.v, &ws.context, &ws.projected})
-    grow(*buffer, static_cast<size_t>(rows * d));
-  grow(ws.ffn, static_cast<size_t>(rows * spec_.ffn_dim));
-  grow(ws.scores, static_cast<size_t>(slots));
-  ws.layouts.resize(batch);
+  const int64_t d = spec_.d;
+  ws.item_rows.clear();
+  ws.positions.clear();
+  ws.plans.resize(static_cast<size_t>(batch));
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    plan(sequences[b], ws.item_rows, ws.positions, ws.plans[b]);
+    longest = std::max(longest, ws.plans[b].n_rows);
+  }
+  const int64_t rows = static_cast<int64_t>(ws.item_rows.size());
+  for (FloatBuffer* buffer : {&ws.x, &ws.normed, &ws.context, &ws.projected}) grow(*buffer, rows * d);
+  grow(ws.qkv, rows * 3 * d);
+  grow(ws.ffn, rows * spec_.ffn_dim);
+  grow(ws.scores, kernels::attention_scratch_floats(longest, d / spec_.heads));
   float* x = ws.x.data();
   float* normed = ws.normed.data();
-  float* projected = ws.projected.data();
 
   // Embedding: item (optionally * sqrt(d)) + position, then the optional embedding norm.
   const float item_scale = spec_.embed_scale ? std::sqrt(static_cast<float>(d)) : 1.0f;
-  for (int64_t b = 0; b < batch; ++b) {
-    ws.layouts[b] = layout(sequences[b]);
-    float* xb = x + b * slots * d;
-    kernels::gather_rows(item_table_, d, ws.layouts[b].item_rows.data(), slots, item_scale, xb, d);
-    kernels::gather_add_rows(position_table_, d, ws.layouts[b].positions.data(), slots, xb, d);
-  }
+  kernels::gather_rows(item_table_, d, ws.item_rows.data(), rows, item_scale, x, d);
+  kernels::gather_add_rows(position_table_, d, ws.positions.data(), rows, x, d);
   if (spec_.embed_norm) norm(embed_norm_, x, rows, x);
-
-  // Old SASRec.pytorch multiplies padded rows by 0 after the embedding and every block.
-  auto zero_padded_rows = [&] {
-    if (!spec_.zero_padded_rows) return;
-    for (int64_t b = 0; b < batch; ++b)
-      std::fill(x + b * slots * d, x + (b * slots + ws.layouts[b].valid_begin) * d, 0.0f);
+  auto zero_padded = [&](float* base, bool readout_rows) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const SequencePlan& p = ws.plans[b];
+      if (!p.zero_first_row) continue;
+      if (!readout_rows)
+        std::fill(base + p.first_row * d, base + (p.first_row + 1) * d, 0.0f);
+      else if (p.readout == 0)
+        std::fill(base + b * d, base + (b + 1) * d, 0.0f);
+    }
   };
-  auto add = [&](float* y, const float* a) {
-    for (int64_t i = 0; i < rows * d; ++i) y[i] += a[i];
-  };
-  zero_padded_rows();
+  zero_padded(x, false);
 
-  for (const EncoderLayer& layer : layers_) {
+  // The rows whose output is needed: all of them, except in the last block only the read-out rows.
+  float* xr = hidden;  // [batch, d] the read-out rows' state through the last block
+  auto gather_readout = [&](const float* from, float* to) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const float* src = from + (ws.plans[b].first_row + ws.plans[b].readout) * d;
+      std::copy(src, src + d, to + b * d);
+    }
+  };
+  if (layers_.empty()) gather_readout(x, xr);
+
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const EncoderLayer& layer = layers_[l];
+    const bool last = l + 1 == layers_.size();
+    const int64_t n_q = last ? batch : rows;
+    // q_src / kv_src: the attention inputs; base: what the attention output is added to.
+    const float* kv_src = x;
+    if (spec_.block != Block::post_ln) norm(layer.attention_norm, x, rows, normed);
+    if (spec_.block == Block::pre_ln) kv_src = normed;
+    const float* q_all = spec_.block == Block::post_ln ? x : normed;
+    const float *q, *k, *v;
+    int64_t ld_q, ld_kv;
+    if (!last && q_all == kv_src) {  // one GEMM for Q | K | V
+      layer.qkv.apply(kv_src, d, rows, ws.qkv.data());
+      q = ws.qkv.data(), k = q + d, v = q + 2 * d, ld_q = ld_kv = 3 * d;
+    } else {
+      layer.kv.apply(kv_src, d, rows, ws.qkv.data());
+      k = ws.qkv.data(), v = k + d, ld_kv = 2 * d;
+      float* q_out = ws.qkv.data() + rows * 2 * d;  // room left by the fused layout
+      if (last) {
+        gather_readout(q_all, ws.context.data());  // borrow context as the gathered query input
+        layer.q.apply(ws.context.data(), d, batch, q_out);
+      } else {
+        layer.q.apply(q_all, d, rows, q_out);
+      }
+      q = q_out, ld_q = d;
+    }
+    attend(q, ld_q, last, k, v, ld_kv, ws, ws.context.data());
+    float* projected = ws.projected.data();
+    layer.out.apply(ws.context.data(), d, n_q, projected);
+
+    // The residual stream of the rows computed in this block.
+    float* state = x;
+    if (last) {
+      gather_readout(spec_.block == Block::sasrec_original ? normed : x, xr);
+      state = xr;
+    }
+    const int64_t n = n_q * d;
     switch (spec_.block) {
       case Block::pre_ln:  // x += Attn(LN(x)); x += FFN(LN(x))
-        norm(layer.attention_norm, x, rows, normed);
-        attention(layer, normed, normed, batch, ws, projected);
-        add(x, projected);
-        norm(layer.ffn_norm, x, rows, normed);
-        feed_forward(layer, normed, rows, ws, projected);
-        add(x, projected);
+        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
+        norm(layer.ffn_norm, state, n_q, normed);
+        feed_forward(layer, normed, n_q, ws, projected);
+        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
         break;
       case Block::post_ln:  // x = LN(x + Attn(x)); x = LN(x + FFN(x))
-        attention(layer, x, x, batch, ws, projected);
-        add(x, projected);
-        norm(layer.attention_norm, x, rows, x);
-        feed_forward(layer, x, rows, ws, projected);
-        add(x, projected);
-        norm(layer.ffn_norm, x, rows, x);
+        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
+        norm(layer.attention_norm, state, n_q, state);
+        feed_forward(layer, state, n_q, ws, projected);
+        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
+        norm(layer.ffn_norm, state, n_q, state);
         break;
       case Block::sasrec_original:  // q = LN_a(x); x = q + Attn(q, x, x); x = LN_f(x); x += FFN(x)
-        norm(layer.attention_norm, x, rows, normed);
-        attention(layer, normed, x, batch, ws, projected);
-        for (int64_t i = 0; i < rows * d; ++i) x[i] = normed[i] + projected[i];
-        norm(layer.ffn_norm, x, rows, x);
-        feed_forward(layer, x, rows, ws, projected);
-        add(x, projected);
+        if (!last)
+          for (int64_t i = 0; i < n; ++i) state[i] = normed[i] + projected[i];
+        else
+          for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
+        norm(layer.ffn_norm, state, n_q, state);
+        feed_forward(layer, state, n_q, ws, projected);
+        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
         break;
     }
-    zero_padded_rows();
+    zero_padded(state, last);
   }
 
-  // Readout: one slot per sequence, then the final norm and the optional head.
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* src = x + (b * slots + ws.layouts[b].readout) * d;
-    std::copy(src, src + d, hidden + b * d);
-  }
+  // Final norm and the optional head, on the read-out rows only.
   if (spec_.final_norm) norm(final_norm_, hidden, batch, hidden);
   if (spec_.head) {
-    grow(ws.hidden, static_cast<size_t>(batch * d));
-    head_dense_.apply(hidden, d, batch, ws.hidden.data());
-    kernels::gelu_erf(ws.hidden.data(), batch * d);
-    norm(head_norm_, ws.hidden.data(), batch, hidden);
+    head_dense_.apply(hidden, d, batch, ws.projected.data());
+    kernels::gelu_erf(ws.projected.data(), batch * d);
+    norm(head_norm_, ws.projected.data(), batch, hidden);
   }
 }
 

@@ -1,5 +1,14 @@
 // The transformer encoder built from a ModelSpec: embedding, blocks, final norm, readout.
 // Each layer reads its weights by the canonical /-scoped names of required_tensors().
+//
+// Cost follows the history, not L. A sequence is computed over a compact set of rows:
+//  - left padding with unmasked padded keys (SASRec.pytorch): every padded slot holds the
+//    same row at every layer, so one row stands for all P of them and its key gets weight
+//    P in each softmax — the same softmax, computed once;
+//  - padded keys masked (RecBole): padded slots never reach a real one, so they are skipped;
+//  - otherwise (or a masked model with no real item) every slot is computed.
+// The last block computes keys and values for every row but the rest only for the
+// read-out row: nothing else is read.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +29,7 @@ struct Linear {
   const float* weight = nullptr;
   const float* bias = nullptr;
   int64_t out = 0, in = 0;
-  // y: [rows, out] = x: [rows, in] (row stride ld_x) · Wᵀ + b
+  // y: [rows, out] (row stride out) = x: [rows, in] (row stride ld_x) · Wᵀ + b
   void apply(const float* x, int64_t ld_x, int64_t rows, float* y) const;
 };
 
@@ -30,42 +39,54 @@ struct LayerNormWeights {
 };
 
 struct EncoderLayer {
-  Linear q, k, v, out;
+  Linear q, kv, qkv;  // kv: K | V fused; qkv: Q | K | V fused (when Q and K/V share an input)
+  Linear out;
   LayerNormWeights attention_norm;
   Linear ffn_inner, ffn_outer;
   LayerNormWeights ffn_norm;
 };
 
-// Where each slot's input comes from, for one sequence.
-struct SlotLayout {
-  std::vector<int32_t> item_rows;  // [n_slots] rows of the item table (0 = padding, n_items = [MASK])
-  std::vector<int32_t> positions;  // [n_slots] rows of the position table
-  int64_t valid_begin = 0;         // slots [valid_begin, valid_end) hold real items (or the mask)
-  int64_t valid_end = 0;
-  int64_t readout = 0;             // the slot whose hidden state is scored
+// How one sequence is computed: its rows (compact, see above) and who sees whom.
+struct SequencePlan {
+  int64_t first_row = 0;     // offset of this sequence's rows in the batch's row buffers
+  int64_t n_rows = 0;
+  int64_t key_begin = 0;     // keys every row may see: [key_begin, key_end) ...
+  int64_t key_end = 0;
+  bool causal = true;        // ... and, when causal, only rows <= its own
+  float first_key_weight = 1;  // row 0 stands for this many identical padded slots
+  bool zero_first_row = false;  // old SASRec.pytorch zeroes padded rows after embedding and each block
+  int64_t readout = 0;       // the row whose hidden state is scored
 };
 
-// Per-caller scratch memory; a worker keeps one and reuses it across batches.
+// Per-caller scratch memory; a worker keeps one and reuses it across batches, so the
+// request path allocates only while a batch is larger than any before it.
 struct Workspace {
-  FloatBuffer x, normed, q, k, v, context, projected, ffn, scores, hidden;
-  std::vector<SlotLayout> layouts;
+  std::vector<int32_t> item_rows;  // per computed row: item table row (0 = padding, n_items = [MASK])
+  std::vector<int32_t> positions;  // per computed row: position table row
+  std::vector<SequencePlan> plans;
+  FloatBuffer x, normed, qkv, context, projected, ffn, scores, hidden, logits;
 };
 
 class Encoder {
  public:
   // Looks up every weight by name; throws seqrec::Error on a missing or misshapen one.
+  // `weights` must outlive the encoder (it points into them).
   Encoder(const ModelSpec& spec, const WeightMap& weights);
 
-  // Slot layout of one sequence of item rows (oldest first; only the most recent
-  // max_len are used), as the source framework lays it out.
-  SlotLayout layout(std::span<const int32_t> sequence) const;
+  // Appends the rows of one sequence of item rows (oldest first; only the most recent
+  // max_len are used) to item_rows / positions, and describes them in `plan`.
+  void plan(std::span<const int32_t> sequence, std::vector<int32_t>& item_rows, std::vector<int32_t>& positions,
+            SequencePlan& plan) const;
 
   // hidden: [batch, d] — the read-out hidden state of each sequence (after the head, if any).
   void encode(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* hidden) const;
 
  private:
-  void attention(const EncoderLayer& layer, const float* query_src, const float* kv_src, int64_t batch,
-                 Workspace& ws, float* out) const;
+  void plan_every_slot(std::span<const int32_t> sequence, std::vector<int32_t>& item_rows,
+                       std::vector<int32_t>& positions, SequencePlan& plan) const;
+  // context rows (one per query) = attention of the given query rows over each sequence's keys.
+  void attend(const float* q, int64_t ld_q, bool readout_only, const float* k, const float* v, int64_t ld_kv,
+              Workspace& ws, float* context) const;
   void feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws, float* out) const;
   void activate(float* x, int64_t n) const;
   void norm(const LayerNormWeights& w, const float* x, int64_t rows, float* y) const;
@@ -75,6 +96,7 @@ class Encoder {
   const float* position_table_ = nullptr;  // [n_positions, d]
   LayerNormWeights embed_norm_;
   std::vector<EncoderLayer> layers_;
+  std::vector<FloatBuffer> fused_;  // the fused projection weights the layers point into
   LayerNormWeights final_norm_;
   Linear head_dense_;
   LayerNormWeights head_norm_;

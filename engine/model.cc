@@ -20,10 +20,11 @@ Model::Model(const ModelSpec& spec, WeightMap weights)
 void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* out) const {
   const int64_t batch = static_cast<int64_t>(sequences.size());
   if (batch == 0) return;
-  FloatBuffer hidden(static_cast<size_t>(batch * spec_.d));
-  encoder_.encode(sequences, ws, hidden.data());
+  if (static_cast<int64_t>(ws.hidden.size()) < batch * spec_.d) ws.hidden.resize(static_cast<size_t>(batch * spec_.d));
+  float* hidden = ws.hidden.data();
+  encoder_.encode(sequences, ws, hidden);
   // Tied output: logits = hidden · item_tableᵀ over the catalog rows (not the [MASK] row).
-  kernels::sgemm(false, true, batch, spec_.n_items, spec_.d, 1.0f, hidden.data(), spec_.d, item_table_, spec_.d, 0.0f,
+  kernels::sgemm(false, true, batch, spec_.n_items, spec_.d, 1.0f, hidden, spec_.d, item_table_, spec_.d, 0.0f,
                  out, spec_.n_items);
   if (output_bias_) kernels::add_bias(out, batch, spec_.n_items, output_bias_);
 }

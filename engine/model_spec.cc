@@ -42,6 +42,7 @@ void ModelSpec::validate() const {
   require(!(readout != Readout::last_slot && padding != Padding::right), "mask-token readout needs padding = right");
   require(!(readout != Readout::last_slot && attention != AttentionKind::bidirectional),
           "mask-token readout needs bidirectional attention");
+  require(!(readout != Readout::last_slot && !mask_padded_keys), "mask-token readout needs mask_padded_keys");
 }
 
 std::string tensor_names::layer(int64_t i) { return "encoder/layer_" + std::to_string(i); }

@@ -69,15 +69,17 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
     model_batch.push_back(i);
     sequences.push_back(prepared[i].sequence);
   }
-  FloatBuffer logits(sequences.size() * static_cast<size_t>(spec.n_items));
-  model_.logits(sequences, ws, logits.data());
+  const size_t logit_count = sequences.size() * static_cast<size_t>(spec.n_items);
+  if (ws.logits.size() < logit_count) ws.logits.resize(logit_count);
+  float* logits = ws.logits.data();
+  model_.logits(sequences, ws, logits);
 
   std::vector<Response> out(requests.size());
   for (size_t i = 0; i < requests.size(); ++i)
     if (prepared[i].sequence.empty() && !counts.empty()) out[i] = popular(requests[i], prepared[i], counts);
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const size_t i = model_batch[b];
-    out[i] = answer(requests[i], prepared[i], logits.data() + b * static_cast<size_t>(spec.n_items));
+    out[i] = answer(requests[i], prepared[i], logits + b * static_cast<size_t>(spec.n_items));
   }
   return out;
 }

@@ -152,57 +152,97 @@ TEST(Recommender, RejectsACatalogOfTheWrongSize) {
   EXPECT_THROW(Recommender(spec, random_weights(spec), offset_ids(spec.n_items - 1), {}, std::nullopt), Error);
 }
 
-// ---- slot layouts ------------------------------------------------------------------------
+// ---- sequence plans ----------------------------------------------------------------------
 
-TEST(EncoderLayout, LeftPaddingWithSlotOrZeroPositions) {
-  ModelSpec spec = small_spec(12, 5);
+struct Planned {
+  std::vector<int32_t> items, positions;
+  SequencePlan plan;
+};
+
+Planned plan_of(const ModelSpec& spec, std::vector<int32_t> sequence) {
   WeightMap w = random_weights(spec);
   Encoder enc(spec, w);
-  std::vector<int32_t> seq{3, 4};
-  SlotLayout l = enc.layout(seq);
-  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{0, 0, 0, 3, 4}));
-  EXPECT_EQ(l.positions, (std::vector<int32_t>{0, 0, 0, 4, 5}));
-  EXPECT_EQ(l.readout, 4);
-  EXPECT_EQ(l.valid_begin, 3);
+  Planned out;
+  enc.plan(sequence, out.items, out.positions, out.plan);
+  return out;
 }
 
-TEST(EncoderLayout, RightPaddingReadsSlotLenMinusOne) {
+TEST(EncoderPlan, LeftPaddedSlotsBecomeOneWeightedRow) {
+  Planned p = plan_of(small_spec(12, 5), {3, 4});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{0, 3, 4}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 4, 5}));  // padded slots have position 0
+  EXPECT_EQ(p.plan.first_key_weight, 3.0f);
+  EXPECT_EQ(p.plan.readout, 2);
+  EXPECT_TRUE(p.plan.causal);
+  EXPECT_FALSE(p.plan.zero_first_row);
+}
+
+TEST(EncoderPlan, AFullHistoryHasNoPaddingRow) {
+  Planned p = plan_of(small_spec(12, 3), {5, 6, 7, 8});  // the most recent 3 are kept
+  EXPECT_EQ(p.items, (std::vector<int32_t>{6, 7, 8}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(p.plan.first_key_weight, 1.0f);
+}
+
+TEST(EncoderPlan, LegacyPositionsZeroThePaddingRow) {
   ModelSpec spec = small_spec(12, 5);
+  spec.block = Block::sasrec_original;
+  spec.positions = Positions::slot_index;
+  spec.zero_padded_rows = true;
+  Planned p = plan_of(spec, {3, 4});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{0, 3, 4}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{2, 3, 4}));
+  EXPECT_TRUE(p.plan.zero_first_row);
+}
+
+TEST(EncoderPlan, DistinctPaddedSlotsAreAllComputed) {
+  ModelSpec spec = small_spec(12, 5);
+  spec.positions = Positions::slot_index;  // padded slots differ by position: no shortcut
+  Planned p = plan_of(spec, {3, 4});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{0, 0, 0, 3, 4}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(p.plan.readout, 4);
+}
+
+ModelSpec recbole_like(int64_t max_len) {
+  ModelSpec spec = small_spec(12, max_len);
   spec.padding = Padding::right;
   spec.positions = Positions::slot_index;
   spec.mask_padded_keys = true;
-  WeightMap w = random_weights(spec);
-  Encoder enc(spec, w);
-  std::vector<int32_t> seq{3, 4};
-  SlotLayout l = enc.layout(seq);
-  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{3, 4, 0, 0, 0}));
-  EXPECT_EQ(l.positions, (std::vector<int32_t>{0, 1, 2, 3, 4}));
-  EXPECT_EQ(l.readout, 1);
-  EXPECT_EQ(l.valid_end, 2);
+  return spec;
 }
 
-TEST(EncoderLayout, MaskTokenLayouts) {
-  ModelSpec spec = small_spec(12, 4);
-  spec.padding = Padding::right;
-  spec.positions = Positions::slot_index;
+TEST(EncoderPlan, MaskedPaddedKeysAreSkipped) {
+  Planned p = plan_of(recbole_like(5), {3, 4});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{3, 4}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1}));
+  EXPECT_EQ(p.plan.readout, 1);
+  EXPECT_EQ(p.plan.key_end, 2);
+}
+
+TEST(EncoderPlan, MaskedModelWithNoItemComputesEverySlot) {
+  Planned p = plan_of(recbole_like(4), {});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{0, 0, 0, 0}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(p.plan.key_begin, p.plan.key_end);  // every key masked: the kernel attends to all
+}
+
+TEST(EncoderPlan, MaskTokenLayouts) {
+  ModelSpec spec = recbole_like(4);
   spec.attention = AttentionKind::bidirectional;
   spec.readout = Readout::mask_token;
-  WeightMap w = random_weights(spec);
-  Encoder old_layout(spec, w);
-  std::vector<int32_t> seq{3, 4, 5};
-  SlotLayout l = old_layout.layout(seq);
-  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{3, 4, 5, 12, 0}));  // L+1 slots, [MASK] = row n_items
-  EXPECT_EQ(l.readout, 3);
+  Planned p = plan_of(spec, {3, 4, 5});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{3, 4, 5, 12}));  // [MASK] = row n_items, at slot len
+  EXPECT_EQ(p.plan.readout, 3);
+  EXPECT_FALSE(p.plan.causal);
 
   spec.readout = Readout::mask_token_drop_first;
-  WeightMap w2 = random_weights(spec);
-  Encoder new_layout(spec, w2);
-  l = new_layout.layout(seq);
-  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{4, 5, 12, 0}));  // the oldest falls out even when len < L
-  EXPECT_EQ(l.readout, 2);
-  std::vector<int32_t> full{1, 2, 3, 4, 5, 6};
-  l = new_layout.layout(full);
-  EXPECT_EQ(l.item_rows, (std::vector<int32_t>{4, 5, 6, 12}));
+  p = plan_of(spec, {3, 4, 5});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{4, 5, 12}));  // the oldest falls out even when len < L
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(p.plan.readout, 2);
+  p = plan_of(spec, {1, 2, 3, 4, 5, 6});
+  EXPECT_EQ(p.items, (std::vector<int32_t>{4, 5, 6, 12}));
 }
 
 }  // namespace
