@@ -282,7 +282,8 @@ def environment_lines(info, sgemm, rounds, quick):
         f"OPENBLAS_CORETYPE={coretype or '(unset)'}",
         f"limit: single-core OpenBLAS sgemm n=1024: {statistics.median(sgemm):.1f} GFLOP/s "
         f"(median of {len(sgemm)} same-run measurements, {min(sgemm):.1f}..{max(sgemm):.1f})",
-        f"method: {rounds} rounds, medians; {'--quick request sets' if quick else 'full request sets'}",
+        f"method: {rounds} rounds, medians; {'--quick request sets' if quick else 'full request sets'}; "
+        f"load average at the end {os.getloadavg()[0]:.2f} (other work on the machine skews the 2-thread rows most)",
     ]
 
 

@@ -1,0 +1,259 @@
+#!/usr/bin/python3
+"""seqrec serve under wrk, against the engine alone (../shared/spec/performance.md, "HTTP").
+
+  /usr/bin/python3 bench/http_bench.py [--duration S] [--threads T] [--max-batch B]
+                                       [--connections C] [--build DIR] [--workdir DIR] [--quick]
+
+1. Prepares the `ml1m` workload as bench/compare.py does (same model, same fixed request
+   set; reused when already made) and turns the request set into POST /recommend bodies
+   (user_interactions with timestamps, k = 10, recommend_seen = true).
+2. Starts `seqrec serve --model M --history memory --port 0 --threads T --max-batch B` on
+   127.0.0.1 and waits for /readyz; checks one request answers 200 with 10 items.
+3. Runs wrk on loopback: keep-alive, C connections (default 64), one wrk thread (the server
+   needs the cores), bench/http_post.lua posting the bodies in rotation; a warm-up run, then
+   --runs timed runs of --duration seconds.
+4. Times the engine alone on the same model, request set and thread count
+   (bench/seqrec_timing: T threads, batch B, passes of >= 4,096 requests), interleaved with
+   the HTTP runs. Prints throughput, p50/p99 latency, errors (non-2xx + socket errors), the
+   ratio of the medians HTTP / engine-only throughput and p99/p50 against the issue's
+   targets, and the server's resident memory at idle against the spec's 1.5 x model file
+   + 64 MiB.
+
+Every request goes to 127.0.0.1 only; wrk stops by itself after --duration seconds.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import workloads  # noqa: E402
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def write_bodies(folder):
+    path = os.path.join(folder, "sets", "main.bodies")
+    with open(os.path.join(folder, "sets", "main.txt")) as src, open(path, "w") as out:
+        for line in src:
+            interactions = [{"item_id": item, "timestamp": 1_700_000_000 + i} for i, item in enumerate(line.split())]
+            out.write(json.dumps({"user_interactions": interactions, "k": 10, "recommend_seen": True},
+                                 separators=(",", ":")) + "\n")
+    return path
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Server:
+    def __init__(self, seqrec, model, threads, max_batch):
+        self.log_path = model + ".serve.log"
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen([seqrec, "serve", "--model", model, "--history", "memory", "--bind", "127.0.0.1",
+                                      "--port", "0", "--threads", str(threads), "--max-batch", str(max_batch)],
+                                     stdout=subprocess.DEVNULL, stderr=self.log_file)
+        self.port = None
+        deadline = time.time() + 120
+        while time.time() < deadline and self.port is None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"seqrec serve exited {self.proc.returncode}: {open(self.log_path).read().strip()}")
+            match = re.search(r"listening on http://[^:]+:(\d+)", open(self.log_path).read())
+            if match:
+                self.port = int(match.group(1))
+            time.sleep(0.05)
+        if self.port is None:
+            raise RuntimeError("seqrec serve did not start listening within 120 s")
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url("/readyz"), timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("seqrec serve never became ready")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def post(self, path, body):
+        request = urllib.request.Request(self.url(path), data=body.encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+
+    def metrics(self):
+        with urllib.request.urlopen(self.url("/metrics"), timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+def run_wrk(server, bodies, connections, seconds):
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s",
+               os.path.join(HERE, "http_post.lua"), server.url("/recommend"), "--", bodies]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr.strip()}")
+    line = [l for l in result.stdout.splitlines() if l.startswith("{")][-1]
+    out = json.loads(line)
+    out["rps"] = out["requests"] / (out["duration_us"] / 1e6)
+    out["errors"] = (out["connect_errors"] + out["read_errors"] + out["write_errors"] + out["status_errors"]
+                     + out["timeouts"])
+    return out
+
+
+def batch_sizes(metrics_text):
+    """Mean requests per forward pass from seqrec_batch_size's _sum / _count."""
+    total = count = None
+    for line in metrics_text.splitlines():
+        if line.startswith("seqrec_batch_size_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("seqrec_batch_size_count"):
+            count = float(line.split()[-1])
+    return (total / count) if total and count else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=20, help="seconds of each timed wrk run (default 20)")
+    parser.add_argument("--runs", type=int, default=2, help="timed wrk runs, interleaved with engine runs (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="inference workers = engine threads (default 2)")
+    parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch and the engine's batch")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="10 s runs, one of each, the --quick request set")
+    parser.add_argument("--build", default=os.path.join(REPO, "build-bench"))
+    parser.add_argument("--workdir", default=None, help="default BUILD/compare (shared with compare.py)")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.runs = 10, 1
+    workdir = args.workdir or os.path.join(args.build, "compare")
+    seqrec = os.path.join(args.build, "seqrec")
+    timing = os.path.join(args.build, "bench", "seqrec_timing")
+    for path in (seqrec, timing):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"http_bench.py: no {path}; build it first:\n  cmake -S {REPO} -B {args.build} "
+                     f"-DCMAKE_BUILD_TYPE=Release && cmake --build {args.build} -j2 --target seqrec seqrec_timing")
+    if subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode != 0:
+        sys.exit("http_bench.py: wrk missing; install it: scripts/install-deps.sh --bench")
+
+    w = workloads.WORKLOADS["ml1m"]
+    folder = workloads.prepare(w, workdir, seqrec, args.quick, log=log)
+    model = os.path.join(folder, "model.seqrec")
+    bodies = write_bodies(folder)
+    n_bodies = sum(1 for _ in open(bodies))
+    model_mib = os.path.getsize(model) / 2**20
+
+    # The engine's pass: the request set repeated to at least 4,096 requests (about a second).
+    engine_set = os.path.join(folder, "sets", "main.engine.txt")
+    lines = open(os.path.join(folder, "sets", "main.txt")).readlines()
+    with open(engine_set, "w") as f:
+        f.writelines(lines * -(-4096 // len(lines)))
+    engine = subprocess.Popen([timing, "--model", model, "--requests", f"main={engine_set}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def engine_rps():
+        engine.stdin.write(f"run main {args.max_batch} {args.threads}\n")
+        engine.stdin.flush()
+        answer = json.loads(engine.stdout.readline())
+        return answer["n"] / answer["seconds"]
+
+    json.loads(engine.stdout.readline())  # ready
+    server = Server(seqrec, model, args.threads, args.max_batch)
+    try:
+        idle_rss_mib = rss_kib(server.proc.pid) / 1024
+        status, answer = server.post("/recommend", open(bodies).readline())
+        if status != 200 or len(answer.get("recommendations", [])) != 10:
+            raise RuntimeError(f"sanity request: status {status}, answer {str(answer)[:200]}")
+        log(f"[http] seqrec serve on 127.0.0.1:{server.port}: {args.threads} workers, max batch {args.max_batch}; "
+            f"idle RSS {idle_rss_mib:.1f} MiB; warm-up")
+        run_wrk(server, bodies, args.connections, 3)
+        engine_samples, http_runs = [], []
+        for r in range(args.runs):
+            engine_samples += [engine_rps() for _ in range(3 if r == 0 else 2)]
+            log(f"[http] wrk run {r + 1}/{args.runs}: {args.connections} connections, {args.duration} s")
+            http_runs.append(run_wrk(server, bodies, args.connections, args.duration))
+        engine_samples.append(engine_rps())
+        mean_batch = batch_sizes(server.metrics())
+        busy_rss_mib = rss_kib(server.proc.pid) / 1024
+    finally:
+        server.stop()
+        engine.stdin.write("quit\n")
+        engine.stdin.flush()
+        engine.wait(timeout=30)
+
+    http_median = statistics.median(r["rps"] for r in http_runs)
+    best = sorted(http_runs, key=lambda x: x["rps"])[(len(http_runs) - 1) // 2]  # its latencies are shown
+    engine_median = statistics.median(engine_samples)
+    ratio = http_median / engine_median
+    p50, p99 = best["p50_us"] / 1e3, best["p99_us"] / 1e3
+    errors = sum(r["errors"] for r in http_runs)
+    requests = sum(r["requests"] for r in http_runs)
+    rss_limit = 1.5 * model_mib + 64
+
+    def verdict(ok):
+        return "PASS" if ok else "FAIL"
+
+    lines = [
+        f"HTTP: seqrec serve --history memory --threads {args.threads} --max-batch {args.max_batch}, ml1m "
+        f"({w.items:,} items, L={w.max_len}), {n_bodies} request bodies (histories of 1..{2 * w.max_len} items) "
+        f"in rotation; wrk 1 thread, {args.connections} keep-alive connections, loopback, "
+        f"{args.runs} x {args.duration} s; {time.strftime('%Y-%m-%d %H:%M %Z')}, load average "
+        f"{os.getloadavg()[0]:.2f}",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| HTTP throughput (median run) | {http_median:.0f} req/s (runs: "
+        + ", ".join(f"{r['rps']:.0f}" for r in http_runs) + ") |",
+        f"| engine-only throughput (seqrec_timing, batch {args.max_batch}, {args.threads} threads, median) | "
+        f"{engine_median:.0f} req/s (samples: " + ", ".join(f"{x:.0f}" for x in engine_samples) + ") |",
+        f"| latency p50 / p90 / p99 / max (that run) | {p50:.2f} / {best['p90_us'] / 1e3:.2f} / {p99:.2f} / "
+        f"{best['max_us'] / 1e3:.2f} ms |",
+        f"| errors (non-2xx + socket errors + timeouts), all runs | {errors} of {requests} "
+        f"(status {sum(r['status_errors'] for r in http_runs)}, connect {sum(r['connect_errors'] for r in http_runs)}, "
+        f"read {sum(r['read_errors'] for r in http_runs)}, write {sum(r['write_errors'] for r in http_runs)}, "
+        f"timeout {sum(r['timeouts'] for r in http_runs)}) |",
+        f"| mean requests per forward pass (server metrics) | "
+        + (f"{mean_batch:.1f}" if mean_batch else "n/a") + " |",
+        f"| server RSS idle / after load | {idle_rss_mib:.1f} / {busy_rss_mib:.1f} MiB (model file {model_mib:.1f} MiB) |",
+        "",
+        "targets (same-run ratios):",
+        f"  [{verdict(ratio >= 0.5)}] HTTP throughput >= 50% of engine-only: {100 * ratio:.1f}%",
+        f"  [{verdict(p99 <= 10 * p50)}] p99 <= 10x p50: p99/p50 = {p99 / p50:.2f}",
+        f"  [{verdict(errors == 0)}] zero errors: {errors}",
+        f"  [{verdict(idle_rss_mib <= rss_limit)}] idle RSS <= 1.5 x model file + 64 MiB = {rss_limit:.1f} MiB: "
+        f"{idle_rss_mib:.1f} MiB",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(workdir, "http_results.md"), "w") as f:
+        f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
