@@ -327,7 +327,16 @@ def main():
             log(f"[{name}] SKIPPED: {why}")
             skipped.append((name, str(why)))
             continue
-        workers = start_workers(w, folder, args.build)
+        except Exception as error:  # one workload's failure leaves the others' results
+            log(f"[{name}] FAILED while preparing: {error}")
+            skipped.append((name, f"failed while preparing: {error}"))
+            continue
+        try:
+            workers = start_workers(w, folder, args.build)
+        except Exception as error:
+            log(f"[{name}] FAILED: {error}")
+            skipped.append((name, f"failed: {error}"))
+            continue
         try:
             info.update(workers["pytorch"].info)
             info.update(workers["ort"].info)

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 RECBOLE_REFERENCE = os.path.join(REPO, "tests", "parity", "recbole_reference.py")
 SEED = 20240601
-FORMAT_VERSION = "3"  # bump when the files a workload folder holds change meaning
+FORMAT_VERSION = "4"  # bump when the files a workload folder holds change meaning
 
 
 class NotAvailable(Exception):
@@ -77,8 +77,8 @@ WORKLOADS = {
 def useful_flops(w, history_length):
     """The floating-point operations one request needs, counting multiply and add as 2:
 
-    n = min(history length, L) real slots (+1 for BERT4Rec's [MASK] slot). Per block, with d
-    the width and f the FFN width:
+    n = min(history length, L) real slots (BERT4Rec: the same count, the [MASK] slot replacing
+    the oldest item as RecBole >= 1.2 lays it out). Per block, with d the width, f the FFN width:
       K and V projections for all n slots                    2 · 2·n·d²
       Q projection, output projection and FFN for the query rows:
           every block but the last: all n rows; the last block: the read-out slot only
@@ -89,9 +89,7 @@ def useful_flops(w, history_length):
     then BERT4Rec's head (dense d×d) when there is one, and the catalog scoring GEMM,
     2·d per real item. Padded slots, LayerNorm, softmax, activations, embedding gathers
     and top-k count nothing (they are O(n·d) or O(items))."""
-    n = min(history_length, w.max_len)
-    if w.bidirectional:
-        n += 1
+    n = min(history_length, w.max_len)  # BERT4Rec (RecBole >= 1.2): [MASK] appended, oldest dropped
     d, f = w.d, w.ffn
     total = 0
     for block in range(w.blocks):
@@ -123,8 +121,7 @@ def _trained_looking(model, seed):
             torch.nn.init.xavier_normal_(param.data)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            lname = name.lower()
-            if ("norm" in lname) and name.endswith(".weight"):
+            if param.dim() == 1 and name.endswith("weight"):  # LayerNorm gammas
                 param.copy_(1.0 + 0.25 * torch.randn_like(param))
             elif name.endswith("bias"):
                 param.copy_(0.1 * torch.randn_like(param))
@@ -193,7 +190,7 @@ def convert_command(w, seqrec, checkpoint, out):
     if w.source == "pmixer":
         return [seqrec, "convert", "--from", "pmixer", checkpoint, "--out", out, "--variant", "post_ln",
                 "--score", "raw"]
-    return [seqrec, "convert", "--from", "recbole", checkpoint, "--out", out, "--score", "raw"]
+    return _recbole_module().convert_command(w, seqrec, checkpoint, out)
 
 
 # ---- inputs ---------------------------------------------------------------------------------
