@@ -12,11 +12,6 @@
 
 namespace seqrec {
 
-void Linear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) const {
-  kernels::sgemm(false, true, rows, out, in, 1.0f, x, ld_x, weight, in, 0.0f, y, out);
-  kernels::add_bias(y, rows, out, bias);
-}
-
 namespace {
 
 const float* lookup(const WeightMap& weights, const std::string& name, const std::vector<int64_t>& shape) {
@@ -28,8 +23,31 @@ const float* lookup(const WeightMap& weights, const std::string& name, const std
   return it->second.ptr();
 }
 
-Linear linear(const WeightMap& w, const std::string& prefix, int64_t out, int64_t in) {
-  return Linear{lookup(w, prefix + "/weight", {out, in}), lookup(w, prefix + "/bias", {out}), out, in};
+// A linear layer's weight and bias, looked up and checked.
+struct LinearWeights {
+  const float* weight;
+  const float* bias;
+  int64_t out, in;
+};
+
+LinearWeights linear(const WeightMap& w, const std::string& prefix, int64_t out, int64_t in) {
+  return LinearWeights{lookup(w, prefix + "/weight", {out, in}), lookup(w, prefix + "/bias", {out}), out, in};
+}
+
+PackedLinear packed(const LinearWeights& w, kernels::Epilogue epilogue = kernels::Epilogue::none) {
+  return PackedLinear(w.weight, w.bias, w.out, w.in, epilogue);
+}
+
+kernels::Epilogue epilogue_of(Activation a) {
+  switch (a) {
+    case Activation::relu: return kernels::Epilogue::relu;
+    case Activation::gelu: return kernels::Epilogue::gelu_erf;
+    case Activation::gelu_tanh: return kernels::Epilogue::gelu_tanh;
+    case Activation::swish: return kernels::Epilogue::swish;
+    case Activation::tanh: return kernels::Epilogue::tanh;
+    case Activation::sigmoid: return kernels::Epilogue::sigmoid;
+  }
+  return kernels::Epilogue::none;
 }
 
 LayerNormWeights layer_norm(const WeightMap& w, const std::string& prefix, int64_t d) {
@@ -37,13 +55,13 @@ LayerNormWeights layer_norm(const WeightMap& w, const std::string& prefix, int64
 }
 
 // Stacks linears that read the same input into one: [out_1 + out_2 + ..., in].
-Linear fuse(std::initializer_list<Linear> parts, std::vector<FloatBuffer>& storage) {
+PackedLinear fuse(std::initializer_list<LinearWeights> parts, std::vector<FloatBuffer>& storage) {
   const int64_t in = parts.begin()->in;
   int64_t out = 0;
-  for (const Linear& p : parts) out += p.out;
+  for (const LinearWeights& p : parts) out += p.out;
   FloatBuffer weight(static_cast<size_t>(out * in)), bias(static_cast<size_t>(out));
   int64_t row = 0;
-  for (const Linear& p : parts) {
+  for (const LinearWeights& p : parts) {
     std::copy(p.weight, p.weight + p.out * in, weight.begin() + row * in);
     std::copy(p.bias, p.bias + p.out, bias.begin() + row);
     row += p.out;
@@ -51,7 +69,7 @@ Linear fuse(std::initializer_list<Linear> parts, std::vector<FloatBuffer>& stora
   storage.push_back(std::move(weight));
   const float* w = storage.back().data();
   storage.push_back(std::move(bias));
-  return Linear{w, storage.back().data(), out, in};
+  return PackedLinear(w, storage.back().data(), out, in);
 }
 
 void grow(FloatBuffer& buffer, int64_t n) {
@@ -70,21 +88,22 @@ Encoder::Encoder(const ModelSpec& spec, const WeightMap& weights) : spec_(spec) 
   for (int64_t i = 0; i < spec_.n_layers; ++i) {
     const std::string p = tensor_names::layer(i);
     EncoderLayer layer;
-    layer.q = linear(weights, p + "/attention/q", d, d);
-    const Linear k = linear(weights, p + "/attention/k", d, d);
-    const Linear v = linear(weights, p + "/attention/v", d, d);
+    const LinearWeights q = linear(weights, p + "/attention/q", d, d);
+    const LinearWeights k = linear(weights, p + "/attention/k", d, d);
+    const LinearWeights v = linear(weights, p + "/attention/v", d, d);
+    layer.q = packed(q);
     layer.kv = fuse({k, v}, fused_);
-    layer.qkv = fuse({layer.q, k, v}, fused_);
-    layer.out = linear(weights, p + "/attention/out", d, d);
+    layer.qkv = fuse({q, k, v}, fused_);
+    layer.out = packed(linear(weights, p + "/attention/out", d, d));
     layer.attention_norm = layer_norm(weights, p + "/attention/norm", d);
-    layer.ffn_inner = linear(weights, p + "/ffn/inner", spec_.ffn_dim, d);
-    layer.ffn_outer = linear(weights, p + "/ffn/outer", d, spec_.ffn_dim);
+    layer.ffn_inner = packed(linear(weights, p + "/ffn/inner", spec_.ffn_dim, d), epilogue_of(spec_.activation));
+    layer.ffn_outer = packed(linear(weights, p + "/ffn/outer", d, spec_.ffn_dim));
     layer.ffn_norm = layer_norm(weights, p + "/ffn/norm", d);
-    layers_.push_back(layer);
+    layers_.push_back(std::move(layer));
   }
   if (spec_.final_norm) final_norm_ = layer_norm(weights, "encoder/final_norm", d);
   if (spec_.head) {
-    head_dense_ = linear(weights, "head/dense", d, d);
+    head_dense_ = packed(linear(weights, "head/dense", d, d), kernels::Epilogue::gelu_erf);
     head_norm_ = layer_norm(weights, "head/norm", d);
   }
 }
@@ -171,17 +190,6 @@ void Encoder::norm(const LayerNormWeights& w, const float* x, int64_t rows, floa
   kernels::layer_norm(x, spec_.d, rows, spec_.d, w.gamma, w.beta, spec_.ln_eps, y, spec_.d);
 }
 
-void Encoder::activate(float* x, int64_t n) const {
-  switch (spec_.activation) {
-    case Activation::relu: kernels::relu(x, n); break;
-    case Activation::gelu: kernels::gelu_erf(x, n); break;
-    case Activation::gelu_tanh: kernels::gelu_tanh(x, n); break;
-    case Activation::swish: kernels::swish(x, n); break;
-    case Activation::tanh: kernels::tanh(x, n); break;
-    case Activation::sigmoid: kernels::sigmoid(x, n); break;
-  }
-}
-
 void Encoder::attend(const float* q, int64_t ld_q, bool readout_only, const float* k, const float* v, int64_t ld_kv,
                      Workspace& ws, float* context) const {
   const int64_t d = spec_.d, d_h = d / spec_.heads;
@@ -201,8 +209,7 @@ void Encoder::attend(const float* q, int64_t ld_q, bool readout_only, const floa
 }
 
 void Encoder::feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws, float* out) const {
-  layer.ffn_inner.apply(x, spec_.d, rows, ws.ffn.data());
-  activate(ws.ffn.data(), rows * spec_.ffn_dim);
+  layer.ffn_inner.apply(x, spec_.d, rows, ws.ffn.data());  // activation fused
   layer.ffn_outer.apply(ws.ffn.data(), spec_.ffn_dim, rows, out);
 }
 
@@ -320,8 +327,7 @@ void Encoder::encode(std::span<const std::vector<int32_t>> sequences, Workspace&
   // Final norm and the optional head, on the read-out rows only.
   if (spec_.final_norm) norm(final_norm_, hidden, batch, hidden);
   if (spec_.head) {
-    head_dense_.apply(hidden, d, batch, ws.projected.data());
-    kernels::gelu_erf(ws.projected.data(), batch * d);
+    head_dense_.apply(hidden, d, batch, ws.projected.data());  // GELU fused
     norm(head_norm_, ws.projected.data(), batch, hidden);
   }
 }

@@ -19,19 +19,13 @@
 
 #include "engine/model_spec.h"
 #include "engine/tensor.h"
+#include "kernels/gemm.h"
 
 namespace seqrec {
 
 using WeightMap = std::map<std::string, Tensor>;
 
-// y = x · Wᵀ + b, torch Linear layout: weight [out, in], bias [out].
-struct Linear {
-  const float* weight = nullptr;
-  const float* bias = nullptr;
-  int64_t out = 0, in = 0;
-  // y: [rows, out] (row stride out) = x: [rows, in] (row stride ld_x) · Wᵀ + b
-  void apply(const float* x, int64_t ld_x, int64_t rows, float* y) const;
-};
+using kernels::PackedLinear;  // y = x·Wᵀ + b (+ activation), weights prepared at load
 
 struct LayerNormWeights {
   const float* gamma = nullptr;
@@ -39,10 +33,10 @@ struct LayerNormWeights {
 };
 
 struct EncoderLayer {
-  Linear q, kv, qkv;  // kv: K | V fused; qkv: Q | K | V fused (when Q and K/V share an input)
-  Linear out;
+  PackedLinear q, kv, qkv;  // kv: K | V fused; qkv: Q | K | V fused (when Q and K/V share an input)
+  PackedLinear out;
   LayerNormWeights attention_norm;
-  Linear ffn_inner, ffn_outer;
+  PackedLinear ffn_inner, ffn_outer;  // the activation is fused into ffn_inner
   LayerNormWeights ffn_norm;
 };
 
@@ -88,7 +82,6 @@ class Encoder {
   void attend(const float* q, int64_t ld_q, bool readout_only, const float* k, const float* v, int64_t ld_kv,
               Workspace& ws, float* context) const;
   void feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws, float* out) const;
-  void activate(float* x, int64_t n) const;
   void norm(const LayerNormWeights& w, const float* x, int64_t rows, float* y) const;
 
   ModelSpec spec_;
@@ -96,9 +89,9 @@ class Encoder {
   const float* position_table_ = nullptr;  // [n_positions, d]
   LayerNormWeights embed_norm_;
   std::vector<EncoderLayer> layers_;
-  std::vector<FloatBuffer> fused_;  // the fused projection weights the layers point into
+  std::vector<FloatBuffer> fused_;  // fused projection weights (oneDNN may use them in place)
   LayerNormWeights final_norm_;
-  Linear head_dense_;
+  PackedLinear head_dense_;  // GELU fused
   LayerNormWeights head_norm_;
 };
 

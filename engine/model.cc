@@ -6,15 +6,25 @@
 
 namespace seqrec {
 
+namespace {
+// A packed copy of the item table speeds scoring up ~2x; above this size holding the table
+// twice costs more memory than it is worth, and it is used in place.
+constexpr int64_t kMaxPackedTableFloats = int64_t{16} << 20;
+}  // namespace
+
 Model::Model(const ModelSpec& spec, WeightMap weights)
     : spec_(spec), weights_(std::move(weights)), encoder_(spec_, weights_) {
-  item_table_ = weights_.at("embedding/item/weight").ptr();
+  const float* item_table = weights_.at("embedding/item/weight").ptr();
+  const float* output_bias = nullptr;
   if (spec_.output_bias) {
     auto it = weights_.find("output/bias");
     if (it == weights_.end() || it->second.shape != std::vector<int64_t>{spec_.n_items})
       throw Error("model weights: tensor 'output/bias' missing or not [" + std::to_string(spec_.n_items) + "]");
-    output_bias_ = it->second.ptr();
+    output_bias = it->second.ptr();
   }
+  // Only the catalog rows are scored: the [MASK] row, if any, follows them.
+  scoring_ = kernels::PackedLinear(item_table, output_bias, spec_.n_items, spec_.d, kernels::Epilogue::none,
+                                   spec_.n_items * spec_.d <= kMaxPackedTableFloats);
 }
 
 void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* out) const {
@@ -23,10 +33,7 @@ void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& w
   if (static_cast<int64_t>(ws.hidden.size()) < batch * spec_.d) ws.hidden.resize(static_cast<size_t>(batch * spec_.d));
   float* hidden = ws.hidden.data();
   encoder_.encode(sequences, ws, hidden);
-  // Tied output: logits = hidden · item_tableᵀ over the catalog rows (not the [MASK] row).
-  kernels::sgemm(false, true, batch, spec_.n_items, spec_.d, 1.0f, hidden, spec_.d, item_table_, spec_.d, 0.0f,
-                 out, spec_.n_items);
-  if (output_bias_) kernels::add_bias(out, batch, spec_.n_items, output_bias_);
+  scoring_.apply(hidden, spec_.d, batch, out);
 }
 
 }  // namespace seqrec

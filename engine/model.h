@@ -27,8 +27,8 @@ class Model {
   ModelSpec spec_;
   WeightMap weights_;  // the encoder points into these
   Encoder encoder_;
-  const float* item_table_;
-  const float* output_bias_ = nullptr;
+  // Tied output layer: logits = hidden · item_tableᵀ (+ per-item bias) over the catalog rows.
+  kernels::PackedLinear scoring_;
 };
 
 }  // namespace seqrec

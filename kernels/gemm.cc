@@ -1,8 +1,105 @@
 #include "kernels/gemm.h"
 
 #include <cblas.h>
+#include <omp.h>
+
+#include <dnnl.hpp>
 
 namespace seqrec::kernels {
+
+namespace {
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One in-order stream per thread: oneDNN primitives may execute concurrently, streams may not.
+// Every oneDNN call here runs on one thread — the parallelism is the inference workers —
+// and Debian's oneDNN threads with OpenMP, whose thread count is per calling thread and is
+// captured when a primitive is created: so pin it to 1 for each thread that gets a stream.
+dnnl::stream& thread_stream() {
+  thread_local dnnl::stream stream = [] {
+    omp_set_num_threads(1);
+    return dnnl::stream(cpu_engine());
+  }();
+  return stream;
+}
+
+dnnl::algorithm eltwise(Epilogue e) {
+  switch (e) {
+    case Epilogue::relu: return dnnl::algorithm::eltwise_relu;
+    case Epilogue::gelu_erf: return dnnl::algorithm::eltwise_gelu_erf;
+    case Epilogue::gelu_tanh: return dnnl::algorithm::eltwise_gelu_tanh;
+    case Epilogue::swish: return dnnl::algorithm::eltwise_swish;
+    case Epilogue::tanh: return dnnl::algorithm::eltwise_tanh;
+    case Epilogue::sigmoid: return dnnl::algorithm::eltwise_logistic;
+    case Epilogue::none: break;
+  }
+  return dnnl::algorithm::undef;
+}
+
+}  // namespace
+
+struct PackedLinear::Impl {
+  dnnl::matmul primitive;
+  dnnl::memory weights;
+  dnnl::memory bias;
+  bool has_bias = false;
+};
+
+PackedLinear::PackedLinear() = default;
+PackedLinear::~PackedLinear() = default;
+PackedLinear::PackedLinear(PackedLinear&&) noexcept = default;
+PackedLinear& PackedLinear::operator=(PackedLinear&&) noexcept = default;
+
+PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, int64_t in, Epilogue epilogue,
+                           bool pack)
+    : impl_(std::make_unique<Impl>()), out_(out), in_(in) {
+  thread_stream();  // pins this thread's OpenMP to 1 before the primitive is created
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  const dnnl::memory::dim runtime = DNNL_RUNTIME_DIM_VAL;
+  dnnl::engine& engine = cpu_engine();
+  // Rows and row strides are given per call; K and N are fixed.
+  const dnnl::memory::desc src({runtime, in}, dt::f32, {runtime, 1});
+  const dnnl::memory::desc dst({runtime, out}, dt::f32, {runtime, 1});
+  const dnnl::memory::desc plain_weights({in, out}, dt::f32, tag::ba);  // Wᵀ viewed in place
+  const dnnl::memory::desc weights_any = pack ? dnnl::memory::desc({in, out}, dt::f32, tag::any) : plain_weights;
+  const dnnl::memory::desc bias_desc({1, out}, dt::f32, tag::ab);
+  dnnl::primitive_attr attr;
+  if (epilogue != Epilogue::none) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(1.0f, eltwise(epilogue), epilogue == Epilogue::swish ? 1.0f : 0.0f, 0.0f);
+    attr.set_post_ops(ops);
+  }
+  impl_->has_bias = bias != nullptr;
+  const auto desc = impl_->has_bias ? dnnl::matmul::desc(src, weights_any, bias_desc, dst)
+                                    : dnnl::matmul::desc(src, weights_any, dst);
+  const dnnl::matmul::primitive_desc pd(desc, attr, engine);
+  impl_->primitive = dnnl::matmul(pd);
+  dnnl::memory user_weights(plain_weights, engine, const_cast<float*>(weight));
+  if (pd.weights_desc() == plain_weights) {
+    impl_->weights = user_weights;  // already the layout oneDNN wants (or told to use it)
+  } else {
+    impl_->weights = dnnl::memory(pd.weights_desc(), engine);
+    dnnl::reorder(user_weights, impl_->weights).execute(thread_stream(), user_weights, impl_->weights);
+    thread_stream().wait();
+  }
+  if (impl_->has_bias) impl_->bias = dnnl::memory(bias_desc, engine, const_cast<float*>(bias));
+}
+
+void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) const {
+  if (rows == 0) return;
+  using dt = dnnl::memory::data_type;
+  dnnl::engine& engine = cpu_engine();
+  dnnl::memory src({{rows, in_}, dt::f32, {ld_x, 1}}, engine, const_cast<float*>(x));
+  dnnl::memory dst({{rows, out_}, dt::f32, {out_, 1}}, engine, y);
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, impl_->weights}, {DNNL_ARG_DST, dst}};
+  if (impl_->has_bias) args.emplace(DNNL_ARG_BIAS, impl_->bias);
+  impl_->primitive.execute(thread_stream(), args);
+  thread_stream().wait();
+}
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {

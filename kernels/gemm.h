@@ -1,10 +1,43 @@
-// The one place the GEMM backend is chosen (OpenBLAS cblas today; oneDNN matmul
-// primitives plug in here). Everything else calls these functions.
+// The one place the GEMM backends are chosen:
+//  - PackedLinear: y = x·Wᵀ + b (+ activation) for weights known at load — a oneDNN matmul
+//    primitive created once, with W reordered once into oneDNN's preferred layout and the
+//    row count M left to run time; per call only `execute` (the oneDNN examples' pattern).
+//    Each call computes on the calling thread only: parallelism comes from the callers
+//    (the inference workers), never from inside a GEMM.
+//  - sgemm: a general product for one-off shapes (OpenBLAS).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 namespace seqrec::kernels {
+
+// What PackedLinear applies to its output, fused into the GEMM.
+enum class Epilogue { none, relu, gelu_erf, gelu_tanh, swish, tanh, sigmoid };
+
+class PackedLinear {
+ public:
+  PackedLinear();
+  // weight: [out, in] row-major (torch Linear); bias: [out] or null. With pack = false
+  // the weight is used in place (no copy: for tables too large to hold twice).
+  PackedLinear(const float* weight, const float* bias, int64_t out, int64_t in, Epilogue epilogue = Epilogue::none,
+               bool pack = true);
+  ~PackedLinear();
+  PackedLinear(PackedLinear&&) noexcept;
+  PackedLinear& operator=(PackedLinear&&) noexcept;
+
+  // y: [rows, out] (row stride out) = epilogue(x: [rows, in] (row stride ld_x) · Wᵀ + b).
+  // Safe to call from several threads at once.
+  void apply(const float* x, int64_t ld_x, int64_t rows, float* y) const;
+
+  int64_t out() const { return out_; }
+  int64_t in() const { return in_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int64_t out_ = 0, in_ = 0;
+};
 
 // C[m, n] = alpha * op(A) · op(B) + beta * C, all row-major.
 //   A: [m, k] (or [k, m] when trans_a), leading dimension lda
@@ -13,7 +46,7 @@ namespace seqrec::kernels {
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
-// Threads the GEMM backend may use inside one call (the worker pool calls this once).
+// Threads OpenBLAS (sgemm) may use inside one call (a process-wide setting).
 void set_gemm_threads(int threads);
 
 }  // namespace seqrec::kernels
