@@ -14,13 +14,10 @@ std::vector<ScoredItem> rank_items(const float* scores, const std::function<floa
   // skip[row] != 0: never recommended. Row 0 is padding.
   std::vector<uint8_t> skip(static_cast<size_t>(n), 0);
   skip[0] = 1;
-  std::unordered_set<std::string> blocked_ids(request.exclude_ids.begin(), request.exclude_ids.end());
   for (const std::string& id : request.exclude_ids)
     if (int32_t r = catalog.row(id); r > 0) skip[r] = 1;
-  if (!request.recommend_seen) {
+  if (!request.recommend_seen)
     for (int32_t r : prepared.seen_rows) skip[r] = 1;
-    for (const Interaction& it : request.interactions) blocked_ids.insert(it.item_id);
-  }
 
   std::vector<int32_t> best(static_cast<size_t>(std::min(k, n)));
   std::vector<ScoredItem> unknown;  // candidates the model does not know: score 0, in request order
@@ -28,6 +25,10 @@ std::vector<ScoredItem> rank_items(const float* scores, const std::function<floa
   if (!request.candidate_ids) {
     found = kernels::top_k(scores, n, skip.data(), k, best.data());
   } else {
+    // Ids that block an unknown candidate: exclusions, and (unless recommend_seen) interactions.
+    std::unordered_set<std::string> blocked_ids(request.exclude_ids.begin(), request.exclude_ids.end());
+    if (!request.recommend_seen)
+      for (const Interaction& it : request.interactions) blocked_ids.insert(it.item_id);
     std::vector<int32_t> rows;
     std::unordered_set<std::string> listed;
     for (const std::string& id : *request.candidate_ids) {
