@@ -4,23 +4,35 @@
 #include "cli/commands.h"
 #include "engine/error.h"
 #include "weights/seqrec_file.h"
+#include "weights/sources/recbole.h"
+#include "weights/sources/safetensors_source.h"
 #include "weights/sources/source.h"
 
 namespace seqrec::cli {
 
 Action add_convert(CLI::App& app) {
   struct Flags {
-    std::string from, checkpoint, out, score;
+    std::string from, checkpoint, out, score, activation;
     ConvertOptions options;
+    RecboleOptions recbole;
   };
   auto f = std::make_shared<Flags>();
-  app.add_option("--from", f->from, "Source framework: pmixer (SASRec.pytorch)")->required();
-  app.add_option("checkpoint", f->checkpoint, "The checkpoint file (torch.save)")->required();
+  app.add_option("--from", f->from,
+                 "Source: pmixer (SASRec.pytorch), recbole (RecBole SASRec / BERT4Rec), safetensors (seqrec's names)")
+      ->required();
+  app.add_option("checkpoint", f->checkpoint, "The checkpoint file (torch.save, or .safetensors)")->required();
   app.add_option("--out", f->out, "The .seqrec file to write")->required();
   app.add_option("--item-ids", f->options.item_ids_file,
                  "Raw item id per embedding row, one per line (line 0 = padding row); default: row i has id i");
-  app.add_option("--heads", f->options.heads, "Attention heads (default: the file name's head=N, else 1)");
-  app.add_option("--max-len", f->options.max_len, "Max sequence length L (default: the file name's maxlen=N, else from pos_emb)");
+  app.add_option("--heads", f->options.heads,
+                 "Attention heads (pmixer default: the file name's head=N, else 1; recbole default: config n_heads)");
+  app.add_option("--max-len", f->options.max_len,
+                 "Max sequence length L (pmixer default: the file name's maxlen=N, else from pos_emb; recbole default: "
+                 "config MAX_ITEM_LIST_LENGTH, else from position_embedding)");
+  app.add_option("--activation", f->activation,
+                 "recbole: FFN activation relu|gelu|gelu_tanh|swish|tanh|sigmoid (default: config hidden_act)");
+  app.add_option("--ln-eps", f->recbole.ln_eps, "recbole: LayerNorm epsilon (default: config layer_norm_eps)");
+  app.add_option("--model", f->recbole.model, "recbole: sasrec|bert4rec (default: config model)");
   app.add_option("--variant", f->options.variant, "SASRec.pytorch generation: pre_ln|post_ln|original (default post_ln)");
   app.add_option("--rating-threshold", f->options.rating_threshold,
                  "Interactions with rating >= X are positives (default: every interaction is)");
@@ -28,12 +40,22 @@ Action add_convert(CLI::App& app) {
 
   return [f] {
     if (!f->score.empty()) f->options.score = parse_score("--score", f->score);
+    if (!f->activation.empty()) f->recbole.activation = parse_activation("--activation", f->activation);
     f->options.checkpoint = f->checkpoint;
+    if (f->from != "recbole") {
+      const char* recbole_only = f->recbole.activation ? "--activation" : f->recbole.ln_eps ? "--ln-eps"
+                                                                        : f->recbole.model ? "--model" : nullptr;
+      if (recbole_only) throw Error(std::string(recbole_only) + ": applies to --from recbole only");
+    }
     ModelFile model;
     if (f->from == "pmixer")
       model = convert_pmixer(f->options);
+    else if (f->from == "recbole")
+      model = convert_recbole(f->options, f->recbole);
+    else if (f->from == "safetensors")
+      model = convert_safetensors(f->options);
     else
-      throw Error("--from: unknown source '" + f->from + "' (expected pmixer)");
+      throw Error("--from: unknown source '" + f->from + "' (expected pmixer|recbole|safetensors)");
     model.provenance.converter_version = SEQREC_VERSION;
     validate_model_file(model, f->out);
     save_model_file(model, f->out);
