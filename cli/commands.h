@@ -14,5 +14,6 @@ Action add_recommend(CLI::App& app);
 Action add_inspect(CLI::App& app);
 Action add_import(CLI::App& app);
 Action add_serve(CLI::App& app);
+Action add_eval(CLI::App& app);
 
 }  // namespace seqrec::cli

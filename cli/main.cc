@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   add("import", "Bulk-load users' interaction histories from a CSV/TSV file into a history store",
       seqrec::cli::add_import);
   add("serve", "Serve the HTTP API for a model, with a history store", seqrec::cli::add_serve);
+  add("eval", "Offline leave-one-out HR@k / NDCG@k / MRR / coverage@k of a model on an interactions file",
+      seqrec::cli::add_eval);
 
   if (argc > 1 && argv[1][0] != '-' &&
       std::none_of(actions.begin(), actions.end(), [&](const auto& a) { return a.first->get_name() == argv[1]; })) {
