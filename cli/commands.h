@@ -14,6 +14,7 @@ Action add_recommend(CLI::App& app);
 Action add_inspect(CLI::App& app);
 Action add_import(CLI::App& app);
 Action add_serve(CLI::App& app);
+Action add_export(CLI::App& app);
 Action add_eval(CLI::App& app);
 
 }  // namespace seqrec::cli

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   add("import", "Bulk-load users' interaction histories from a CSV/TSV file into a history store",
       seqrec::cli::add_import);
   add("serve", "Serve the HTTP API for a model, with a history store", seqrec::cli::add_serve);
+  add("export", "Write a .seqrec model as safetensors (seqrec's tensor names, the spec in __metadata__)",
+      seqrec::cli::add_export);
   add("eval", "Offline leave-one-out HR@k / NDCG@k / MRR / coverage@k of a model on an interactions file",
       seqrec::cli::add_eval);
 
