@@ -124,7 +124,6 @@ TEST(EvaluationNegatives, FewerEligibleThanAskedGivesAllOfThemAscending) {
 }
 
 TEST(EvaluationSplit, OrderIsPrepareRequestsOrder) {
-  const ModelSpec spec = testing::small_spec(12);
   const Catalog catalog(testing::offset_ids(12));
   std::mt19937 rng(11);
   for (int trial = 0; trial < 300; ++trial) {
