@@ -8,11 +8,12 @@
 // top-10 is the model's own ranking and can be compared with a peer's logits.
 //
 // Commands, one per line on stdin; each answer is one JSON line on stdout:
-//   run SET B T   time the whole set once: T threads, each with its own Workspace, take
+//   run SET B T [S]  time the whole set once: T threads, each with its own Workspace, take
 //                 chunks of B requests from a shared counter and answer each chunk with ONE
-//                 Recommender::recommend call. One untimed warm-up pass over min(N, 4·B·T)
-//                 requests comes first. Answers {"seconds": wall time of the pass,
-//                 "n": requests, "batch_ms": [latency of each recommend call]}.
+//                 Recommender::recommend call; with S > 0, no chunk starts after S seconds.
+//                 One untimed warm-up pass over min(N, 4·B·T) requests comes first. Answers
+//                 {"seconds": wall time of the pass, "n": requests answered,
+//                 "batch_ms": [latency of each recommend call]}.
 //   top SET B     one pass with batch B on one thread; answers {"top": [[row, ...], ...],
 //                 "scores": [[score, ...], ...]}: each request's top-10 rows and raw scores.
 //   sgemm         single-core OpenBLAS sgemm, n = 1024 (the machine's limit of the
@@ -69,6 +70,7 @@ std::vector<Request> read_requests(const std::string& path) {
 
 struct Pass {
   double seconds = 0;
+  size_t answered = 0;
   std::vector<double> batch_ms;
 };
 
@@ -78,17 +80,22 @@ class Timer {
 
   // Answers requests [0, n) of `set` with batch b on t threads. `top`, when given, gets each
   // request's top-10 rows.
+  // budget_s > 0: no chunk is started after that many seconds (Pass::answered tells how many
+  // requests were answered).
   Pass pass(const std::vector<Request>& set, size_t n, size_t b, size_t t,
-            std::vector<std::vector<seqrec::ScoredItem>>* top) {
+            std::vector<std::vector<seqrec::ScoredItem>>* top, double budget_s = 0) {
     while (workspaces_.size() < t) workspaces_.emplace_back(std::make_unique<seqrec::Workspace>());
-    std::atomic<size_t> next{0};
+    std::atomic<size_t> next{0}, answered{0};
+    const auto start = Clock::now();
     std::vector<std::vector<double>> lat(t);
     auto work = [&](size_t w) {
       seqrec::Workspace& ws = *workspaces_[w];
       for (;;) {
+        if (budget_s > 0 && std::chrono::duration<double>(Clock::now() - start).count() > budget_s) break;
         const size_t begin = next.fetch_add(b);
         if (begin >= n) break;
         const size_t end = std::min(n, begin + b);
+        answered += end - begin;
         const auto t0 = Clock::now();
         std::vector<seqrec::Response> responses =
             rec_->recommend(std::span<const Request>(set.data() + begin, end - begin), ws);
@@ -97,7 +104,6 @@ class Timer {
           for (size_t i = begin; i < end; ++i) (*top)[i] = std::move(responses[i - begin].recommendations);
       }
     };
-    const auto start = Clock::now();
     if (t == 1) {
       work(0);
     } else {
@@ -107,6 +113,7 @@ class Timer {
     }
     Pass p;
     p.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    p.answered = answered;
     for (auto& l : lat) p.batch_ms.insert(p.batch_ms.end(), l.begin(), l.end());
     return p;
   }
@@ -137,8 +144,9 @@ double sgemm_gflops() {
   return g[g.size() / 2];
 }
 
-void print_pass(const Pass& p, size_t n) {
-  std::string s = "{\"seconds\": " + std::to_string(p.seconds) + ", \"n\": " + std::to_string(n) + ", \"batch_ms\": [";
+void print_pass(const Pass& p) {
+  std::string s = "{\"seconds\": " + std::to_string(p.seconds) + ", \"n\": " + std::to_string(p.answered) +
+                  ", \"batch_ms\": [";
   for (size_t i = 0; i < p.batch_ms.size(); ++i) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%s%.5f", i ? ", " : "", p.batch_ms[i]);
@@ -189,7 +197,8 @@ int main(int argc, char** argv) try {
     }
     size_t b = 1, t = 1;
     in >> set_name >> b;
-    if (cmd == "run") in >> t;
+    double budget_s = 0;
+    if (cmd == "run") in >> t >> budget_s;
     auto it = sets.find(set_name);
     if (it == sets.end() || b < 1 || t < 1 || (cmd != "run" && cmd != "top")) {
       std::cout << "{\"error\": \"bad command: " << line << "\"}" << std::endl;
@@ -216,7 +225,7 @@ int main(int argc, char** argv) try {
       continue;
     }
     timer.pass(set, std::min(set.size(), 4 * b * t), b, t, nullptr);  // warm-up
-    print_pass(timer.pass(set, set.size(), b, t, nullptr), set.size());
+    print_pass(timer.pass(set, set.size(), b, t, nullptr, budget_s));
   }
   return 0;
 } catch (const std::exception& e) {

@@ -6,8 +6,9 @@
 Loads the source model (the module bench/workloads.py builds, with the saved weights), in
 eval() under torch.no_grad(), and the request sets' input tensors. Commands (one JSON line
 answers each), the same as seqrec_timing's:
-  run SET B T   torch.set_num_threads(T); an untimed warm-up over min(N, 2·B·T) requests, then
-                every request in batches of B: {"seconds", "n", "batch_ms"}. Only the forward
+  run SET B T [S]  torch.set_num_threads(T); an untimed warm-up over min(N, 2·B·T) requests,
+                then every request in batches of B (no batch started after S seconds when S > 0):
+                {"seconds", "n" (requests answered), "batch_ms"}. Only the forward
                 pass (sequence batch -> logits over the catalog) is timed; the batches' input
                 tensors are made before the clock starts.
   top SET B     {"top": [[row, ...]], "scores": [[score, ...]]}: each request's 20 best rows
@@ -61,13 +62,18 @@ def main():
                 print(json.dumps({"top": rows, "scores": scores}), flush=True)
                 continue
             t = int(words[3])
+            budget = float(words[4]) if len(words) > 4 else 0.0
             torch.set_num_threads(t)
             for batch in batches(inputs, min(n, 2 * b * t), b):  # warm-up
                 model(*batch)
             todo = batches(inputs, n, b)
             batch_ms = []
             start = time.perf_counter()
+            n = 0
             for batch in todo:
+                if budget > 0 and time.perf_counter() - start > budget:
+                    break
+                n += len(batch[0])
                 t0 = time.perf_counter()
                 model(*batch)
                 batch_ms.append((time.perf_counter() - t0) * 1e3)
