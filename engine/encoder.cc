@@ -34,8 +34,9 @@ LinearWeights linear(const WeightMap& w, const std::string& prefix, int64_t out,
   return LinearWeights{lookup(w, prefix + "/weight", {out, in}), lookup(w, prefix + "/bias", {out}), out, in};
 }
 
+// Encoder layers run on row counts known only per batch: padded shapes (see kernels/gemm.h).
 PackedLinear packed(const LinearWeights& w, kernels::Epilogue epilogue = kernels::Epilogue::none) {
-  return PackedLinear(w.weight, w.bias, w.out, w.in, epilogue);
+  return PackedLinear(w.weight, w.bias, w.out, w.in, epilogue, true, kernels::Rows::padded);
 }
 
 kernels::Epilogue epilogue_of(Activation a) {
@@ -69,7 +70,7 @@ PackedLinear fuse(std::initializer_list<LinearWeights> parts, std::vector<FloatB
   storage.push_back(std::move(weight));
   const float* w = storage.back().data();
   storage.push_back(std::move(bias));
-  return PackedLinear(w, storage.back().data(), out, in);
+  return PackedLinear(w, storage.back().data(), out, in, kernels::Epilogue::none, true, kernels::Rows::padded);
 }
 
 void grow(FloatBuffer& buffer, int64_t n) {
@@ -226,9 +227,11 @@ void Encoder::encode(std::span<const std::vector<int32_t>> sequences, Workspace&
     longest = std::max(longest, ws.plans[b].n_rows);
   }
   const int64_t rows = static_cast<int64_t>(ws.item_rows.size());
-  for (FloatBuffer* buffer : {&ws.x, &ws.normed, &ws.context, &ws.projected}) grow(*buffer, rows * d);
-  grow(ws.qkv, rows * 3 * d);
-  grow(ws.ffn, rows * spec_.ffn_dim);
+  // Room for the padded row counts the GEMMs run on (kernels::padded_rows; rows >= batch).
+  const int64_t capacity = kernels::padded_rows(rows);
+  for (FloatBuffer* buffer : {&ws.x, &ws.normed, &ws.context, &ws.projected}) grow(*buffer, capacity * d);
+  grow(ws.qkv, capacity * 3 * d);
+  grow(ws.ffn, capacity * spec_.ffn_dim);
   grow(ws.scores, kernels::attention_scratch_floats(longest, d / spec_.heads));
   float* x = ws.x.data();
   float* normed = ws.normed.data();

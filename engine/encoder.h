@@ -72,7 +72,8 @@ class Encoder {
   void plan(std::span<const int32_t> sequence, std::vector<int32_t>& item_rows, std::vector<int32_t>& positions,
             SequencePlan& plan) const;
 
-  // hidden: [batch, d] — the read-out hidden state of each sequence (after the head, if any).
+  // hidden: [batch, d] — the read-out hidden state of each sequence (after the head, if any);
+  // it must have room for kernels::padded_rows(batch) rows (the GEMMs' padded shapes).
   void encode(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* hidden) const;
 
  private:

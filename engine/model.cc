@@ -30,7 +30,8 @@ Model::Model(const ModelSpec& spec, WeightMap weights)
 void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* out) const {
   const int64_t batch = static_cast<int64_t>(sequences.size());
   if (batch == 0) return;
-  if (static_cast<int64_t>(ws.hidden.size()) < batch * spec_.d) ws.hidden.resize(static_cast<size_t>(batch * spec_.d));
+  const int64_t hidden_floats = kernels::padded_rows(batch) * spec_.d;
+  if (static_cast<int64_t>(ws.hidden.size()) < hidden_floats) ws.hidden.resize(static_cast<size_t>(hidden_floats));
   float* hidden = ws.hidden.data();
   encoder_.encode(sequences, ws, hidden);
   scoring_.apply(hidden, spec_.d, batch, out);

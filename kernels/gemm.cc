@@ -4,6 +4,9 @@
 #include <omp.h>
 
 #include <dnnl.hpp>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 namespace seqrec::kernels {
 
@@ -41,11 +44,42 @@ dnnl::algorithm eltwise(Epilogue e) {
 
 }  // namespace
 
-struct PackedLinear::Impl {
+// A primitive and the scratch memory it needs per execution. Scratch is the caller's
+// (scratchpad_mode::user): oneDNN's library-managed scratchpad may be shared between
+// concurrent executions, and two workers running one primitive at once must not share it.
+struct Compiled {
   dnnl::matmul primitive;
+  dnnl::memory::desc scratchpad;
+};
+
+Compiled compile(const dnnl::matmul::desc& desc, const dnnl::primitive_attr& attr) {
+  const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+  return Compiled{dnnl::matmul(pd), pd.scratchpad_desc()};
+}
+
+struct PackedLinear::Impl {
+  Compiled any_rows;  // run-time row count
   dnnl::memory weights;
   dnnl::memory bias;
   bool has_bias = false;
+  Rows rows = Rows::exact;
+  dnnl::primitive_attr attr;
+  // Fixed-shape primitives by (padded rows, input row stride), made on first use.
+  std::mutex mutex;
+  std::unordered_map<uint64_t, Compiled> fixed;
+
+  const Compiled& fixed_primitive(int64_t rows, int64_t ld_x, int64_t in, int64_t out) {
+    const uint64_t key = static_cast<uint64_t>(rows) << 32 | static_cast<uint64_t>(ld_x);
+    std::lock_guard lock(mutex);
+    auto it = fixed.find(key);
+    if (it != fixed.end()) return it->second;
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc src({rows, in}, dt::f32, {ld_x, 1});
+    const dnnl::memory::desc dst({rows, out}, dt::f32, {out, 1});
+    const auto desc = has_bias ? dnnl::matmul::desc(src, weights.get_desc(), bias.get_desc(), dst)
+                               : dnnl::matmul::desc(src, weights.get_desc(), dst);
+    return fixed.emplace(key, compile(desc, attr)).first->second;
+  }
 };
 
 PackedLinear::PackedLinear() = default;
@@ -54,8 +88,9 @@ PackedLinear::PackedLinear(PackedLinear&&) noexcept = default;
 PackedLinear& PackedLinear::operator=(PackedLinear&&) noexcept = default;
 
 PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, int64_t in, Epilogue epilogue,
-                           bool pack)
+                           bool pack, Rows rows)
     : impl_(std::make_unique<Impl>()), out_(out), in_(in) {
+  impl_->rows = rows;
   thread_stream();  // pins this thread's OpenMP to 1 before the primitive is created
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
@@ -67,7 +102,8 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
   const dnnl::memory::desc plain_weights({in, out}, dt::f32, tag::ba);  // Wᵀ viewed in place
   const dnnl::memory::desc weights_any = pack ? dnnl::memory::desc({in, out}, dt::f32, tag::any) : plain_weights;
   const dnnl::memory::desc bias_desc({1, out}, dt::f32, tag::ab);
-  dnnl::primitive_attr attr;
+  dnnl::primitive_attr& attr = impl_->attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (epilogue != Epilogue::none) {
     dnnl::post_ops ops;
     ops.append_eltwise(1.0f, eltwise(epilogue), epilogue == Epilogue::swish ? 1.0f : 0.0f, 0.0f);
@@ -77,7 +113,7 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
   const auto desc = impl_->has_bias ? dnnl::matmul::desc(src, weights_any, bias_desc, dst)
                                     : dnnl::matmul::desc(src, weights_any, dst);
   const dnnl::matmul::primitive_desc pd(desc, attr, engine);
-  impl_->primitive = dnnl::matmul(pd);
+  impl_->any_rows = Compiled{dnnl::matmul(pd), pd.scratchpad_desc()};
   dnnl::memory user_weights(plain_weights, engine, const_cast<float*>(weight));
   if (pd.weights_desc() == plain_weights) {
     impl_->weights = user_weights;  // already the layout oneDNN wants (or told to use it)
@@ -92,13 +128,31 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
 void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) const {
   if (rows == 0) return;
   using dt = dnnl::memory::data_type;
+  dnnl::stream& stream = thread_stream();  // first: pins this thread's OpenMP before any primitive is made
   dnnl::engine& engine = cpu_engine();
-  dnnl::memory src({{rows, in_}, dt::f32, {ld_x, 1}}, engine, const_cast<float*>(x));
-  dnnl::memory dst({{rows, out_}, dt::f32, {out_, 1}}, engine, y);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, impl_->weights}, {DNNL_ARG_DST, dst}};
-  if (impl_->has_bias) args.emplace(DNNL_ARG_BIAS, impl_->bias);
-  impl_->primitive.execute(thread_stream(), args);
-  thread_stream().wait();
+  auto run = [&](const Compiled& compiled, const float* x_rows, int64_t m, float* y_rows) {
+    dnnl::memory src({{m, in_}, dt::f32, {ld_x, 1}}, engine, const_cast<float*>(x_rows));
+    dnnl::memory dst({{m, out_}, dt::f32, {out_, 1}}, engine, y_rows);
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, impl_->weights}, {DNNL_ARG_DST, dst}};
+    if (impl_->has_bias) args.emplace(DNNL_ARG_BIAS, impl_->bias);
+    const size_t scratch_bytes = compiled.scratchpad.get_size();
+    if (scratch_bytes > 0) {
+      thread_local std::vector<float> scratch;  // this thread's, grown to the largest need
+      if (scratch.size() * sizeof(float) < scratch_bytes) scratch.resize(scratch_bytes / sizeof(float) + 1);
+      args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(compiled.scratchpad, engine, scratch.data()));
+    }
+    compiled.primitive.execute(stream, args);
+  };
+  if (impl_->rows == Rows::exact) {
+    run(impl_->any_rows, x, rows, y);
+  } else {
+    for (int64_t first = 0; first < rows; first += kMaxChunkRows) {
+      const int64_t m = padded_rows(std::min(kMaxChunkRows, rows - first));
+      run(impl_->fixed_primitive(m, ld_x, in_, out_), x + first * ld_x, m, y + first * out_);
+    }
+  }
+  stream.wait();
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,

@@ -15,19 +15,32 @@ namespace seqrec::kernels {
 // What PackedLinear applies to its output, fused into the GEMM.
 enum class Epilogue { none, relu, gelu_erf, gelu_tanh, swish, tanh, sigmoid };
 
+// How PackedLinear treats the row count M:
+//  - exact:  one primitive for any M (oneDNN's run-time M);
+//  - padded: M is rounded up to a multiple of kRowStep and run in chunks of at most
+//    kMaxChunkRows by primitives compiled for that M (oneDNN's brgemm, ~2x faster on the
+//    encoder's shapes), made on first use and kept. Every row is computed by the same kind
+//    of kernel whatever the batch, so a request's scores do not depend on its batch-mates.
+//    The caller's x and y must have room for padded_rows(M) rows.
+enum class Rows { exact, padded };
+inline constexpr int64_t kRowStep = 16;
+inline constexpr int64_t kMaxChunkRows = 1024;
+inline int64_t padded_rows(int64_t rows) { return (rows + kRowStep - 1) / kRowStep * kRowStep; }
+
 class PackedLinear {
  public:
   PackedLinear();
   // weight: [out, in] row-major (torch Linear); bias: [out] or null. With pack = false
   // the weight is used in place (no copy: for tables too large to hold twice).
   PackedLinear(const float* weight, const float* bias, int64_t out, int64_t in, Epilogue epilogue = Epilogue::none,
-               bool pack = true);
+               bool pack = true, Rows rows = Rows::exact);
   ~PackedLinear();
   PackedLinear(PackedLinear&&) noexcept;
   PackedLinear& operator=(PackedLinear&&) noexcept;
 
   // y: [rows, out] (row stride out) = epilogue(x: [rows, in] (row stride ld_x) · Wᵀ + b).
-  // Safe to call from several threads at once.
+  // Safe to call from several threads at once. With Rows::padded, rows up to
+  // padded_rows(rows) of x are read and of y written.
   void apply(const float* x, int64_t ld_x, int64_t rows, float* y) const;
 
   int64_t out() const { return out_; }
