@@ -8,6 +8,8 @@
 //   catalog1m  the recbole encoder, 1,000,000 items
 //
 // Every kernel runs on one thread (kernels::set_gemm_threads(1), as the server's workers do).
+// The GEMMs run as the engine runs them (kernels::PackedLinear); the rows ending in /openblas
+// run the same product through kernels::sgemm, for reference.
 // Counters: "FLOPS" (useful floating-point operations per second, where they are defined)
 // or "bytes_per_second" for the memory-bound ones.
 //
@@ -61,34 +63,20 @@ FloatBuffer random_buffer(size_t n, uint32_t seed, float scale = 1.0f) {
 
 // ---- attention: one head over one sequence -------------------------------------------
 
-// The kernel's signature is changing while the engine gets faster (a first_key_weight
-// argument: SASRec.pytorch's identical padded slots counted once); call whichever exists.
-template <class F = float>
-void attention_call(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, const float* kk, const float* v,
-                    int64_t ld_kv, int64_t n_kv, int64_t d_h, bool causal, F scale, float* out, int64_t ld_out,
-                    float* scratch) {
-  if constexpr (requires {
-                  k::attention_head(q, ld_q, q_begin, n_q, kk, v, ld_kv, n_kv, d_h, n_kv, n_kv, causal, scale, scale,
-                                    out, ld_out, scratch);
-                })
-    k::attention_head(q, ld_q, q_begin, n_q, kk, v, ld_kv, n_kv, d_h, 0, n_kv, causal, F{1}, scale, out, ld_out,
-                      scratch);
-  else
-    k::attention_head(q, ld_q, q_begin, n_q, kk, v, ld_kv, n_kv, d_h, 0, n_kv, causal, scale, out, ld_out, scratch);
-}
-
 // All query slots (every block but the last) or only the read-out slot (the last block).
 void attention(benchmark::State& state, Shape s, bool readout_only) {
   k::set_gemm_threads(1);
   const int64_t n = s.slots, d_h = s.d / s.heads;
-  FloatBuffer q = random_buffer(n * s.d, 1), kk = random_buffer(n * s.d, 2), v = random_buffer(n * s.d, 3);
-  FloatBuffer out(n * s.d), scratch(n * (d_h + 1) + 64);  // room for either signature
+  const int64_t room = (n + 16) * s.d;  // a tile's worth of slack past the last row
+  FloatBuffer q = random_buffer(room, 1), kk = random_buffer(room, 2), v = random_buffer(room, 3);
+  FloatBuffer out(room), scratch(k::attention_scratch_floats(n, d_h));
   const int64_t q_begin = readout_only ? n - 1 : 0, n_q = readout_only ? 1 : n;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d_h));
   for (auto _ : state) {
     for (int64_t h = 0; h < s.heads; ++h)
-      attention_call(q.data() + q_begin * s.d + h * d_h, s.d, q_begin, n_q, kk.data() + h * d_h, v.data() + h * d_h,
-                     s.d, n, d_h, s.causal, scale, out.data() + h * d_h, s.d, scratch.data());
+      k::attention_head(q.data() + q_begin * s.d + h * d_h, s.d, q_begin, n_q, kk.data() + h * d_h,
+                        v.data() + h * d_h, s.d, n, d_h, 0, n, s.causal, 1.0f, scale, out.data() + h * d_h, s.d,
+                        scratch.data());
     benchmark::DoNotOptimize(out.data());
   }
   // Useful: q·k and p·v over the keys each query sees (lower triangle when causal).
@@ -111,36 +99,58 @@ void layer_norm(benchmark::State& state, Shape s) {
   state.SetBytesProcessed(state.iterations() * rows * s.d * 2 * static_cast<int64_t>(sizeof(float)));
 }
 
-// ---- FFN: inner GEMM + bias + activation, outer GEMM + bias -------------------------------
+// ---- the GEMMs: k::PackedLinear as the engine builds them (oneDNN, weights packed at load,
+// padded row counts for the encoder, the activation fused into the FFN's inner GEMM), and
+// the same product through k::sgemm (OpenBLAS) for reference ---------------------------------
 
-void ffn(benchmark::State& state, Shape s, int64_t rows) {
+// Room for `rows` rows as Rows::padded reads and writes them.
+FloatBuffer rows_buffer(int64_t rows, int64_t width, uint32_t seed) {
+  return random_buffer(k::padded_rows(rows) * width, seed);
+}
+
+k::Epilogue activation_of(const Shape& s) { return s.relu ? k::Epilogue::relu : k::Epilogue::gelu_erf; }
+
+// FFN: inner GEMM + bias + activation, outer GEMM + bias.
+void ffn(benchmark::State& state, Shape s, int64_t rows, bool openblas) {
   k::set_gemm_threads(1);
-  FloatBuffer x = random_buffer(rows * s.d, 7), w1 = random_buffer(s.ffn * s.d, 8, 0.1f),
-              b1 = random_buffer(s.ffn, 9, 0.1f), w2 = random_buffer(s.d * s.ffn, 10, 0.1f),
-              b2 = random_buffer(s.d, 11, 0.1f);
-  FloatBuffer hidden(rows * s.ffn), y(rows * s.d);
+  FloatBuffer w1 = random_buffer(s.ffn * s.d, 8, 0.1f), b1 = random_buffer(s.ffn, 9, 0.1f),
+              w2 = random_buffer(s.d * s.ffn, 10, 0.1f), b2 = random_buffer(s.d, 11, 0.1f);
+  FloatBuffer x = rows_buffer(rows, s.d, 7), hidden = rows_buffer(rows, s.ffn, 0), y = rows_buffer(rows, s.d, 0);
+  const k::PackedLinear inner(w1.data(), b1.data(), s.ffn, s.d, activation_of(s), true, k::Rows::padded);
+  const k::PackedLinear outer(w2.data(), b2.data(), s.d, s.ffn, k::Epilogue::none, true, k::Rows::padded);
   for (auto _ : state) {
-    k::sgemm(false, true, rows, s.ffn, s.d, 1.0f, x.data(), s.d, w1.data(), s.d, 0.0f, hidden.data(), s.ffn);
-    k::add_bias(hidden.data(), rows, s.ffn, b1.data());
-    if (s.relu)
-      k::relu(hidden.data(), rows * s.ffn);
-    else
-      k::gelu_erf(hidden.data(), rows * s.ffn);
-    k::sgemm(false, true, rows, s.d, s.ffn, 1.0f, hidden.data(), s.ffn, w2.data(), s.ffn, 0.0f, y.data(), s.d);
-    k::add_bias(y.data(), rows, s.d, b2.data());
+    if (openblas) {
+      k::sgemm(false, true, rows, s.ffn, s.d, 1.0f, x.data(), s.d, w1.data(), s.d, 0.0f, hidden.data(), s.ffn);
+      k::add_bias(hidden.data(), rows, s.ffn, b1.data());
+      if (s.relu)
+        k::relu(hidden.data(), rows * s.ffn);
+      else
+        k::gelu_erf(hidden.data(), rows * s.ffn);
+      k::sgemm(false, true, rows, s.d, s.ffn, 1.0f, hidden.data(), s.ffn, w2.data(), s.ffn, 0.0f, y.data(), s.d);
+      k::add_bias(y.data(), rows, s.d, b2.data());
+    } else {
+      inner.apply(x.data(), s.d, rows, hidden.data());
+      outer.apply(hidden.data(), s.ffn, rows, y.data());
+    }
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["FLOPS"] =
       benchmark::Counter(4.0 * rows * s.d * s.ffn, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// ---- the linear projections of attention (Q, K, V, out): one GEMM each ------------------
-
-void projection(benchmark::State& state, Shape s, int64_t rows) {
+// The attention block's fused Q|K|V projection: one [rows, d] x [d, 3d] GEMM + bias.
+void projection(benchmark::State& state, Shape s, int64_t rows, bool openblas) {
   k::set_gemm_threads(1);
-  FloatBuffer x = random_buffer(rows * s.d, 12), w = random_buffer(3 * s.d * s.d, 13, 0.1f), y(rows * 3 * s.d);
+  FloatBuffer w = random_buffer(3 * s.d * s.d, 13, 0.1f), b = random_buffer(3 * s.d, 14, 0.1f);
+  FloatBuffer x = rows_buffer(rows, s.d, 12), y = rows_buffer(rows, 3 * s.d, 0);
+  const k::PackedLinear qkv(w.data(), b.data(), 3 * s.d, s.d, k::Epilogue::none, true, k::Rows::padded);
   for (auto _ : state) {
-    k::sgemm(false, true, rows, 3 * s.d, s.d, 1.0f, x.data(), s.d, w.data(), s.d, 0.0f, y.data(), 3 * s.d);
+    if (openblas) {
+      k::sgemm(false, true, rows, 3 * s.d, s.d, 1.0f, x.data(), s.d, w.data(), s.d, 0.0f, y.data(), 3 * s.d);
+      k::add_bias(y.data(), rows, 3 * s.d, b.data());
+    } else {
+      qkv.apply(x.data(), s.d, rows, y.data());
+    }
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["FLOPS"] =
@@ -150,7 +160,7 @@ void projection(benchmark::State& state, Shape s, int64_t rows) {
 // ---- embedding gather: item rows (scaled) + position rows --------------------------------
 
 void gather(benchmark::State& state, Shape s) {
-  const int64_t n = s.slots, table_rows = std::min<int64_t>(s.items, 1 << 20);
+  const int64_t n = s.slots, table_rows = s.items;
   FloatBuffer items = random_buffer(table_rows * s.d, 14), positions = random_buffer((n + 1) * s.d, 15);
   std::mt19937 rng(16);
   std::vector<int32_t> rows(n), pos(n);
@@ -169,14 +179,22 @@ void gather(benchmark::State& state, Shape s) {
 }
 
 // ---- scoring GEMM: [batch, d] · item_tableᵀ over the whole catalog ------------------------
+// As engine/model.cc builds it: PackedLinear, Rows::exact, the table packed when it holds at
+// most 16M floats (catalog1m's 64M are used in place).
+constexpr int64_t kMaxPackedTableFloats = int64_t{16} << 20;
 
-void scoring(benchmark::State& state, Shape s, int64_t batch) {
+void scoring(benchmark::State& state, Shape s, int64_t batch, bool openblas) {
   k::set_gemm_threads(1);
   FloatBuffer table = random_buffer(s.items * s.d, 17, 0.05f), hidden = random_buffer(batch * s.d, 18);
   FloatBuffer logits(batch * s.items);
+  const k::PackedLinear scorer(table.data(), nullptr, s.items, s.d, k::Epilogue::none,
+                               s.items * s.d <= kMaxPackedTableFloats, k::Rows::exact);
   for (auto _ : state) {
-    k::sgemm(false, true, batch, s.items, s.d, 1.0f, hidden.data(), s.d, table.data(), s.d, 0.0f, logits.data(),
-             s.items);
+    if (openblas)
+      k::sgemm(false, true, batch, s.items, s.d, 1.0f, hidden.data(), s.d, table.data(), s.d, 0.0f, logits.data(),
+               s.items);
+    else
+      scorer.apply(hidden.data(), s.d, batch, logits.data());
     benchmark::DoNotOptimize(logits.data());
   }
   state.counters["FLOPS"] =
@@ -279,16 +297,21 @@ void register_all() {
       benchmark::RegisterBenchmark((p + "/attention/all_slots").c_str(), attention, s, false);
       benchmark::RegisterBenchmark((p + "/attention/readout_slot").c_str(), attention, s, true);
       benchmark::RegisterBenchmark((p + "/layer_norm").c_str(), layer_norm, s);
-      benchmark::RegisterBenchmark((p + "/qkv_projection/all_slots").c_str(), projection, s, s.slots);
-      benchmark::RegisterBenchmark((p + "/ffn/all_slots").c_str(), ffn, s, s.slots);
-      benchmark::RegisterBenchmark((p + "/ffn/readout_slot").c_str(), ffn, s, int64_t{1});
+      for (bool openblas : {false, true}) {
+        const std::string lib = openblas ? "/openblas" : "";
+        benchmark::RegisterBenchmark((p + "/qkv_projection/all_slots" + lib).c_str(), projection, s, s.slots,
+                                     openblas);
+        benchmark::RegisterBenchmark((p + "/ffn/all_slots" + lib).c_str(), ffn, s, s.slots, openblas);
+        benchmark::RegisterBenchmark((p + "/ffn/readout_slot" + lib).c_str(), ffn, s, int64_t{1}, openblas);
+      }
       benchmark::RegisterBenchmark((p + "/activation").c_str(), activation, s);
     }
     benchmark::RegisterBenchmark((p + "/gather").c_str(), gather, s);
-    for (int64_t batch : {int64_t{1}, int64_t{64}}) {
-      if (s.items > 100000 && batch > 8) batch = 8;  // [64, 1M] logits would be 256 MB
-      benchmark::RegisterBenchmark((p + "/scoring_gemm/batch:" + std::to_string(batch)).c_str(), scoring, s, batch);
-    }
+    for (int64_t batch : {int64_t{1}, int64_t{64}})
+      for (bool openblas : {false, true})
+        benchmark::RegisterBenchmark(
+            (p + "/scoring_gemm/batch:" + std::to_string(batch) + (openblas ? "/openblas" : "")).c_str(), scoring, s,
+            batch, openblas);
     benchmark::RegisterBenchmark((p + "/top_k/k:10").c_str(), top_k, s, false);
     benchmark::RegisterBenchmark((p + "/top_k/k:10/skip_seen").c_str(), top_k, s, true);
   }
