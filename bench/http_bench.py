@@ -3,10 +3,11 @@
 
   /usr/bin/python3 bench/http_bench.py [--duration S] [--threads T] [--max-batch B]
                                        [--connections C] [--build DIR] [--workdir DIR] [--quick]
+                                       [--workload ml1m|recbole|bert4rec|catalog1m]
 
-1. Prepares the `ml1m` workload as bench/compare.py does (same model, same fixed request
-   set; reused when already made) and turns the request set into POST /recommend bodies
-   (user_interactions with timestamps, k = 10, recommend_seen = true).
+1. Prepares the `ml1m` workload (or --workload's) as bench/compare.py does (same model,
+   same fixed request set; reused when already made) and turns the request set into
+   POST /recommend bodies (user_interactions with timestamps, k = 10, recommend_seen = true).
 2. Starts `seqrec serve --model M --history memory --port 0 --threads T --max-batch B` on
    127.0.0.1 and waits for /readyz; checks one request answers 200 with 10 items.
 3. Runs wrk on loopback: keep-alive, C connections (default 64), one wrk thread (the server
@@ -146,6 +147,8 @@ def main():
     parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch and the engine's batch")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="10 s runs, one of each, the --quick request set")
+    parser.add_argument("--workload", default="ml1m", choices=sorted(workloads.WORKLOADS),
+                        help="the model and request set (default ml1m, the issue's)")
     parser.add_argument("--build", default=os.path.join(REPO, "build-bench"))
     parser.add_argument("--workdir", default=None, help="default BUILD/compare (shared with compare.py)")
     args = parser.parse_args()
@@ -161,7 +164,7 @@ def main():
     if subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode != 0:
         sys.exit("http_bench.py: wrk missing; install it: scripts/install-deps.sh --bench")
 
-    w = workloads.WORKLOADS["ml1m"]
+    w = workloads.WORKLOADS[args.workload]
     folder = workloads.prepare(w, workdir, seqrec, args.quick, log=log)
     model = os.path.join(folder, "model.seqrec")
     bodies = write_bodies(folder)
@@ -219,7 +222,7 @@ def main():
         return "PASS" if ok else "FAIL"
 
     lines = [
-        f"HTTP: seqrec serve --history memory --threads {args.threads} --max-batch {args.max_batch}, ml1m "
+        f"HTTP: seqrec serve --history memory --threads {args.threads} --max-batch {args.max_batch}, {w.name} "
         f"({w.items:,} items, L={w.max_len}), {n_bodies} request bodies (histories of 1..{2 * w.max_len} items) "
         f"in rotation; wrk 1 thread, {args.connections} keep-alive connections, loopback, "
         f"{args.runs} x {args.duration} s; {time.strftime('%Y-%m-%d %H:%M %Z')}, load average "
