@@ -81,11 +81,35 @@ void softmax_in_place(float* s, int64_t begin, int64_t end, float first_key_weig
   }
 }
 
-constexpr int kRows = 4;      // query rows per tile
+constexpr int kRows = 8;       // query rows per tile
+constexpr int kValueRows = 4;  // rows per pass of the value loop (register budget)
 constexpr int kMaxBlocks = 4;  // d_h <= 64 in registers; wider heads take the generic path
 
-// A tile of up to kRows queries (rows q_row0..) against keys [0, key_end_of_last_row):
-// scores from the transposed keys, softmax per row, then the weighted sum of values.
+// out[r] = Σ_j s[r][j] · v[j] for `rows` <= kValueRows rows over keys [lo, hi).
+void weighted_values(const float* s, int64_t s_ld, int64_t rows, const float* v, int64_t ld_kv, int64_t d_h,
+                     int64_t lo, int64_t hi, float* out, int64_t ld_out) {
+  const int blocks = static_cast<int>((d_h + 15) / 16);
+  __mmask16 masks[kMaxBlocks];
+  for (int b = 0; b < blocks; ++b) masks[b] = tail_mask(d_h - b * 16);
+  __m512 acc[kValueRows][kMaxBlocks];
+  for (int r = 0; r < kValueRows; ++r)
+    for (int b = 0; b < kMaxBlocks; ++b) acc[r][b] = _mm512_setzero_ps();
+  for (int64_t j = lo; j < hi; ++j) {
+    const float* vj = v + j * ld_kv;
+    __m512 vb[kMaxBlocks];
+    for (int b = 0; b < blocks; ++b) vb[b] = _mm512_maskz_loadu_ps(masks[b], vj + b * 16);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 p = _mm512_set1_ps(s[r * s_ld + j]);
+      for (int b = 0; b < blocks; ++b) acc[r][b] = _mm512_fmadd_ps(p, vb[b], acc[r][b]);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int b = 0; b < blocks; ++b) _mm512_mask_storeu_ps(out + r * ld_out + b * 16, masks[b], acc[r][b]);
+}
+
+// A tile of up to kRows queries (rows q_row0..) against the keys they see: scores from the
+// transposed keys (8 rows x 32 keys per step: 16 FMAs for 2 loads and 8 broadcasts),
+// softmax per row, then the weighted sum of values.
 void attention_tile(const float* q, int64_t ld_q, int64_t rows, int64_t q_row0, const float* kt, int64_t kt_ld,
                     const float* v, int64_t ld_kv, int64_t n_kv, int64_t d_h, int64_t key_begin, int64_t key_end,
                     bool causal, float first_key_weight, float scale, float* out, int64_t ld_out, float* s) {
@@ -97,41 +121,40 @@ void attention_tile(const float* q, int64_t ld_q, int64_t rows, int64_t q_row0, 
     hi = std::max(hi, range[r].end);
   }
   lo &= ~int64_t{15};  // aligned key blocks; scores outside a row's range are ignored
-  // Scores: s[r][j] for j in [lo, hi).
-  for (int64_t j = lo; j < hi; j += 16) {
-    __m512 acc[kRows];
-    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512 vscale = _mm512_set1_ps(scale);
+  // Scores s[r][j] for j in [lo, hi), two 16-key blocks at a time (kt is zero-padded to kt_ld).
+  for (int64_t j = lo; j < hi; j += 32) {
+    const bool two = j + 16 < hi;
+    __m512 a0[kRows], a1[kRows];
+    for (int r = 0; r < kRows; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
     for (int64_t c = 0; c < d_h; ++c) {
-      const __m512 kv = _mm512_loadu_ps(kt + c * kt_ld + j);
-      for (int64_t r = 0; r < rows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ld_q + c]), kv, acc[r]);
+      const float* ktc = kt + c * kt_ld + j;
+      const __m512 k0 = _mm512_loadu_ps(ktc);
+      const __m512 k1 = two ? _mm512_loadu_ps(ktc + 16) : _mm512_setzero_ps();
+      for (int64_t r = 0; r < rows; ++r) {
+        const __m512 qc = _mm512_set1_ps(q[r * ld_q + c]);
+        a0[r] = _mm512_fmadd_ps(qc, k0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(qc, k1, a1[r]);
+      }
     }
-    for (int64_t r = 0; r < rows; ++r) _mm512_storeu_ps(s + r * kt_ld + j, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+    for (int64_t r = 0; r < rows; ++r) {
+      _mm512_storeu_ps(s + r * kt_ld + j, _mm512_mul_ps(a0[r], vscale));
+      if (two) _mm512_storeu_ps(s + r * kt_ld + j + 16, _mm512_mul_ps(a1[r], vscale));
+    }
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* sr = s + r * kt_ld;
     softmax_in_place(sr, range[r].begin, range[r].end, first_key_weight);
-    // Keys outside this row's range weigh nothing in the shared value loop below.
+    // Keys outside this row's range weigh nothing in the shared value loop.
     std::fill(sr + lo, sr + range[r].begin, 0.0f);
     std::fill(sr + range[r].end, sr + hi, 0.0f);
   }
-  // out[r] = Σ_j s[r][j] · v[j]
-  const int blocks = static_cast<int>((d_h + 15) / 16);
-  __mmask16 masks[kMaxBlocks];
-  for (int b = 0; b < blocks; ++b) masks[b] = tail_mask(d_h - b * 16);
-  __m512 acc[kRows][kMaxBlocks];
-  for (int r = 0; r < kRows; ++r)
-    for (int b = 0; b < kMaxBlocks; ++b) acc[r][b] = _mm512_setzero_ps();
-  for (int64_t j = lo; j < hi; ++j) {
-    const float* vj = v + j * ld_kv;
-    __m512 vb[kMaxBlocks];
-    for (int b = 0; b < blocks; ++b) vb[b] = _mm512_maskz_loadu_ps(masks[b], vj + b * 16);
-    for (int64_t r = 0; r < rows; ++r) {
-      const __m512 p = _mm512_set1_ps(s[r * kt_ld + j]);
-      for (int b = 0; b < blocks; ++b) acc[r][b] = _mm512_fmadd_ps(p, vb[b], acc[r][b]);
-    }
+  for (int64_t r0 = 0; r0 < rows; r0 += kValueRows) {
+    const int64_t n = std::min<int64_t>(kValueRows, rows - r0);
+    int64_t row_hi = 0;  // causal rows of this half see fewer keys
+    for (int64_t r = r0; r < r0 + n; ++r) row_hi = std::max(row_hi, range[r].end);
+    weighted_values(s + r0 * kt_ld, kt_ld, n, v, ld_kv, d_h, lo, row_hi, out + r0 * ld_out, ld_out);
   }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int b = 0; b < blocks; ++b) _mm512_mask_storeu_ps(out + r * ld_out + b * 16, masks[b], acc[r][b]);
 }
 
 #else

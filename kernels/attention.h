@@ -20,6 +20,6 @@ void attention_head(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, 
                     int64_t ld_kv, int64_t n_kv, int64_t d_h, int64_t key_begin, int64_t key_end, bool causal,
                     float first_key_weight, float scale, float* out, int64_t ld_out, float* scratch);
 
-inline int64_t attention_scratch_floats(int64_t n_kv, int64_t d_h) { return (n_kv + 16) * (d_h + 4) + 16; }
+inline int64_t attention_scratch_floats(int64_t n_kv, int64_t d_h) { return (n_kv + 32) * (d_h + 8) + 16; }
 
 }  // namespace seqrec::kernels

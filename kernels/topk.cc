@@ -4,6 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace seqrec::kernels {
 
 namespace {
@@ -25,9 +29,8 @@ int64_t select(const float* scores, int64_t n, IndexAt index_at, const uint8_t* 
   Better better{scores};
   std::vector<int32_t> heap;
   heap.reserve(static_cast<size_t>(std::min(k, n)));
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t idx = index_at(i);
-    if (skip && skip[idx]) continue;
+  auto offer = [&](int32_t idx) {
+    if (skip && skip[idx]) return;
     if (static_cast<int64_t>(heap.size()) < k) {
       heap.push_back(idx);
       std::push_heap(heap.begin(), heap.end(), better);
@@ -36,7 +39,8 @@ int64_t select(const float* scores, int64_t n, IndexAt index_at, const uint8_t* 
       heap.back() = idx;
       std::push_heap(heap.begin(), heap.end(), better);
     }
-  }
+  };
+  for (int64_t i = 0; i < n; ++i) offer(index_at(i));
   std::sort(heap.begin(), heap.end(), better);
   std::copy(heap.begin(), heap.end(), out);
   return static_cast<int64_t>(heap.size());
@@ -45,6 +49,41 @@ int64_t select(const float* scores, int64_t n, IndexAt index_at, const uint8_t* 
 }  // namespace
 
 int64_t top_k(const float* scores, int64_t n, const uint8_t* skip, int64_t k, int32_t* out) {
+#if defined(__AVX512F__)
+  // Most scores lose to the weakest kept one: compare 16 at a time against it and look
+  // closer only at lanes that beat it (strictly: a later equal score ranks lower).
+  if (k > 0 && n > 4 * k) {
+    Better better{scores};
+    std::vector<int32_t> heap;
+    heap.reserve(static_cast<size_t>(k));
+    int64_t i = 0;
+    for (; i < n && static_cast<int64_t>(heap.size()) < k; ++i) {
+      if (skip && skip[i]) continue;
+      heap.push_back(static_cast<int32_t>(i));
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
+    auto offer = [&](int64_t idx) {
+      if ((skip && skip[idx]) || !better(static_cast<int32_t>(idx), heap.front())) return;
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = static_cast<int32_t>(idx);
+      std::push_heap(heap.begin(), heap.end(), better);
+    };
+    for (; i < n && (i & 15); ++i) offer(i);
+    for (; i + 16 <= n; i += 16) {
+      const float weakest = Better::key(scores[heap.front()]);
+      __mmask16 beats = _mm512_cmp_ps_mask(_mm512_loadu_ps(scores + i), _mm512_set1_ps(weakest), _CMP_GT_OQ);
+      while (beats) {
+        const int lane = __builtin_ctz(beats);
+        beats &= beats - 1;
+        offer(i + lane);
+      }
+    }
+    for (; i < n; ++i) offer(i);
+    std::sort(heap.begin(), heap.end(), better);
+    std::copy(heap.begin(), heap.end(), out);
+    return static_cast<int64_t>(heap.size());
+  }
+#endif
   return select(scores, n, [](int64_t i) { return static_cast<int32_t>(i); }, skip, k, out);
 }
 

@@ -1,0 +1,174 @@
+// Kernels against plain reference implementations (double precision where it matters), over
+// the shapes and edge cases the engine feeds them: tiles and tails, causal and masked keys,
+// a weighted first key, NaN and tied scores, skip lists.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/gemm.h"
+#include "kernels/layer_norm.h"
+#include "kernels/topk.h"
+
+namespace seqrec::kernels {
+namespace {
+
+std::vector<float> noise(size_t n, unsigned seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// softmax(scale·q·kᵀ) v with key 0 weighted, in double.
+std::vector<double> reference_attention(const std::vector<float>& q, int64_t q_begin, int64_t n_q,
+                                        const std::vector<float>& k, const std::vector<float>& v, int64_t n_kv,
+                                        int64_t d_h, int64_t key_begin, int64_t key_end, bool causal, double w0,
+                                        double scale) {
+  std::vector<double> out(static_cast<size_t>(n_q * d_h), 0.0);
+  for (int64_t i = 0; i < n_q; ++i) {
+    int64_t begin = key_begin, end = std::min(key_end, n_kv);
+    if (causal) end = std::min(end, q_begin + i + 1);
+    if (begin >= end) begin = 0, end = n_kv;
+    std::vector<double> s(static_cast<size_t>(n_kv));
+    double max_s = -1e300;
+    for (int64_t j = begin; j < end; ++j) {
+      double dot = 0;
+      for (int64_t c = 0; c < d_h; ++c) dot += double(q[i * d_h + c]) * k[j * d_h + c];
+      s[j] = dot * scale;
+      max_s = std::max(max_s, s[j]);
+    }
+    double sum = 0;
+    for (int64_t j = begin; j < end; ++j) {
+      s[j] = std::exp(s[j] - max_s) * (j == 0 ? w0 : 1.0);
+      sum += s[j];
+    }
+    for (int64_t j = begin; j < end; ++j)
+      for (int64_t c = 0; c < d_h; ++c) out[i * d_h + c] += s[j] / sum * v[j * d_h + c];
+  }
+  return out;
+}
+
+TEST(Attention, MatchesTheReferenceOverShapesAndMasks) {
+  unsigned seed = 1;
+  for (int64_t d_h : {8, 16, 25, 32, 50, 64, 96}) {
+    for (int64_t n_kv : {1, 2, 7, 16, 33, 201}) {
+      for (bool causal : {true, false}) {
+        for (int variant = 0; variant < 3; ++variant) {
+          // all queries / the last one only / every key masked (the -10000 case)
+          const int64_t n_q = variant == 1 ? 1 : n_kv, q_begin = variant == 1 ? n_kv - 1 : 0;
+          const int64_t key_begin = variant == 2 ? 3 : 0, key_end = variant == 2 ? 3 : n_kv;
+          const float w0 = n_kv > 1 && variant == 0 ? 37.0f : 1.0f;
+          auto q = noise(n_q * d_h, seed++), k = noise(n_kv * d_h, seed++), v = noise(n_kv * d_h, seed++);
+          std::vector<float> out(n_q * d_h), scratch(attention_scratch_floats(n_kv, d_h));
+          const float scale = 1.0f / std::sqrt(float(d_h));
+          attention_head(q.data(), d_h, q_begin, n_q, k.data(), v.data(), d_h, n_kv, d_h, key_begin, key_end, causal,
+                         w0, scale, out.data(), d_h, scratch.data());
+          auto expected = reference_attention(q, q_begin, n_q, k, v, n_kv, d_h, key_begin, key_end, causal, w0, scale);
+          double max_err = 0;
+          for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::abs(out[i] - expected[i]));
+          ASSERT_LT(max_err, 2e-5) << "d_h " << d_h << " n_kv " << n_kv << " causal " << causal << " variant "
+                                   << variant;
+        }
+      }
+    }
+  }
+}
+
+TEST(Attention, AWeightedKeyEqualsThatManyCopies) {
+  // One key weighted by P gives exactly the softmax over P identical copies of it.
+  const int64_t d_h = 50, copies = 30, real = 20, n = copies + real;
+  auto q = noise(real * d_h, 5), k = noise(n * d_h, 6), v = noise(n * d_h, 7);
+  for (int64_t j = 1; j < copies; ++j)
+    for (int64_t c = 0; c < d_h; ++c) k[j * d_h + c] = k[c], v[j * d_h + c] = v[c];
+  std::vector<float> full(real * d_h), compact(real * d_h), scratch(attention_scratch_floats(n, d_h));
+  const float scale = 0.1f;
+  attention_head(q.data(), d_h, copies, real, k.data(), v.data(), d_h, n, d_h, 0, n, true, 1.0f, scale, full.data(),
+                 d_h, scratch.data());
+  // Compact: key 0 stands for all copies, then the real keys.
+  std::vector<float> kc(k.begin(), k.begin() + d_h), vc(v.begin(), v.begin() + d_h);
+  kc.insert(kc.end(), k.begin() + copies * d_h, k.end());
+  vc.insert(vc.end(), v.begin() + copies * d_h, v.end());
+  attention_head(q.data(), d_h, 1, real, kc.data(), vc.data(), d_h, real + 1, d_h, 0, real + 1, true, float(copies),
+                 scale, compact.data(), d_h, scratch.data());
+  for (size_t i = 0; i < full.size(); ++i) ASSERT_NEAR(full[i], compact[i], 1e-5) << i;
+}
+
+TEST(LayerNorm, MatchesDoublePrecision) {
+  for (int64_t dim : {1, 15, 16, 50, 64, 257}) {
+    auto x = noise(3 * dim, 11, 3.0f), gamma = noise(dim, 12), beta = noise(dim, 13);
+    for (float& v : x) v += 100.0f;  // a large mean must not cost precision
+    std::vector<float> y(3 * dim);
+    layer_norm(x.data(), dim, 3, dim, gamma.data(), beta.data(), 1e-8f, y.data(), dim);
+    for (int64_t r = 0; r < 3; ++r) {
+      double mean = 0, var = 0;
+      for (int64_t i = 0; i < dim; ++i) mean += x[r * dim + i];
+      mean /= dim;
+      for (int64_t i = 0; i < dim; ++i) var += (x[r * dim + i] - mean) * (x[r * dim + i] - mean);
+      var /= dim;
+      for (int64_t i = 0; i < dim; ++i) {
+        const double expected = (x[r * dim + i] - mean) / std::sqrt(var + 1e-8) * gamma[i] + beta[i];
+        ASSERT_NEAR(y[r * dim + i], expected, 1e-4 * (1 + std::abs(expected))) << "dim " << dim;
+      }
+    }
+  }
+}
+
+// The k best by (score desc, index asc), NaN last, skipped never.
+std::vector<int32_t> reference_top_k(const std::vector<float>& s, const std::vector<uint8_t>& skip, int64_t k) {
+  std::vector<int32_t> idx;
+  for (int32_t i = 0; i < static_cast<int32_t>(s.size()); ++i)
+    if (skip.empty() || !skip[i]) idx.push_back(i);
+  auto key = [&](int32_t i) { return std::isnan(s[i]) ? -INFINITY : s[i]; };
+  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return key(a) > key(b); });
+  idx.resize(std::min<size_t>(idx.size(), static_cast<size_t>(k)));
+  return idx;
+}
+
+TEST(TopK, MatchesAFullSortWithTiesNanAndSkips) {
+  std::mt19937 rng(3);
+  for (int64_t n : {1, 5, 17, 100, 1000, 7364}) {
+    for (int64_t k : {1, 3, 10, 50, 2000}) {
+      std::vector<float> s(n);
+      for (float& x : s) x = static_cast<float>(rng() % 50) / 7.0f;  // many exact ties
+      if (n > 3) s[n / 3] = NAN;
+      std::vector<uint8_t> skip(n);
+      for (auto& b : skip) b = rng() % 5 == 0;
+      std::vector<int32_t> got(static_cast<size_t>(std::min(k, n)));
+      const int64_t found = top_k(s.data(), n, skip.data(), k, got.data());
+      got.resize(found);
+      ASSERT_EQ(got, reference_top_k(s, skip, k)) << "n " << n << " k " << k;
+      got.assign(static_cast<size_t>(std::min(k, n)), -1);
+      const int64_t found_all = top_k(s.data(), n, nullptr, k, got.data());
+      got.resize(found_all);
+      ASSERT_EQ(got, reference_top_k(s, {}, k)) << "n " << n << " k " << k << " no skip";
+    }
+  }
+}
+
+TEST(PackedLinear, MatchesAPlainProductForPaddedAndExactRows) {
+  const int64_t in = 50, out = 150;
+  auto w = noise(out * in, 21), b = noise(out, 22);
+  for (Rows mode : {Rows::exact, Rows::padded}) {
+    PackedLinear linear(w.data(), b.data(), out, in, Epilogue::relu, true, mode);
+    for (int64_t rows : {1, 15, 16, 201, 1030}) {
+      auto x = noise(padded_rows(rows) * in, 23 + rows);
+      std::vector<float> y(padded_rows(rows) * out);
+      linear.apply(x.data(), in, rows, y.data());
+      for (int64_t r = 0; r < rows; r += 7)
+        for (int64_t o = 0; o < out; ++o) {
+          double acc = b[o];
+          for (int64_t i = 0; i < in; ++i) acc += double(x[r * in + i]) * w[o * in + i];
+          ASSERT_NEAR(y[r * out + o], std::max(acc, 0.0), 1e-4) << "rows " << rows;
+        }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace seqrec::kernels
