@@ -107,6 +107,14 @@ Encoder::Encoder(const ModelSpec& spec, const WeightMap& weights) : spec_(spec) 
     head_dense_ = packed(linear(weights, "head/dense", d, d), kernels::Epilogue::gelu_erf);
     head_norm_ = layer_norm(weights, "head/norm", d);
   }
+  // Compile the GEMM shapes of one request now (~0.2 ms each), not on the first requests.
+  const int64_t one_request = spec_.n_slots() + 1;
+  for (const EncoderLayer& layer : layers_) {
+    for (const PackedLinear* l : {&layer.q, &layer.kv, &layer.qkv, &layer.out, &layer.ffn_inner})
+      l->prepare(one_request, d);
+    layer.ffn_outer.prepare(one_request, spec_.ffn_dim);
+  }
+  if (spec_.head) head_dense_.prepare(1, d);
 }
 
 // ---- planning ------------------------------------------------------------------------------

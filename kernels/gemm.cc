@@ -155,6 +155,13 @@ void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) c
   stream.wait();
 }
 
+void PackedLinear::prepare(int64_t max_rows, int64_t ld_x) const {
+  if (impl_->rows != Rows::padded) return;
+  thread_stream();  // pins this thread's OpenMP first
+  for (int64_t m = kRowStep; m <= padded_rows(std::min(max_rows, kMaxChunkRows)); m += kRowStep)
+    impl_->fixed_primitive(m, ld_x, in_, out_);
+}
+
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;

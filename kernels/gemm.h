@@ -43,6 +43,10 @@ class PackedLinear {
   // padded_rows(rows) of x are read and of y written.
   void apply(const float* x, int64_t ld_x, int64_t rows, float* y) const;
 
+  // Rows::padded: compiles now the primitives for every padded row count up to max_rows
+  // with input row stride ld_x, so the first requests do not wait for them.
+  void prepare(int64_t max_rows, int64_t ld_x) const;
+
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
 
