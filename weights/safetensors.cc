@@ -1,5 +1,6 @@
 #include "weights/safetensors.h"
 
+
 #include <simdjson.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "engine/error.h"
 #include "engine/text.h"
+#include "weights/float_formats.h"
 
 namespace seqrec::safetensors {
 
@@ -43,27 +45,6 @@ const char* type_name(simdjson::dom::element_type type) {
   return "a value";
 }
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1F;
-  uint32_t mantissa = h & 0x3FF;
-  uint32_t bits;
-  if (exponent == 0x1F) {
-    bits = sign | 0x7F800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal: normalise
-    int e = -1;
-    do {
-      ++e;
-      mantissa <<= 1;
-    } while ((mantissa & 0x400) == 0);
-    bits = sign | static_cast<uint32_t>(112 - e) << 23 | ((mantissa & 0x3FF) << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
 
 bool parse_dtype(std::string_view text, DType& out) {
   if (text == "F32") out = DType::F32;
@@ -274,7 +255,7 @@ Tensor File::read(const TensorInfo& info) const {
       for (std::size_t i = 0; i < n; ++i) {
         uint16_t v;
         std::memcpy(&v, p + 2 * i, 2);
-        y[i] = std::bit_cast<float>(static_cast<uint32_t>(v) << 16);
+        y[i] = bfloat16_to_float(v);
       }
       break;
   }

@@ -1,11 +1,13 @@
 #include "weights/torch_checkpoint.h"
 
+
 #include <bit>
 #include <cstring>
 #include <limits>
 #include <unordered_set>
 
 #include "engine/error.h"
+#include "weights/float_formats.h"
 
 namespace seqrec {
 
@@ -18,27 +20,6 @@ using pickle::DType;
 using pickle::TensorRef;
 using pickle::Value;
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1F;
-  uint32_t mantissa = h & 0x3FF;
-  uint32_t bits;
-  if (exponent == 0x1F) {
-    bits = sign | 0x7F800000u | (mantissa << 13);  // inf / nan
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal: normalise
-    int e = -1;
-    do {
-      ++e;
-      mantissa <<= 1;
-    } while ((mantissa & 0x400) == 0);
-    bits = sign | static_cast<uint32_t>(112 - e) << 23 | ((mantissa & 0x3FF) << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
 
 template <class T>
 T load(const uint8_t* p) {
@@ -52,7 +33,7 @@ float load_as_float(DType dtype, const uint8_t* p) {
     case DType::F32: return load<float>(p);
     case DType::F64: return static_cast<float>(load<double>(p));
     case DType::F16: return half_to_float(load<uint16_t>(p));
-    case DType::BF16: return std::bit_cast<float>(static_cast<uint32_t>(load<uint16_t>(p)) << 16);
+    case DType::BF16: return bfloat16_to_float(load<uint16_t>(p));
     case DType::I64: return static_cast<float>(load<int64_t>(p));
     case DType::I32: return static_cast<float>(load<int32_t>(p));
     case DType::I16: return static_cast<float>(load<int16_t>(p));
