@@ -21,11 +21,11 @@ using safetensors::File;
 
 // A file from a header text and data bytes: u64 LE length | header | data.
 std::vector<uint8_t> file_bytes(const std::string& header, const std::vector<uint8_t>& data = {}) {
-  std::vector<uint8_t> out(8);
+  std::vector<uint8_t> out(8 + header.size() + data.size());
   const uint64_t n = header.size();
   std::memcpy(out.data(), &n, 8);
-  out.insert(out.end(), header.begin(), header.end());
-  out.insert(out.end(), data.begin(), data.end());
+  std::copy(header.begin(), header.end(), out.begin() + 8);
+  std::copy(data.begin(), data.end(), out.begin() + 8 + static_cast<std::ptrdiff_t>(header.size()));
   return out;
 }
 
