@@ -15,7 +15,11 @@ Then three worker processes hold the model, one per system:
                 T threads, each with its own Workspace, take chunks of B requests;
                 kernels::set_gemm_threads(1) (parallelism across requests, as `seqrec serve`).
   PyTorch       bench/torch_worker.py: eval(), torch.no_grad(), torch.set_num_threads(T),
-                batches of B through the source model's forward (-> logits over the catalog).
+                batches of B through the source model's forward (-> logits over the catalog);
+                one process per T (torch 1.13 slows down 100x when its thread count is
+                switched back and forth in one process), OPENBLAS_NUM_THREADS=1 so that T
+                is PyTorch's only threading (Debian's torch calls OpenBLAS, whose own pool
+                would otherwise run inside torch's).
   ONNX Runtime  bench/ort_worker.js: onnxruntime-node, CPU, intraOpNumThreads = T,
                 graphOptimizationLevel 'all', session.run on batches of B.
 
@@ -101,6 +105,24 @@ class Worker:
                 self.proc.wait()
 
 
+class TorchWorkers:
+    """One PyTorch process per thread count (see torch_worker.py: switching torch's thread
+    count inside one process wrecks its speed); commands go to the one for their T."""
+
+    def __init__(self, by_threads):
+        self.by_threads = by_threads
+        self.info = next(iter(by_threads.values())).info
+
+    def ask(self, command):
+        words = command.split()
+        threads = int(words[3]) if words[0] == "run" else min(self.by_threads)
+        return self.by_threads[threads].ask(command)
+
+    def close(self):
+        for worker in self.by_threads.values():
+            worker.close()
+
+
 def start_workers(w, folder, build):
     sets = workloads.set_names(folder)
     timing = os.path.join(build, "bench", "seqrec_timing")
@@ -110,7 +132,14 @@ def start_workers(w, folder, build):
     workers = {}
     try:
         workers["seqrec"] = Worker("seqrec", seqrec_cmd)
-        workers["pytorch"] = Worker("pytorch", [sys.executable, os.path.join(HERE, "torch_worker.py"), w.name, folder])
+        # Debian's torch calls OpenBLAS, whose own thread pool would otherwise run inside
+        # torch's ("1 thread" using every core). One OpenBLAS thread leaves
+        # torch.set_num_threads(T) as PyTorch's only threading.
+        torch_env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        workers["pytorch"] = TorchWorkers(
+            {t: Worker(f"pytorch ({t} thread(s))",
+                       [sys.executable, os.path.join(HERE, "torch_worker.py"), w.name, folder, str(t)], env=torch_env)
+             for t in THREADS})
         workers["ort"] = Worker("ort", ["node", os.path.join(HERE, "ort_worker.js"), folder])
     except Exception:
         for worker in workers.values():
@@ -284,8 +313,8 @@ def environment_lines(info, sgemm, rounds, quick):
     return [
         f"machine: {cpu}, {os.cpu_count()} cores{', AVX-512' if avx512 else ''}, {platform.platform()}; "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"peers: PyTorch {info.get('torch', '?')} eager, onnxruntime-node {info.get('onnxruntime', '?')} (CPU); "
-        f"OPENBLAS_CORETYPE={coretype or '(unset)'}",
+        f"peers: PyTorch {info.get('torch', '?')} eager (OPENBLAS_NUM_THREADS=1), onnxruntime-node "
+        f"{info.get('onnxruntime', '?')} (CPU); OPENBLAS_CORETYPE={coretype or '(unset)'}",
         f"limit: single-core OpenBLAS sgemm n=1024: {statistics.median(sgemm):.1f} GFLOP/s "
         f"(median of {len(sgemm)} same-run measurements, {min(sgemm):.1f}..{max(sgemm):.1f})",
         f"method: {rounds}, medians; {'--quick request sets' if quick else 'full request sets'}; "

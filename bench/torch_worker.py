@@ -1,12 +1,17 @@
 #!/usr/bin/python3
 """The PyTorch eager peer of bench/compare.py: one process per workload, commands on stdin.
 
-  torch_worker.py WORKLOAD FOLDER
+  torch_worker.py WORKLOAD FOLDER THREADS
+
+THREADS is fixed for the process's life (torch.set_num_threads once, at start): PyTorch 1.13
+switched between 1 and 2 threads within one process degrades by two orders of magnitude
+(0.8 -> 170 ms per batch-1 forward on ml1m, libgomp's pool being resized), which no user
+with a fixed setting would see. bench/compare.py runs one worker per thread count.
 
 Loads the source model (the module bench/workloads.py builds, with the saved weights), in
 eval() under torch.no_grad(), and the request sets' input tensors. Commands (one JSON line
 answers each), the same as seqrec_timing's:
-  run SET B T [S]  torch.set_num_threads(T); an untimed warm-up over min(N, 2·B·T) requests,
+  run SET B T [S]  T must be THREADS; an untimed warm-up over min(N, 2·B·T) requests,
                 then every request in batches of B (no batch started after S seconds when S > 0):
                 {"seconds", "n" (requests answered), "batch_ms"}. Only the forward
                 pass (sequence batch -> logits over the catalog) is timed; the batches' input
@@ -37,7 +42,8 @@ def batches(inputs, n, b):
 def main():
     w = workloads.WORKLOADS[sys.argv[1]]
     folder = sys.argv[2]
-    torch.set_num_threads(1)
+    threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    torch.set_num_threads(threads)
     model = workloads.scoring_module_from_folder(w, folder)
     sets = {name: workloads.load_set_inputs(os.path.join(folder, "sets"), name)[0]
             for name in workloads.set_names(folder)}
@@ -63,7 +69,9 @@ def main():
                 continue
             t = int(words[3])
             budget = float(words[4]) if len(words) > 4 else 0.0
-            torch.set_num_threads(t)
+            if t != threads:
+                print(json.dumps({"error": f"this worker runs {threads} thread(s), asked for {t}"}), flush=True)
+                continue
             for batch in batches(inputs, min(n, 2 * b * t), b):  # warm-up
                 model(*batch)
             todo = batches(inputs, n, b)
