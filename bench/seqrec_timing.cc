@@ -17,7 +17,8 @@
 //   top SET B     one pass with batch B on one thread; answers {"top": [[row, ...], ...],
 //                 "scores": [[score, ...], ...]}: each request's top-10 rows and raw scores.
 //   sgemm         single-core OpenBLAS sgemm, n = 1024 (the machine's limit of the
-//                 performance spec); answers {"gflops": median of 7 calls}.
+//                 performance spec); answers {"gflops": median of 7 calls}, or -1 when the
+//                 product is wrong (64 entries checked against double precision).
 //   quit
 //
 // Threading: kernels::set_gemm_threads(1) — parallelism comes from the T workers, each with
@@ -28,6 +29,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -141,6 +143,14 @@ double sgemm_gflops() {
   }
   std::sort(g.begin(), g.end());
   seqrec::kernels::set_gemm_threads(1);
+  // The product must be right (OPENBLAS_CORETYPE may pick a kernel that is not): 64 entries
+  // against a double-precision dot product.
+  for (int s = 0; s < 64; ++s) {
+    const int i = (s * 131) % n, j = (s * 197 + 7) % n;
+    double want = 0;
+    for (int p = 0; p < n; ++p) want += static_cast<double>(a[i * n + p]) * b[p * n + j];
+    if (std::abs(c[i * n + j] - want) > 1e-3 * (1.0 + std::abs(want))) return -1.0;
+  }
   return g[g.size() / 2];
 }
 
