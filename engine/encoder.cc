@@ -35,8 +35,11 @@ LinearWeights linear(const WeightMap& w, const std::string& prefix, int64_t out,
 }
 
 // Encoder layers run on row counts known only per batch: padded shapes (see kernels/gemm.h).
-PackedLinear packed(const LinearWeights& w, kernels::Epilogue epilogue = kernels::Epilogue::none) {
-  return PackedLinear(w.weight, w.bias, w.out, w.in, epilogue, true, kernels::Rows::padded);
+// Layers that only ever see the read-out rows (a few per batch) run exact row counts: a
+// 1-row product padded to 16 would cost 3x.
+PackedLinear packed(const LinearWeights& w, kernels::Epilogue epilogue = kernels::Epilogue::none,
+                    kernels::Rows rows = kernels::Rows::padded) {
+  return PackedLinear(w.weight, w.bias, w.out, w.in, epilogue, true, rows);
 }
 
 kernels::Epilogue epilogue_of(Activation a) {
@@ -89,22 +92,25 @@ Encoder::Encoder(const ModelSpec& spec, const WeightMap& weights) : spec_(spec) 
   for (int64_t i = 0; i < spec_.n_layers; ++i) {
     const std::string p = tensor_names::layer(i);
     EncoderLayer layer;
+    // The last block computes everything but keys and values for the read-out rows only.
+    const kernels::Rows readout_rows = i + 1 == spec_.n_layers ? kernels::Rows::exact : kernels::Rows::padded;
     const LinearWeights q = linear(weights, p + "/attention/q", d, d);
     const LinearWeights k = linear(weights, p + "/attention/k", d, d);
     const LinearWeights v = linear(weights, p + "/attention/v", d, d);
-    layer.q = packed(q);
+    layer.q = packed(q, kernels::Epilogue::none, readout_rows);
     layer.kv = fuse({k, v}, fused_);
     layer.qkv = fuse({q, k, v}, fused_);
-    layer.out = packed(linear(weights, p + "/attention/out", d, d));
+    layer.out = packed(linear(weights, p + "/attention/out", d, d), kernels::Epilogue::none, readout_rows);
     layer.attention_norm = layer_norm(weights, p + "/attention/norm", d);
-    layer.ffn_inner = packed(linear(weights, p + "/ffn/inner", spec_.ffn_dim, d), epilogue_of(spec_.activation));
-    layer.ffn_outer = packed(linear(weights, p + "/ffn/outer", d, spec_.ffn_dim));
+    layer.ffn_inner =
+        packed(linear(weights, p + "/ffn/inner", spec_.ffn_dim, d), epilogue_of(spec_.activation), readout_rows);
+    layer.ffn_outer = packed(linear(weights, p + "/ffn/outer", d, spec_.ffn_dim), kernels::Epilogue::none, readout_rows);
     layer.ffn_norm = layer_norm(weights, p + "/ffn/norm", d);
     layers_.push_back(std::move(layer));
   }
   if (spec_.final_norm) final_norm_ = layer_norm(weights, "encoder/final_norm", d);
   if (spec_.head) {
-    head_dense_ = packed(linear(weights, "head/dense", d, d), kernels::Epilogue::gelu_erf);
+    head_dense_ = packed(linear(weights, "head/dense", d, d), kernels::Epilogue::gelu_erf, kernels::Rows::exact);
     head_norm_ = layer_norm(weights, "head/norm", d);
   }
   // Compile the GEMM shapes of one request now (~0.2 ms each), not on the first requests.
