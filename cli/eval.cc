@@ -1,7 +1,6 @@
 // seqrec eval: leave-one-out HR@k / NDCG@k / MRR / coverage@k of a model on an interactions
 // file (the protocol is engine/evaluation.h; the file reader is `seqrec import`'s). Here:
 // flags, reading the file into per-user interactions, the catalog check, progress and output.
-#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -15,6 +14,7 @@
 #include <unordered_set>
 
 #include "cli/commands.h"
+#include "cli/progress_bar.h"
 #include "engine/error.h"
 #include "engine/evaluation.h"
 #include "engine/text.h"
@@ -25,37 +25,6 @@
 
 namespace seqrec::cli {
 namespace {
-
-// A progress bar on stderr when stderr is a terminal.
-class EvalProgress {
- public:
-  EvalProgress() : enabled_(isatty(STDERR_FILENO)) {}
-
-  void update(const char* stage, double fraction, const std::string& detail, bool force = false) {
-    if (!enabled_) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(200)) return;
-    last_ = now;
-    constexpr int kWidth = 30;
-    fraction = std::clamp(fraction, 0.0, 1.0);
-    const int filled = static_cast<int>(fraction * kWidth);
-    char line[256];
-    std::snprintf(line, sizeof line, "\r%-8s [%s%s] %3d%%  %s", stage, std::string(filled, '#').c_str(),
-                  std::string(kWidth - filled, ' ').c_str(), static_cast<int>(fraction * 100), detail.c_str());
-    std::cerr << line << "\033[K" << std::flush;
-    drawn_ = true;
-  }
-
-  void clear() {
-    if (drawn_) std::cerr << "\r\033[K" << std::flush;
-    drawn_ = false;
-  }
-
- private:
-  bool enabled_;
-  bool drawn_ = false;
-  std::chrono::steady_clock::time_point last_{};
-};
 
 // Receives the file's interactions from InteractionFile::load_into (a chunk at a time, each
 // user's interactions oldest first within the chunk) and keeps what the evaluation needs.
@@ -240,7 +209,7 @@ Action add_eval(CLI::App& app) {
     const Recommender& recommender = *loaded.recommender;
     const Catalog& catalog = recommender.catalog();
 
-    EvalProgress progress;
+    ProgressBar progress;
     Collector collector(catalog, recommender.rating_threshold());
     history::ImportOptions read_options;
     read_options.skip_bad_lines = f->skip_bad_lines;

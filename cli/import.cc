@@ -1,54 +1,17 @@
 // seqrec import: bulk-loads users' histories from an interactions file into a history store
 // (the work is server/history/import.h; here: flags, the progress bar and the summary).
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/progress_bar.h"
 #include "engine/error.h"
 #include "server/history/import.h"
 #include "server/history/store.h"
 
 namespace seqrec::cli {
-namespace {
-
-// A progress bar on stderr when stderr is a terminal: bytes read of the file's size.
-class Progress {
- public:
-  explicit Progress(uint64_t total) : total_(total), enabled_(isatty(STDERR_FILENO)) {}
-
-  void update(uint64_t bytes, uint64_t interactions) {
-    if (!enabled_) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_ < std::chrono::milliseconds(200)) return;
-    last_ = now;
-    constexpr int kWidth = 30;
-    const double fraction = total_ ? std::min(1.0, static_cast<double>(bytes) / static_cast<double>(total_)) : 0.0;
-    const int filled = static_cast<int>(fraction * kWidth);
-    char line[256];
-    std::snprintf(line, sizeof line, "\r[%s%s] %3d%%  %.1f / %.1f MB  %llu interactions", std::string(filled, '#').c_str(),
-                  std::string(kWidth - filled, ' ').c_str(), static_cast<int>(fraction * 100), bytes / 1e6,
-                  total_ / 1e6, static_cast<unsigned long long>(interactions));
-    std::cerr << line << std::flush;
-    drawn_ = true;
-  }
-
-  void clear() {
-    if (drawn_) std::cerr << "\r\033[K" << std::flush;
-    drawn_ = false;
-  }
-
- private:
-  uint64_t total_;
-  bool enabled_;
-  bool drawn_ = false;
-  std::chrono::steady_clock::time_point last_{};
-};
-
-}  // namespace
 
 Action add_import(CLI::App& app) {
   struct Flags {
@@ -86,10 +49,17 @@ Action add_import(CLI::App& app) {
       throw Error(store->describe() + ": not reachable");
     }
 
-    Progress progress(file.size_bytes());
+    ProgressBar progress;
+    const uint64_t total_bytes = file.size_bytes();
     history::ImportOptions options;
     options.skip_bad_lines = f->skip_bad_lines;
-    options.progress = [&progress](uint64_t bytes, uint64_t interactions) { progress.update(bytes, interactions); };
+    options.progress = [&](uint64_t bytes, uint64_t interactions) {
+      char detail[96];
+      std::snprintf(detail, sizeof detail, "%.1f / %.1f MB  %llu interactions", bytes / 1e6, total_bytes / 1e6,
+                    static_cast<unsigned long long>(interactions));
+      progress.update("import", total_bytes ? static_cast<double>(bytes) / static_cast<double>(total_bytes) : 0.0,
+                      detail);
+    };
     history::ImportResult result;
     try {
       result = file.load_into(*store, options);
