@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "engine/error.h"
+#include "engine/request.h"
 #include "kernels/gemm.h"
 #include "kernels/topk.h"
 
@@ -35,25 +36,11 @@ uint64_t fnv1a64(std::string_view text) {
 }
 
 std::vector<int32_t> ordered_positives(const EvalUser& user) {
-  // The same rule as prepare_request (engine/request.cc), without the max_len cut.
-  struct Positive {
-    int64_t time;
-    int32_t row;
-  };
-  std::vector<Positive> positives;
-  positives.reserve(user.interactions.size());
-  int64_t previous_time = std::numeric_limits<int64_t>::min();
-  for (const EvalInteraction& it : user.interactions) {
-    const int64_t time = it.timestamp.value_or(previous_time);
-    previous_time = time;
-    if (it.positive && it.row > 0) positives.push_back({time, it.row});
-  }
-  std::stable_sort(positives.begin(), positives.end(),
-                   [](const Positive& a, const Positive& b) { return a.time < b.time; });
-  std::vector<int32_t> rows;
-  rows.reserve(positives.size());
-  for (const Positive& p : positives) rows.push_back(p.row);
-  return rows;
+  // The request rule (engine/request.h), without the max_len cut.
+  std::vector<TimedRow> entries;
+  entries.reserve(user.interactions.size());
+  for (const EvalInteraction& it : user.interactions) entries.push_back({it.timestamp, it.row, it.positive && it.row > 0});
+  return rows_in_time_order(entries);
 }
 
 namespace {

@@ -32,6 +32,17 @@ struct PreparedRequest {
   std::vector<std::string> unknown_ids;  // positives the model does not know, skipped, in input order
 };
 
+// One interaction as the time order sees it.
+struct TimedRow {
+  std::optional<int64_t> timestamp;
+  int32_t row;  // catalog row (<= 0: unknown)
+  bool keep;    // enters the sequence (a known positive)
+};
+// The time order of product.md: the kept rows, sorted by timestamp ascending, stable (ties
+// keep input order); an entry without a timestamp takes the time of the entry before it in
+// input order (kept or not), i.e. keeps its place.
+std::vector<int32_t> rows_in_time_order(const std::vector<TimedRow>& entries);
+
 // The sequence-building rules of product.md:
 //  - positive = no rating, or rating >= threshold (no threshold: all positive);
 //  - positives sorted by timestamp ascending, stable (ties keep input order); an
