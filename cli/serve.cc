@@ -118,8 +118,8 @@ Action add_serve(CLI::App& app) {
                                  [&service](http_server::HttpRequest&& request, http_server::Reply reply) {
                                    service.handle(std::move(request), std::move(reply));
                                  });
+    service.load_popularity();  // cold-start answers use the store's counts from the first request on
     http.start();
-    service.refresh_popularity();
 
     // Cold-start popularity follows the store's counts.
     boost::asio::steady_timer refresh(ioc);

@@ -309,24 +309,26 @@ void Service::reload(std::optional<std::string> path, std::function<void(std::op
       metrics_.count_reload(false);
       return done(std::string(e.what()));
     }
-    refresh_popularity();
+    load_popularity();  // the new catalog's counts before anyone is told the reload is done
     done(std::nullopt);
   });
 }
 
 void Service::refresh_popularity() {
-  boost::asio::post(blocking_, [this] {
-    try {
-      const std::shared_ptr<const Recommender> model = workers_.recommender();
-      const Catalog& catalog = model->catalog();
-      auto counts = std::make_shared<std::vector<uint64_t>>(static_cast<size_t>(catalog.size()), 0);
-      for (const auto& [item, count] : store_.item_counts())
-        if (int32_t row = catalog.row(item); row > 0) (*counts)[row] += count;
-      workers_.set_popularity(std::move(counts));
-    } catch (const std::exception&) {
-      // Store unreachable: keep the counts we had; the next refresh tries again.
-    }
-  });
+  boost::asio::post(blocking_, [this] { load_popularity(); });
+}
+
+void Service::load_popularity() {
+  try {
+    const std::shared_ptr<const Recommender> model = workers_.recommender();
+    const Catalog& catalog = model->catalog();
+    auto counts = std::make_shared<std::vector<uint64_t>>(static_cast<size_t>(catalog.size()), 0);
+    for (const auto& [item, count] : store_.item_counts())
+      if (int32_t row = catalog.row(item); row > 0) (*counts)[row] += count;
+    workers_.set_popularity(std::move(counts));
+  } catch (const std::exception&) {
+    // Store unreachable: keep the counts we had; the next refresh tries again.
+  }
 }
 
 std::string Service::model_json() const {

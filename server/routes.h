@@ -48,6 +48,8 @@ class Service {
 
   // Re-reads item counts from the store (cold-start popularity) off the I/O threads.
   void refresh_popularity();
+  // The same, on the calling thread (at start-up, before the first request is taken).
+  void load_popularity();
 
   std::string model_json() const;
 
