@@ -133,16 +133,22 @@ void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) c
   auto run = [&](const Compiled& compiled, const float* x_rows, int64_t m, float* y_rows) {
     dnnl::memory src({{m, in_}, dt::f32, {ld_x, 1}}, engine, const_cast<float*>(x_rows));
     dnnl::memory dst({{m, out_}, dt::f32, {out_, 1}}, engine, y_rows);
-    std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, impl_->weights}, {DNNL_ARG_DST, dst}};
-    if (impl_->has_bias) args.emplace(DNNL_ARG_BIAS, impl_->bias);
-    const size_t scratch_bytes = compiled.scratchpad.get_size();
-    if (scratch_bytes > 0) {
+    // The C API takes the arguments as an array: no map to build on every call.
+    dnnl_exec_arg_t args[5];
+    int n = 0;
+    args[n++] = {DNNL_ARG_SRC, src.get()};
+    args[n++] = {DNNL_ARG_WEIGHTS, impl_->weights.get()};
+    args[n++] = {DNNL_ARG_DST, dst.get()};
+    if (impl_->has_bias) args[n++] = {DNNL_ARG_BIAS, impl_->bias.get()};
+    dnnl::memory scratchpad;
+    if (const size_t scratch_bytes = compiled.scratchpad.get_size(); scratch_bytes > 0) {
       thread_local std::vector<float> scratch;  // this thread's, grown to the largest need
       if (scratch.size() * sizeof(float) < scratch_bytes) scratch.resize(scratch_bytes / sizeof(float) + 1);
-      args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(compiled.scratchpad, engine, scratch.data()));
+      scratchpad = dnnl::memory(compiled.scratchpad, engine, scratch.data());
+      args[n++] = {DNNL_ARG_SCRATCHPAD, scratchpad.get()};
     }
-    compiled.primitive.execute(stream, args);
+    dnnl::error::wrap_c_api(dnnl_primitive_execute(compiled.primitive.get(), stream.get(), n, args),
+                            "matmul execution failed");
   };
   if (impl_->rows == Rows::exact) {
     run(impl_->any_rows, x, rows, y);
