@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "engine/error.h"
-#include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"

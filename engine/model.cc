@@ -1,7 +1,6 @@
 #include "engine/model.h"
 
 #include "engine/error.h"
-#include "kernels/activation.h"
 #include "kernels/gemm.h"
 
 namespace seqrec {

@@ -53,21 +53,23 @@ Recommender::Recommender(const ModelSpec& spec, WeightMap weights, std::vector<s
 std::vector<Response> Recommender::recommend(std::span<const Request> requests, Workspace& ws,
                                              const std::vector<uint64_t>* popularity) const {
   const ModelSpec& spec = model_.spec();
-  const bool use_override = popularity && static_cast<int64_t>(popularity->size()) == spec.n_items &&
-                            std::any_of(popularity->begin(), popularity->end(), [](uint64_t c) { return c > 0; });
-  const std::vector<uint64_t>& counts = use_override ? *popularity : popularity_;
+  const std::vector<uint64_t>& counts =
+      popularity && static_cast<int64_t>(popularity->size()) == spec.n_items ? *popularity : popularity_;
   std::vector<PreparedRequest> prepared;
   prepared.reserve(requests.size());
   for (const Request& r : requests) prepared.push_back(prepare_request(r, catalog_, rating_threshold_, spec.max_len));
 
   // Cold start (no known positive) is answered by popularity when there is any; everything
-  // else goes through the model together, as one batch.
+  // else goes through the model together, as one batch. The sequences move into the batch:
+  // after this only whether one was empty matters.
+  std::vector<bool> cold(requests.size());
   std::vector<size_t> model_batch;
   std::vector<std::vector<int32_t>> sequences;
   for (size_t i = 0; i < requests.size(); ++i) {
-    if (prepared[i].sequence.empty() && !counts.empty()) continue;
+    cold[i] = prepared[i].sequence.empty();
+    if (cold[i] && !counts.empty()) continue;
     model_batch.push_back(i);
-    sequences.push_back(prepared[i].sequence);
+    sequences.push_back(std::move(prepared[i].sequence));
   }
   const size_t logit_count = sequences.size() * static_cast<size_t>(spec.n_items);
   if (ws.logits.size() < logit_count) ws.logits.resize(logit_count);
@@ -76,15 +78,16 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
 
   std::vector<Response> out(requests.size());
   for (size_t i = 0; i < requests.size(); ++i)
-    if (prepared[i].sequence.empty() && !counts.empty()) out[i] = popular(requests[i], prepared[i], counts);
+    if (cold[i] && !counts.empty()) out[i] = popular(requests[i], prepared[i], counts);
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const size_t i = model_batch[b];
-    out[i] = answer(requests[i], prepared[i], logits + b * static_cast<size_t>(spec.n_items));
+    out[i] = answer(requests[i], prepared[i], cold[i], logits + b * static_cast<size_t>(spec.n_items));
   }
   return out;
 }
 
-Response Recommender::answer(const Request& request, const PreparedRequest& prepared, const float* logits) const {
+Response Recommender::answer(const Request& request, const PreparedRequest& prepared, bool empty_history,
+                             const float* logits) const {
   const ModelSpec& spec = model_.spec();
   std::function<float(float)> report = [](float x) { return x; };
   switch (spec.score) {
@@ -102,7 +105,7 @@ Response Recommender::answer(const Request& request, const PreparedRequest& prep
   }
   Response response;
   response.recommendations = rank_items(logits, report, catalog_, request, prepared);
-  if (prepared.sequence.empty())
+  if (empty_history)
     append_sentence(response.message,
                     "No known positive interaction: showing the model's scores for an empty history.");
   add_notes(response, request, prepared);

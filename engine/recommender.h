@@ -33,12 +33,14 @@ class Recommender {
 
   // One response per request, in order. `ws` is the calling worker's scratch memory.
   // `popularity` (one count per catalog row, e.g. from the history store) replaces the
-  // model file's counts for cold start when given and of the right size.
+  // model file's counts for cold start when given and of the right size; the caller passes
+  // null rather than counts that are all zero (checked once where they are built, not per batch).
   std::vector<Response> recommend(std::span<const Request> requests, Workspace& ws,
                                   const std::vector<uint64_t>* popularity = nullptr) const;
 
  private:
-  Response answer(const Request& request, const PreparedRequest& prepared, const float* logits) const;
+  Response answer(const Request& request, const PreparedRequest& prepared, bool empty_history,
+                  const float* logits) const;
   Response popular(const Request& request, const PreparedRequest& prepared,
                    const std::vector<uint64_t>& popularity) const;
 

@@ -323,9 +323,15 @@ void Service::load_popularity() {
     const std::shared_ptr<const Recommender> model = workers_.recommender();
     const Catalog& catalog = model->catalog();
     auto counts = std::make_shared<std::vector<uint64_t>>(static_cast<size_t>(catalog.size()), 0);
-    for (const auto& [item, count] : store_.item_counts())
-      if (int32_t row = catalog.row(item); row > 0) (*counts)[row] += count;
-    workers_.set_popularity(std::move(counts));
+    bool any = false;
+    for (const auto& [item, count] : store_.item_counts()) {
+      if (int32_t row = catalog.row(item); row > 0 && count > 0) {
+        (*counts)[row] += count;
+        any = true;
+      }
+    }
+    // No counted item: leave cold start to the model file's counts (or the model itself).
+    workers_.set_popularity(any ? std::move(counts) : nullptr);
   } catch (const std::exception&) {
     // Store unreachable: keep the counts we had; the next refresh tries again.
   }
