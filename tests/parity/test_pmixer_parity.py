@@ -18,10 +18,8 @@ Exit status: 0 all passed, 1 any failure, 77 skipped (no torch).
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
-import subprocess
 import sys
 
 try:
@@ -33,10 +31,9 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sasrec_pytorch  # noqa: E402  (needs the path above)
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length,  # noqa: E402
+                           one_line, recommend_all, run)
 
-SCORE_TOLERANCE = 1e-4
-TOP_N = 10
-COMMAND_TIMEOUT_SECONDS = 120
 
 # The test's variant name -> the converter's --variant. Both "original" layouts share one flag;
 # the converter tells them apart by the position table ([L+1, d] vs [L, d], with maxlen= in the
@@ -70,19 +67,6 @@ SHAPES = [
 # padding_idx froze a non-zero padding row; those checkpoints exist for the original layouts.
 XAVIER_PADDING_ROWS_SHAPE = SHAPES[2]
 XAVIER_PADDING_ROWS_VARIANTS = ("original", "original_legacy")
-
-
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def record(self, ok, line):
-        print(("PASS " if ok else "FAIL ") + line, flush=True)
-        if ok:
-            self.passed += 1
-        else:
-            self.failed += 1
 
 
 def checkpoint_name(shape, epochs=5, lr=0.001):
@@ -137,27 +121,6 @@ def trained_looking_model(variant, shape, seed, zero_padding_rows=True):
     return model
 
 
-def history_of_length(length, items, rng):
-    """Random item rows 1..items with repeats: the last item twice in a row, an early one again."""
-    history = rng.integers(1, items + 1, size=length)
-    if length >= 2:
-        history[-1] = history[-2]
-    if length >= 4:
-        history[length // 2] = history[0]
-    return [int(item) for item in history]
-
-
-def request_json(history, k):
-    interactions = [{"item_id": str(item), "timestamp": 1_000_000 + position}
-                    for position, item in enumerate(history)]
-    return json.dumps({"user_interactions": interactions, "k": k, "recommend_seen": True})
-
-
-def run(command, stdin_text=None):
-    return subprocess.run(command, input=stdin_text, capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT_SECONDS)
-
-
 def convert_command(seqrec, checkpoint, out, variant, shape, pass_heads_flag):
     command = [seqrec, "convert", "--from", "pmixer", checkpoint, "--out", out,
                "--variant", CONVERTER_VARIANT[variant], "--score", "raw"]
@@ -166,39 +129,17 @@ def convert_command(seqrec, checkpoint, out, variant, shape, pass_heads_flag):
     return command
 
 
-def one_line(text):
-    return text.strip().replace("\n", " | ")[:400]
-
-
 def reference_scores(model, history, maxlen, items):
+    """Row r's logit at index r (index 0, the padding row, is never ranked)."""
     log_seqs = sasrec_pytorch.left_padded_window(history, maxlen)[np.newaxis, :]
     with torch.no_grad():
         logits = model.predict(None, log_seqs, np.arange(1, items + 1))
-    return logits[0].double().numpy()  # index r-1 holds row r
+    return np.concatenate([[0.0], logits[0].double().numpy()])
 
 
-def compare(response_text, expected, items):
-    """(max |delta|, top-10 ok, problem or None) for one `seqrec recommend` response."""
-    try:
-        recommendations = json.loads(response_text)["recommendations"]
-        ids = [int(entry["id"]) for entry in recommendations]
-        scores = [float(entry["score"]) for entry in recommendations]
-    except (ValueError, KeyError, TypeError) as error:
-        return float("inf"), False, f"unreadable response ({error}): {one_line(response_text)}"
-    if sorted(ids) != list(range(1, items + 1)):
-        return float("inf"), False, f"expected every row 1..{items} once, got {len(ids)} ids"
-    if any(later > earlier for earlier, later in zip(scores, scores[1:])):
-        return float("inf"), False, "recommendations are not sorted by score descending"
-
-    actual = np.empty(items)
-    actual[np.array(ids) - 1] = scores
-    max_delta = float(np.max(np.abs(actual - expected)))
-
-    # Reference order: score descending, ties by row.
-    expected_top = sorted(range(1, items + 1), key=lambda row: (-expected[row - 1], row))[:TOP_N]
-    top_ok = all(got == want or expected[got - 1] == expected[want - 1]  # exact ties may swap
-                 for got, want in zip(ids[:TOP_N], expected_top))
-    return max_delta, top_ok, None
+def row_ids(items):
+    """Without --item-ids, row r has id r."""
+    return ["[PAD]"] + [str(row) for row in range(1, items + 1)]
 
 
 def check_recommendations(results, seqrec, workdir, variant, shape, model, label):
@@ -218,13 +159,12 @@ def check_recommendations(results, seqrec, workdir, variant, shape, model, label
     for length in (1, 2, L - 1, L, L + 1, 3 * L):
         history = history_of_length(length, shape.items, rng)
         expected = reference_scores(model, history, L, shape.items)
-        response = run([seqrec, "recommend", "--model", converted, "--max-k", str(shape.items)],
-                       request_json(history, shape.items))
+        response = recommend_all(seqrec, converted, history, row_ids(shape.items))
         line = f"{variant:15s} {label:28s} history={length:4d}"
         if response.returncode != 0:
             results.record(False, f"{line} recommend exit {response.returncode}: {one_line(response.stderr)}")
             continue
-        max_delta, top_ok, problem = compare(response.stdout, expected, shape.items)
+        max_delta, top_ok, problem = compare(response.stdout, expected, row_ids(shape.items))
         if problem:
             results.record(False, f"{line} {problem}")
             continue

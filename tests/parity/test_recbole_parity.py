@@ -33,7 +33,6 @@ import math
 import os
 import shutil
 import struct
-import subprocess
 import sys
 
 try:
@@ -45,10 +44,9 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recbole_reference as rb  # noqa: E402  (needs the path above)
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length,  # noqa: E402
+                           one_line, recommend_all, run)
 
-SCORE_TOLERANCE = 1e-4
-TOP_N = 10
-COMMAND_TIMEOUT_SECONDS = 120
 MODEL_FAMILIES = ("sasrec", "bert4rec", "bert4rec_v11", "bert4rec_v10")
 
 
@@ -72,28 +70,6 @@ SHAPES = [
     Shape("d48_h1_L12_b3_gelu_noconfig", hidden=48, heads=1, maxlen=12, layers=3, items=97, act="gelu", loss="CE",
           with_config=False),
 ]
-
-
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def record(self, ok, line):
-        print(("PASS " if ok else "FAIL ") + line, flush=True)
-        if ok:
-            self.passed += 1
-        else:
-            self.failed += 1
-
-
-def run(command, stdin_text=None):
-    return subprocess.run(command, input=stdin_text, capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT_SECONDS)
-
-
-def one_line(text):
-    return text.strip().replace("\n", " | ")[:400]
 
 
 # ---- models, checkpoints and item ids -----------------------------------------------------
@@ -219,50 +195,10 @@ def convert_command(seqrec, case, out, score="raw", extra=()):
 
 # ---- requests and comparison --------------------------------------------------------------
 
-def history_of_length(length, items, rng):
-    """Random rows 1..items-1 with repeats: the last item twice in a row, an early one again."""
-    history = rng.integers(1, items, size=length)
-    if length >= 2:
-        history[-1] = history[-2]
-    if length >= 4:
-        history[length // 2] = history[0]
-    return [int(row) for row in history]
-
-
-def request_json(history, ids, k):
-    interactions = [{"item_id": ids[row], "timestamp": 1_000_000 + position} for position, row in enumerate(history)]
-    return json.dumps({"user_interactions": interactions, "k": k, "recommend_seen": True})
-
-
-def compare(response_text, expected, ids):
-    """(max |delta|, top-10 ok, problem or None). expected[r] is row r's score (row 0 included)."""
-    try:
-        recommendations = json.loads(response_text)["recommendations"]
-        got_ids = [str(entry["id"]) for entry in recommendations]
-        scores = [float(entry["score"]) for entry in recommendations]
-    except (ValueError, KeyError, TypeError) as error:
-        return float("inf"), False, f"unreadable response ({error}): {one_line(response_text)}"
-    row_of = {item: row for row, item in enumerate(ids) if row > 0}
-    if sorted(got_ids) != sorted(row_of):
-        return float("inf"), False, f"expected every catalog item once, got {len(got_ids)} ids"
-    if any(later > earlier for earlier, later in zip(scores, scores[1:])):
-        return float("inf"), False, "recommendations are not sorted by score descending"
-    rows = np.array([row_of[item] for item in got_ids])
-    max_delta = float(np.max(np.abs(np.array(scores) - expected[rows])))
-    expected_top = sorted(range(1, len(ids)), key=lambda row: (-expected[row], row))[:TOP_N]
-    top_ok = all(got == want or expected[got] == expected[want] for got, want in zip(rows[:TOP_N], expected_top))
-    return max_delta, top_ok, None
-
-
-def recommend(seqrec, model_file, history, ids):
-    return run([seqrec, "recommend", "--model", model_file, "--max-k", str(len(ids))],
-               request_json(history, ids, len(ids) - 1))
-
-
 def check_scores(results, seqrec, label, model_file, case, histories, expected_fn):
     for history in histories:
         expected = expected_fn(history)
-        response = recommend(seqrec, model_file, history, case.ids)
+        response = recommend_all(seqrec, model_file, history, case.ids)
         line = f"{label:58s} history={len(history):3d}"
         if response.returncode != 0:
             results.record(False, f"{line} recommend exit {response.returncode}: {one_line(response.stderr)}")
@@ -278,7 +214,7 @@ def check_scores(results, seqrec, label, model_file, case, histories, expected_f
 def histories_for(shape, seed):
     rng = np.random.default_rng(seed)
     L = shape.maxlen
-    return [history_of_length(length, shape.items, rng) for length in (1, 2, L - 1, L, L + 1, 3 * L)]
+    return [history_of_length(length, shape.items - 1, rng) for length in (1, 2, L - 1, L, L + 1, 3 * L)]
 
 
 def raw_scores(case):
@@ -555,8 +491,8 @@ def check_safetensors(results, seqrec, workdir):
             continue
         identical, detail = True, ""
         for history in histories_for(shape, 50 + family_index):
-            a = recommend(seqrec, first, history, case.ids)
-            b = recommend(seqrec, second, history, case.ids)
+            a = recommend_all(seqrec, first, history, case.ids)
+            b = recommend_all(seqrec, second, history, case.ids)
             if a.returncode != 0 or a.stdout != b.stdout:
                 identical, detail = False, f"history={len(history)} differs: {one_line(a.stderr + b.stderr)}"
                 break

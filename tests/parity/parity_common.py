@@ -1,0 +1,76 @@
+"""What the parity suites share: running the binary, the request for a whole-catalog
+ranking, and the comparison of its response with the reference scores."""
+
+import json
+import subprocess
+
+import numpy as np
+
+SCORE_TOLERANCE = 1e-4
+TOP_N = 10
+COMMAND_TIMEOUT_SECONDS = 120
+
+
+class Results:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def record(self, ok, line):
+        print(("PASS " if ok else "FAIL ") + line, flush=True)
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+
+def run(command, stdin_text=None):
+    return subprocess.run(command, input=stdin_text, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT_SECONDS)
+
+
+def one_line(text):
+    return text.strip().replace("\n", " | ")[:400]
+
+
+def history_of_length(length, max_row, rng):
+    """Random rows 1..max_row with repeats: the last item twice in a row, an early one again."""
+    history = rng.integers(1, max_row + 1, size=length)
+    if length >= 2:
+        history[-1] = history[-2]
+    if length >= 4:
+        history[length // 2] = history[0]
+    return [int(row) for row in history]
+
+
+def request_json(history, ids, k):
+    """A list-form request of the history (rows → their catalog ids), seen items allowed."""
+    interactions = [{"item_id": ids[row], "timestamp": 1_000_000 + position} for position, row in enumerate(history)]
+    return json.dumps({"user_interactions": interactions, "k": k, "recommend_seen": True})
+
+
+def recommend_all(seqrec, model_file, history, ids):
+    """`seqrec recommend` for the whole catalog (ids[0] is the padding row)."""
+    return run([seqrec, "recommend", "--model", model_file, "--max-k", str(len(ids) - 1)],
+               request_json(history, ids, len(ids) - 1))
+
+
+def compare(response_text, expected, ids):
+    """(max |delta|, top-10 ok, problem or None). expected[r] is row r's score (row 0 included)."""
+    try:
+        recommendations = json.loads(response_text)["recommendations"]
+        got_ids = [str(entry["id"]) for entry in recommendations]
+        scores = [float(entry["score"]) for entry in recommendations]
+    except (ValueError, KeyError, TypeError) as error:
+        return float("inf"), False, f"unreadable response ({error}): {one_line(response_text)}"
+    row_of = {item: row for row, item in enumerate(ids) if row > 0}
+    if sorted(got_ids) != sorted(row_of):
+        return float("inf"), False, f"expected every catalog item once, got {len(got_ids)} ids"
+    if any(later > earlier for earlier, later in zip(scores, scores[1:])):
+        return float("inf"), False, "recommendations are not sorted by score descending"
+    rows = np.array([row_of[item] for item in got_ids])
+    max_delta = float(np.max(np.abs(np.array(scores) - expected[rows])))
+    # Reference order: score descending, ties by row; exact ties may swap.
+    expected_top = sorted(range(1, len(ids)), key=lambda row: (-expected[row], row))[:TOP_N]
+    top_ok = all(got == want or expected[got] == expected[want] for got, want in zip(rows[:TOP_N], expected_top))
+    return max_delta, top_ok, None
