@@ -32,6 +32,9 @@
 #include <cmath>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -79,14 +82,25 @@ struct Pass {
 class Timer {
  public:
   explicit Timer(std::shared_ptr<const seqrec::Recommender> rec) : rec_(std::move(rec)) {}
+  ~Timer() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      quitting_ = true;
+    }
+    wake_.notify_all();
+    for (auto& th : helpers_) th.join();
+  }
 
   // Answers requests [0, n) of `set` with batch b on t threads. `top`, when given, gets each
   // request's top-10 rows.
   // budget_s > 0: no chunk is started after that many seconds (Pass::answered tells how many
   // requests were answered).
+  // The calling thread is worker 0; workers 1..t-1 are threads kept across passes (as the
+  // server's worker pool keeps its threads), so a short pass does not time thread start-up.
   Pass pass(const std::vector<Request>& set, size_t n, size_t b, size_t t,
             std::vector<std::vector<seqrec::ScoredItem>>* top, double budget_s = 0) {
     while (workspaces_.size() < t) workspaces_.emplace_back(std::make_unique<seqrec::Workspace>());
+    while (helpers_.size() + 1 < t) helpers_.emplace_back([this, w = helpers_.size() + 1, g = generation_] { helper_loop(w, g); });
     std::atomic<size_t> next{0}, answered{0};
     const auto start = Clock::now();
     std::vector<std::vector<double>> lat(t);
@@ -106,12 +120,19 @@ class Timer {
           for (size_t i = begin; i < end; ++i) (*top)[i] = std::move(responses[i - begin].recommendations);
       }
     };
-    if (t == 1) {
-      work(0);
-    } else {
-      std::vector<std::thread> threads;
-      for (size_t w = 0; w < t; ++w) threads.emplace_back(work, w);
-      for (auto& th : threads) th.join();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = work;
+      job_threads_ = t;
+      pending_ = t - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    work(0);
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [&] { return pending_ == 0; });
+      job_ = nullptr;
     }
     Pass p;
     p.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -121,8 +142,37 @@ class Timer {
   }
 
  private:
+  // Worker w (>= 1): runs each pass's job when the pass uses more than w threads.
+  // `seen`: the generation when it was started (it joins from the next pass on).
+  void helper_loop(size_t w, uint64_t seen) {
+    for (;;) {
+      std::function<void(size_t)> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return quitting_ || generation_ != seen; });
+        if (quitting_) return;
+        seen = generation_;
+        if (w >= job_threads_) continue;
+        job = job_;
+      }
+      job(w);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --pending_;
+      }
+      done_.notify_all();
+    }
+  }
+
   std::shared_ptr<const seqrec::Recommender> rec_;
   std::vector<std::unique_ptr<seqrec::Workspace>> workspaces_;
+  std::vector<std::thread> helpers_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::function<void(size_t)> job_;
+  size_t job_threads_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+  bool quitting_ = false;
 };
 
 double sgemm_gflops() {
