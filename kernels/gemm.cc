@@ -1,5 +1,7 @@
 #include "kernels/gemm.h"
 
+#include "kernels/panel_gemm.h"
+
 #include <cblas.h>
 #include <omp.h>
 
@@ -11,6 +13,9 @@
 namespace seqrec::kernels {
 
 namespace {
+
+// Rows::exact weights up to this size (16 MB) are packed for panel_gemm.
+constexpr int64_t kMaxPanelFloats = int64_t{4} << 20;
 
 dnnl::engine& cpu_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -58,6 +63,10 @@ Compiled compile(const dnnl::matmul::desc& desc, const dnnl::primitive_attr& att
 }
 
 struct PackedLinear::Impl {
+  // Rows::exact layers small enough to hold in panels run panel_gemm; the rest oneDNN.
+  bool use_panels = false;
+  WeightPanels panels;
+  bool relu = false;
   Compiled any_rows;  // run-time row count
   dnnl::memory weights;
   dnnl::memory bias;
@@ -91,6 +100,13 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
                            bool pack, Rows rows)
     : impl_(std::make_unique<Impl>()), out_(out), in_(in) {
   impl_->rows = rows;
+  if (rows == Rows::exact && pack && (epilogue == Epilogue::none || epilogue == Epilogue::relu) &&
+      out * in <= kMaxPanelFloats && panel_gemm_available()) {
+    impl_->use_panels = true;
+    impl_->panels = pack_panels(weight, bias, out, in);
+    impl_->relu = epilogue == Epilogue::relu;
+    return;
+  }
   thread_stream();  // pins this thread's OpenMP to 1 before the primitive is created
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
@@ -127,6 +143,7 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
 
 void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) const {
   if (rows == 0) return;
+  if (impl_->use_panels) return panel_gemm(impl_->panels, x, ld_x, rows, impl_->relu, y);
   using dt = dnnl::memory::data_type;
   dnnl::stream& stream = thread_stream();  // first: pins this thread's OpenMP before any primitive is made
   dnnl::engine& engine = cpu_engine();

@@ -3,7 +3,9 @@
 //    primitive created once, with W reordered once into oneDNN's preferred layout and the
 //    row count M left to run time; per call only `execute` (the oneDNN examples' pattern).
 //    Each call computes on the calling thread only: parallelism comes from the callers
-//    (the inference workers), never from inside a GEMM.
+//    (the inference workers), never from inside a GEMM. Rows::exact layers with no or a
+//    ReLU epilogue and weights up to 16 MB run panel_gemm instead (kernels/panel_gemm.h):
+//    they serve a few rows per call, where oneDNN's fixed cost per call dominates.
 //  - sgemm: a general product for one-off shapes (OpenBLAS).
 #pragma once
 

@@ -12,6 +12,7 @@
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
 #include "kernels/layer_norm.h"
+#include "kernels/panel_gemm.h"
 #include "kernels/topk.h"
 
 namespace seqrec::kernels {
@@ -167,6 +168,52 @@ TEST(PackedLinear, MatchesAPlainProductForPaddedAndExactRows) {
           ASSERT_NEAR(y[r * out + o], std::max(acc, 0.0), 1e-4) << "rows " << rows;
         }
     }
+  }
+}
+
+// panel_gemm (behind Rows::exact PackedLinears): every shape edge — outputs not a multiple
+// of 16 or of a 4-panel tile, row counts not a multiple of 4, a row stride wider than the
+// input — against double precision, with and without bias and ReLU.
+TEST(PanelGemm, MatchesDoublePrecisionOverShapes) {
+  if (!panel_gemm_available()) GTEST_SKIP() << "panel_gemm needs AVX-512";
+  unsigned seed = 40;
+  for (int64_t in : {1, 7, 50, 64}) {
+    for (int64_t out : {1, 15, 16, 17, 50, 64, 65, 150, 3417}) {
+      for (bool with_bias : {false, true}) {
+        auto w = noise(out * in, seed++), b = noise(out, seed++);
+        const WeightPanels panels = pack_panels(w.data(), with_bias ? b.data() : nullptr, out, in);
+        for (int64_t rows : {1, 3, 4, 5, 9}) {
+          const int64_t ld_x = in + 3;
+          auto x = noise(rows * ld_x, seed++);
+          for (bool relu : {false, true}) {
+            std::vector<float> y(rows * out, -7.0f);
+            panel_gemm(panels, x.data(), ld_x, rows, relu, y.data());
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t o = 0; o < out; ++o) {
+                double acc = with_bias ? b[o] : 0.0;
+                for (int64_t i = 0; i < in; ++i) acc += double(x[r * ld_x + i]) * w[o * in + i];
+                if (relu) acc = std::max(acc, 0.0);
+                ASSERT_NEAR(y[r * out + o], acc, 1e-4) << "in " << in << " out " << out << " rows " << rows;
+              }
+          }
+        }
+      }
+    }
+  }
+}
+
+// A row's result is bitwise the same whatever rows share its call (batch invariance).
+TEST(PanelGemm, ARowDoesNotDependOnItsBatchMates) {
+  if (!panel_gemm_available()) GTEST_SKIP() << "panel_gemm needs AVX-512";
+  const int64_t in = 50, out = 3417;
+  auto w = noise(out * in, 61), b = noise(out, 62);
+  const WeightPanels panels = pack_panels(w.data(), b.data(), out, in);
+  auto x = noise(11 * in, 63);
+  std::vector<float> all(11 * out), one(out);
+  panel_gemm(panels, x.data(), in, 11, false, all.data());
+  for (int64_t r = 0; r < 11; ++r) {
+    panel_gemm(panels, x.data() + r * in, in, 1, false, one.data());
+    ASSERT_TRUE(std::equal(one.begin(), one.end(), all.begin() + r * out)) << "row " << r;
   }
 }
 

@@ -1,0 +1,36 @@
+// A small-row GEMM over weights packed once into 16-column panels: the read-out rows of the
+// last block and the batch's scoring rows, where a library call's fixed cost (descriptors,
+// memory objects, dispatch: ~1.5 µs) is larger than the product itself.
+//
+// Every row is computed the same way whatever the number of rows: y[r, o] = Σ_c x[r, c]·W[o, c]
+// accumulated in c order with FMAs, then + bias, then the activation. So a request's result
+// does not depend on its batch-mates.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace seqrec::kernels {
+
+inline constexpr int64_t kPanelWidth = 16;
+
+// W packed into panels of 16 output columns:
+//   panels: [ceil(out/16), in, 16]  (panel p holds outputs 16p..16p+15; columns past `out` are 0)
+//   bias:   [ceil(out/16)·16]       (0 where the layer has none)
+struct WeightPanels {
+  int64_t out = 0, in = 0;
+  std::vector<float> panels;
+  std::vector<float> bias;
+};
+
+// weight: [out, in] row-major (torch Linear); bias: [out] or null.
+WeightPanels pack_panels(const float* weight, const float* bias, int64_t out, int64_t in);
+
+// Whether panel_gemm runs natively here (AVX-512); callers use another backend otherwise.
+bool panel_gemm_available();
+
+// y: [rows, out] (row stride out) = x: [rows, in] (row stride ld_x) · Wᵀ + bias, then ReLU
+// when `relu`. Needs panel_gemm_available().
+void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, bool relu, float* y);
+
+}  // namespace seqrec::kernels
