@@ -1,0 +1,109 @@
+// Exact top-k over a large item table without reading all of it in fp32: an int8 copy of
+// the table (a quarter of the bytes) is scanned first, and each item gets guaranteed lower
+// and upper bounds l_i <= score_i <= u_i of its exact score. With θ the k-th largest lower
+// bound over the eligible rows, every eligible row of the exact top-k has u_i >= θ (at least
+// k eligible rows score >= θ, so the k-th best exact score T >= θ, and a row scoring >= T
+// has u_i >= T). Only those rows are rescored in fp32, so the answer is the full scan's.
+//
+// The exact score of row i is exact_score(h, w_i, d) (+ bias_i, one fp32 addition): a
+// fixed-order fp32 dot product, the same whatever the batch or the path that found the row.
+//
+// The bounds assume IEEE fp32 arithmetic with gradual underflow (no -ffast-math, no FTZ/DAZ).
+// The dot products of the scan are exact integer arithmetic: the AVX-512 VNNI kernel and
+// the portable one compute the same numbers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace seqrec::kernels {
+
+// ---- the int8 copy of a table ------------------------------------------------------------
+//
+// Item i (a row w_i of d floats) is stored as s_i · q_i: s_i >= max_j |w_ij| / 127 (a
+// bfloat16, rounded up) and q_ij = round(w_ij / s_i) in [-127, 127].
+//
+// Layout, d4 = ceil(d / 4) groups of four dimensions: ceil(n / 16) blocks of
+// quantized_block_bytes(d) bytes; block b holds items 16b .. 16b + 15 ("lanes"):
+//   [d4][16][4] uint8   q_ij + 128 of item 16b + lane, dimensions 4g .. 4g + 3 (128, i.e.
+//                       q = 0, past d and for lanes past n): one 64-byte load is 16 items ×
+//                       4 dimensions, and VNNI's vpdpbusd lands 16 dot products in one register;
+//   [16] uint32         per lane: bits 31..16 s_i (the upper half of its fp32 value),
+//                       bits 15..8 ν_i, bits 7..0 ρ_i (fixed point, rounded up):
+//                         ||w_i||₂           <= s_i · 127·√d · ν_i / 255
+//                         ||w_i − s_i q_i||₂ <= s_i · (√d / 2) · ρ_i / 255
+int64_t quantized_block_bytes(int64_t d);
+int64_t quantized_table_bytes(int64_t n, int64_t d);
+
+// Rows, queries and biases beyond these are not scanned (scores could overflow fp32); the
+// caller scores them in full.
+inline constexpr double kMaxScanNorm = 0x1p60;
+inline constexpr double kMaxScanBias = 0x1p100;
+// Keeps every integer dot product, offset included, within int32.
+inline constexpr int64_t kMaxScanDim = 32768;
+
+// table: [n, d] row-major. out: quantized_table_bytes(n, d) bytes, 64-byte aligned.
+// max_row_norm: the largest ||w_i||₂, rounded up. Returns false when d > kMaxScanDim, a value
+// is not finite or a row's norm exceeds kMaxScanNorm: the copy is then not usable.
+bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out, float* max_row_norm);
+
+// ---- one query ---------------------------------------------------------------------------
+//
+// h ≈ ĥ = scale · q_h, and the coefficients of the bound
+//   |score_i − a_i| <= e_i = s_i · (norm_coef · ν_i + residual_coef · ρ_i) + bias_coef · |b_i| + floor
+// where a_i = (q_h · q_i) · (s_i · scale) (+ b_i) is what the scan computes in fp32. It rests on
+//   |h·w − ĥ·ŵ| <= ||h − ĥ||·||w|| + ||ĥ||·||w − ŵ||  (ŵ = s q)
+// plus slack (τ below) for every fp32 rounding: of the exact score (<= γ_d·||h||·||w||), of
+// a_i and b_i's addition, and of computing e_i, l_i and u_i themselves.
+struct ScanQuery {
+  std::vector<int32_t> groups;  // [d4]: q_h of dimensions 4g .. 4g + 3 as four int8 (low byte first), 0 past d
+  float scale = 0;              // s_h
+  int32_t offset = 0;           // 128 · Σ_j q_hj: what the table's +128 adds to each dot product
+  float norm_coef = 0;          // (||h − ĥ|| + τ·H) · 127√d/255, rounded up (H = ||h|| + ||h − ĥ||)
+  float residual_coef = 0;      // (||ĥ|| + τ·H) · (√d/2)/255, rounded up
+  float bias_coef = 0;          // τ
+  float floor = 0;              // absolute slack for products that underflow
+};
+
+// h: [d]. Returns false when h is not finite, ||h|| > kMaxScanNorm, d > kMaxScanDim, or the
+// CPU flushes denormals (no bound is computed then).
+bool quantize_query(const float* h, int64_t d, ScanQuery& out);
+
+// ---- the pieces, exposed for tests ---------------------------------------------------------
+
+// out: [n] the integer dot products q_h · q_i (the scan's, offset removed).
+void quantized_dots(const uint8_t* qtable, int64_t n, int64_t d, const ScanQuery& query, int32_t* out);
+
+// lower, upper: [n] the scan's bounds l_i = a_i − e_i, u_i = a_i + e_i. bias: [n] or null.
+void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
+                 float* lower, float* upper);
+
+// The exact score h · w (d floats each): 16 partial sums, lane j mod 16 accumulating
+// fma(h_j, w_j, ·) in order of j, then added pairwise (lanes i + 8, i + 4, i + 2, i + 1).
+float exact_score(const float* h, const float* w, int64_t d);
+
+// ---- exact top-k ---------------------------------------------------------------------------
+
+struct TopKStats {
+  int64_t rescored = 0;  // rows scored exactly in fp32
+};
+
+// The k best eligible rows of table · h (+ bias), by exact score descending, ties by lower
+// row first: what a full scan with exact_score ranks.
+//   table:  [n, d] fp32; bias: [n] or null; qtable: quantize_table(table) of the same n, d
+//   h:      [d]
+//   never:  [n_never] rows that are never returned, sorted ascending, no duplicates
+//   rows, scores: room for k each; returns how many were written (< k when fewer are eligible),
+//   or -1 when h cannot be bounded (see quantize_query): the caller then scans in full.
+int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, const float* h,
+                   const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores,
+                   TopKStats* stats = nullptr);
+
+// The same answer from approximate scores of every row (e.g. a fp32 GEMM's), given
+// |approx_i − score_i| <= error for every i (the rounding of approx ± error is the
+// caller's to cover). Returns -1 when error is not finite.
+int64_t rescore_top_k(const float* approx, float error, const float* table, const float* bias, int64_t n, int64_t d,
+                      const float* h, const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores,
+                      TopKStats* stats = nullptr);
+
+}  // namespace seqrec::kernels

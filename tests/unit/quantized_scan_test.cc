@@ -1,0 +1,373 @@
+// The int8 pre-scan (kernels/quantized_scan.h): its layout and integer dot products against
+// a scalar reference, its bounds against exact scores on random and hostile tables, and its
+// top-k against a full exact scan.
+#include "kernels/quantized_scan.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace seqrec::kernels {
+namespace {
+
+using Bytes = std::vector<uint8_t, AlignedAllocator<uint8_t>>;
+
+std::vector<float> noise(size_t n, unsigned seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d, float* max_norm = nullptr) {
+  Bytes q(static_cast<size_t>(quantized_table_bytes(n, d)));
+  float norm = 0;
+  EXPECT_TRUE(quantize_table(table.data(), n, d, q.data(), &norm));
+  if (max_norm) *max_norm = norm;
+  return q;
+}
+
+// Decodes item i of the documented layout: its q (d values) and scale.
+std::vector<int> decode_item(const Bytes& q, int64_t d, int64_t i, float* scale) {
+  const int64_t d4 = (d + 3) / 4;
+  const uint8_t* block = q.data() + (i / 16) * quantized_block_bytes(d);
+  const int64_t lane = i % 16;
+  std::vector<int> out(static_cast<size_t>(d));
+  for (int64_t j = 0; j < 4 * d4; ++j) {
+    const int value = static_cast<int>(block[(j / 4) * 64 + lane * 4 + j % 4]) - 128;
+    if (j < d)
+      out[static_cast<size_t>(j)] = value;
+    else
+      EXPECT_EQ(value, 0) << "padding dimension " << j;
+  }
+  uint32_t meta;
+  std::memcpy(&meta, block + d4 * 64 + lane * 4, sizeof meta);
+  const uint32_t bits = meta & 0xFFFF0000u;
+  std::memcpy(scale, &bits, sizeof bits);
+  return out;
+}
+
+// The exact score as documented: 16 lanes of fma in order of j, then added pairwise.
+float reference_exact_score(const float* h, const float* w, int64_t d) {
+  float lanes[16] = {};
+  for (int64_t j = 0; j < (d + 15) / 16 * 16; ++j)
+    lanes[j % 16] = std::fma(j < d ? h[j] : 0.0f, j < d ? w[j] : 0.0f, lanes[j % 16]);
+  for (int width = 8; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  return lanes[0];
+}
+
+struct Ranked {
+  std::vector<int32_t> rows;
+  std::vector<float> scores;
+};
+
+// The full scan: every eligible row scored exactly, ranked by score, ties by row.
+Ranked full_scan(const std::vector<float>& table, const float* bias, int64_t n, int64_t d, const float* h,
+                 const std::vector<int32_t>& never, int64_t k) {
+  std::vector<std::pair<float, int32_t>> all;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::binary_search(never.begin(), never.end(), static_cast<int32_t>(i))) continue;
+    float s = reference_exact_score(h, table.data() + i * d, d);
+    if (bias) s += bias[i];
+    all.push_back({s, static_cast<int32_t>(i)});
+  }
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  Ranked out;
+  for (size_t i = 0; i < all.size() && static_cast<int64_t>(i) < k; ++i) {
+    out.rows.push_back(all[i].second);
+    out.scores.push_back(all[i].first);
+  }
+  return out;
+}
+
+Ranked scan(const std::vector<float>& table, const float* bias, const Bytes& q, int64_t n, int64_t d, const float* h,
+            const std::vector<int32_t>& never, int64_t k, TopKStats* stats = nullptr) {
+  Ranked out;
+  out.rows.resize(static_cast<size_t>(std::max<int64_t>(k, 0)));
+  out.scores.resize(out.rows.size());
+  const int64_t found = scan_top_k(table.data(), bias, q.data(), n, d, h, never.data(),
+                                   static_cast<int64_t>(never.size()), k, out.rows.data(), out.scores.data(), stats);
+  EXPECT_GE(found, 0);
+  out.rows.resize(static_cast<size_t>(std::max<int64_t>(found, 0)));
+  out.scores.resize(out.rows.size());
+  return out;
+}
+
+void expect_same(const Ranked& got, const Ranked& want, const std::string& what) {
+  ASSERT_EQ(got.rows.size(), want.rows.size()) << what;
+  for (size_t i = 0; i < want.rows.size(); ++i) {
+    ASSERT_EQ(got.rows[i], want.rows[i]) << what << ", rank " << i;
+    ASSERT_EQ(got.scores[i], want.scores[i]) << what << ", rank " << i;  // the same fp32 rescoring, bit for bit
+  }
+}
+
+// Checks l_i <= exact_i <= u_i for every row of `table` and every query.
+void expect_bounds_hold(const std::vector<float>& table, const std::vector<float>* bias, int64_t n, int64_t d,
+                        const std::vector<std::vector<float>>& queries, const std::string& what) {
+  const Bytes q = quantize(table, n, d);
+  std::vector<float> lower(static_cast<size_t>(n)), upper(static_cast<size_t>(n));
+  for (size_t qi = 0; qi < queries.size(); ++qi) {
+    ScanQuery query;
+    ASSERT_TRUE(quantize_query(queries[qi].data(), d, query)) << what;
+    scan_bounds(q.data(), n, d, bias ? bias->data() : nullptr, query, lower.data(), upper.data());
+    for (int64_t i = 0; i < n; ++i) {
+      float exact = exact_score(queries[qi].data(), table.data() + i * d, d);
+      if (bias) exact += (*bias)[static_cast<size_t>(i)];
+      ASSERT_LE(lower[i], exact) << what << ": query " << qi << ", row " << i;
+      ASSERT_GE(upper[i], exact) << what << ": query " << qi << ", row " << i;
+    }
+  }
+}
+
+TEST(QuantizedScan, LayoutAndIntegerDotsMatchAScalarReference) {
+  unsigned seed = 1;
+  for (int64_t d : {1, 3, 4, 5, 16, 50, 63, 64, 65, 100}) {
+    for (int64_t n : {1, 15, 16, 17, 100}) {
+      const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 0.05f);
+      const Bytes q = quantize(table, n, d);
+      const std::vector<float> h = noise(static_cast<size_t>(d), seed++, 2.0f);
+      ScanQuery query;
+      ASSERT_TRUE(quantize_query(h.data(), d, query));
+      // The query's documented form: ĥ = scale · q_h, each within half a step of h.
+      std::vector<int> q_h(static_cast<size_t>(d));
+      int32_t q_sum = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        q_h[j] = static_cast<int8_t>(static_cast<uint32_t>(query.groups[j / 4]) >> (8 * (j % 4)));
+        q_sum += q_h[j];
+        EXPECT_LE(std::abs(h[j] - query.scale * q_h[j]), query.scale * 0.5001f);
+      }
+      EXPECT_EQ(query.offset, 128 * q_sum);
+      std::vector<int32_t> dots(static_cast<size_t>(n));
+      quantized_dots(q.data(), n, d, query, dots.data());
+      for (int64_t i = 0; i < n; ++i) {
+        float s = 0;
+        const std::vector<int> q_i = decode_item(q, d, i, &s);
+        double max_abs = 0;
+        for (int64_t j = 0; j < d; ++j) max_abs = std::max(max_abs, std::abs(double(table[i * d + j])));
+        EXPECT_GE(double(s) * 127, max_abs);
+        int32_t want = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          EXPECT_LE(std::abs(q_i[j]), 127);
+          EXPECT_LE(std::abs(double(table[i * d + j]) - double(s) * q_i[j]), double(s) * 0.5000001);
+          want += q_h[j] * q_i[j];
+        }
+        ASSERT_EQ(dots[i], want) << "d " << d << ", n " << n << ", item " << i;
+      }
+    }
+  }
+}
+
+TEST(QuantizedScan, ExactScoreHasItsDocumentedOrder) {
+  unsigned seed = 100;
+  for (int64_t d : {1, 7, 16, 17, 50, 64, 65, 129}) {
+    for (int rep = 0; rep < 20; ++rep) {
+      const std::vector<float> h = noise(static_cast<size_t>(d), seed++), w = noise(static_cast<size_t>(d), seed++);
+      ASSERT_EQ(exact_score(h.data(), w.data(), d), reference_exact_score(h.data(), w.data(), d)) << "d " << d;
+    }
+  }
+}
+
+TEST(QuantizedScan, BoundsHoldOnRandomTables) {
+  unsigned seed = 200;
+  for (int64_t d : {1, 2, 50, 64, 65}) {
+    const int64_t n = 300;
+    const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 0.1f);
+    std::vector<float> bias = noise(static_cast<size_t>(n), seed++, 0.5f);
+    std::vector<std::vector<float>> queries;
+    for (int i = 0; i < 20; ++i) queries.push_back(noise(static_cast<size_t>(d), seed++, 3.0f));
+    // Queries equal to rows (the largest scores) and their negatives.
+    for (int64_t i : {0, 17, 299}) {
+      queries.emplace_back(table.begin() + i * d, table.begin() + (i + 1) * d);
+      queries.push_back(queries.back());
+      for (float& x : queries.back()) x = -x;
+    }
+    expect_bounds_hold(table, nullptr, n, d, queries, "random d " + std::to_string(d));
+    expect_bounds_hold(table, &bias, n, d, queries, "random with bias, d " + std::to_string(d));
+  }
+}
+
+TEST(QuantizedScan, BoundsHoldOnHostileTables) {
+  unsigned seed = 300;
+  for (int64_t d : {1, 50, 64, 65}) {
+    const int64_t n = 200;
+    std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 1.0f);
+    std::mt19937 rng(seed++);
+    for (int64_t i = 0; i < n; ++i) {
+      float* w = table.data() + i * d;
+      switch (i % 10) {
+        case 0: std::fill(w, w + d, 0.0f); break;                       // all zero
+        case 1: for (int64_t j = 0; j < d; ++j) w[j] *= 1e15f; break;   // huge norm (kMaxScanNorm is 2^60)
+        case 2: for (int64_t j = 0; j < d; ++j) w[j] *= 1e-30f; break;  // tiny norm
+        case 3: for (int64_t j = 0; j < d; ++j) w[j] *= 1e-41f; break;  // denormal values
+        case 4: w[rng() % d] = 1e4f; break;                             // one positive outlier
+        case 5: w[rng() % d] = -1e4f; break;                            // one negative outlier
+        case 6: std::fill(w, w + d, 0.0f); w[rng() % d] = -3.0f; break;  // one value, the rest zero
+        case 7: for (int64_t j = 0; j < d; ++j) w[j] = (j % 2 ? 1.0f : -1.0f) * 0.7f; break;  // all at the scale
+        case 8: for (int64_t j = 0; j < d; ++j) w[j] = std::nextafter(1.0f, 2.0f) * (j + 1); break;
+        default: break;
+      }
+    }
+    std::vector<float> bias = noise(static_cast<size_t>(n), seed++, 100.0f);
+    bias[3] = 1e20f;
+    bias[4] = -1e-30f;
+    std::vector<std::vector<float>> queries;
+    for (float scale : {1.0f, 1e-20f, 1e15f, 1e-40f}) queries.push_back(noise(static_cast<size_t>(d), seed++, scale));
+    queries.push_back(std::vector<float>(static_cast<size_t>(d), 0.0f));  // the zero query
+    std::vector<float> outlier(static_cast<size_t>(d), 1e-3f);
+    outlier[0] = -1e3f;
+    queries.push_back(outlier);
+    for (int64_t i : {4, 5, 8, 11}) queries.emplace_back(table.begin() + i * d, table.begin() + (i + 1) * d);
+    expect_bounds_hold(table, nullptr, n, d, queries, "hostile d " + std::to_string(d));
+    expect_bounds_hold(table, &bias, n, d, queries, "hostile with bias, d " + std::to_string(d));
+  }
+}
+
+TEST(QuantizedScan, RefusesWhatItCannotBound) {
+  std::vector<float> table(64, 1.0f);
+  Bytes q(static_cast<size_t>(quantized_table_bytes(2, 32)));
+  float norm = 0;
+  table[5] = NAN;
+  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data(), &norm));
+  table[5] = 3e38f;  // finite, but the row's norm is beyond kMaxScanNorm
+  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data(), &norm));
+  std::vector<float> h(32, 1.0f);
+  ScanQuery query;
+  h[3] = INFINITY;
+  EXPECT_FALSE(quantize_query(h.data(), 32, query));
+  h[3] = 1e30f;
+  EXPECT_FALSE(quantize_query(h.data(), 32, query));
+  int32_t rows[1];
+  float scores[1];
+  EXPECT_EQ(scan_top_k(table.data(), nullptr, q.data(), 2, 32, h.data(), nullptr, 0, 1, rows, scores), -1);
+}
+
+TEST(QuantizedScan, TopKEqualsTheFullScan) {
+  unsigned seed = 400;
+  for (int64_t d : {1, 50, 64, 65}) {
+    const int64_t n = 5000;
+    const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 0.1f);
+    const std::vector<float> bias = noise(static_cast<size_t>(n), seed++, 0.3f);
+    const Bytes q = quantize(table, n, d);
+    std::mt19937 rng(seed++);
+    for (int rep = 0; rep < 30; ++rep) {
+      const std::vector<float> h = noise(static_cast<size_t>(d), seed++, 2.0f);
+      std::vector<int32_t> never{0};
+      for (int i = 0; i < rep * 7; ++i) never.push_back(static_cast<int32_t>(1 + rng() % (n - 1)));
+      // The rows a full scan ranks first are the ones exclusion tests need.
+      const Ranked best = full_scan(table, nullptr, n, d, h.data(), {}, 5);
+      if (rep % 3 == 1) never.insert(never.end(), best.rows.begin(), best.rows.end());
+      std::sort(never.begin(), never.end());
+      never.erase(std::unique(never.begin(), never.end()), never.end());
+      for (int64_t k : {int64_t{1}, int64_t{10}, int64_t{100}}) {
+        const std::string what = "d " + std::to_string(d) + ", rep " + std::to_string(rep) + ", k " + std::to_string(k);
+        expect_same(scan(table, nullptr, q, n, d, h.data(), never, k), full_scan(table, nullptr, n, d, h.data(), never, k),
+                    what);
+        expect_same(scan(table, bias.data(), q, n, d, h.data(), never, k),
+                    full_scan(table, bias.data(), n, d, h.data(), never, k), what + ", bias");
+      }
+    }
+  }
+}
+
+TEST(QuantizedScan, TopKWithKNearOrBeyondTheEligibleRows) {
+  const int64_t n = 70, d = 64;
+  const std::vector<float> table = noise(static_cast<size_t>(n * d), 500, 0.1f);
+  const Bytes q = quantize(table, n, d);
+  const std::vector<float> h = noise(static_cast<size_t>(d), 501);
+  const std::vector<int32_t> never{0, 3, 40, 69};
+  for (int64_t k : {int64_t{0}, int64_t{64}, int64_t{65}, int64_t{66}, int64_t{70}, int64_t{1000}}) {
+    const Ranked got = scan(table, nullptr, q, n, d, h.data(), never, k);
+    expect_same(got, full_scan(table, nullptr, n, d, h.data(), never, k), "k " + std::to_string(k));
+    EXPECT_EQ(static_cast<int64_t>(got.rows.size()), std::min<int64_t>(k, n - 4));
+  }
+  // Every row excluded.
+  std::vector<int32_t> all(n);
+  std::iota(all.begin(), all.end(), 0);
+  EXPECT_TRUE(scan(table, nullptr, q, n, d, h.data(), all, 5).rows.empty());
+}
+
+// Duplicate rows score exactly alike: catalog order decides, across blocks too.
+TEST(QuantizedScan, TiesGoToTheLowerRow) {
+  const int64_t n = 1000, d = 50;
+  std::vector<float> table = noise(static_cast<size_t>(n * d), 600, 0.1f);
+  const std::vector<float> h = noise(static_cast<size_t>(d), 601);
+  const int64_t best = full_scan(table, nullptr, n, d, h.data(), {}, 1).rows[0];
+  for (int64_t copy : {3, 15, 16, 500, 999})
+    std::copy(table.begin() + best * d, table.begin() + (best + 1) * d, table.begin() + copy * d);
+  const Bytes q = quantize(table, n, d);
+  for (int64_t k : {1, 3, 6, 10}) {
+    const Ranked got = scan(table, nullptr, q, n, d, h.data(), {}, k);
+    expect_same(got, full_scan(table, nullptr, n, d, h.data(), {}, k), "k " + std::to_string(k));
+  }
+  EXPECT_EQ(scan(table, nullptr, q, n, d, h.data(), {}, 1).rows[0], 3);
+  // A table of one repeated row: every score ties, rows come in order.
+  std::vector<float> same(static_cast<size_t>(n * d));
+  for (int64_t i = 0; i < n; ++i) std::copy(h.begin(), h.end(), same.begin() + i * d);
+  const Bytes q_same = quantize(same, n, d);
+  const Ranked got = scan(same, nullptr, q_same, n, d, h.data(), {0}, 20);
+  expect_same(got, full_scan(same, nullptr, n, d, h.data(), {0}, 20), "one repeated row");
+  EXPECT_EQ(got.rows.front(), 1);
+  EXPECT_EQ(got.rows.back(), 20);
+}
+
+// The point of the scan: on a table like a trained one, only a sliver is rescored.
+TEST(QuantizedScan, RescoresFewRows) {
+  const int64_t n = 50000, d = 64;
+  const std::vector<float> table = noise(static_cast<size_t>(n * d), 700, 0.02f);
+  const Bytes q = quantize(table, n, d);
+  int64_t worst = 0;
+  for (unsigned s = 0; s < 10; ++s) {
+    const std::vector<float> h = noise(static_cast<size_t>(d), 701 + s, 1.0f);
+    TopKStats stats;
+    scan(table, nullptr, q, n, d, h.data(), {0}, 10, &stats);
+    worst = std::max(worst, stats.rescored);
+  }
+  EXPECT_LT(worst, n / 100) << "rows rescored out of " << n;
+}
+
+// From approximate scores (a GEMM's): the same answer as the pre-scan, given a true error bound.
+TEST(QuantizedScan, RescoreFromApproximateScoresEqualsTheFullScan) {
+  const int64_t n = 3000;
+  unsigned seed = 800;
+  for (int64_t d : {1, 64, 65}) {
+    const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 0.1f);
+    const std::vector<float> bias = noise(static_cast<size_t>(n), seed++, 0.3f);
+    std::mt19937 rng(seed++);
+    std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+    for (int rep = 0; rep < 20; ++rep) {
+      const std::vector<float> h = noise(static_cast<size_t>(d), seed++, 2.0f);
+      const float error = 1e-3f;
+      std::vector<float> approx(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i)  // anywhere within the bound (well inside it: the rounding of ± error)
+        approx[i] = reference_exact_score(h.data(), table.data() + i * d, d) + bias[i] + 0.99f * error * unit(rng);
+      std::vector<int32_t> never{0, static_cast<int32_t>(rng() % n)};
+      std::sort(never.begin(), never.end());
+      never.erase(std::unique(never.begin(), never.end()), never.end());
+      for (int64_t k : {int64_t{1}, int64_t{10}, int64_t{n}}) {
+        Ranked got;
+        got.rows.resize(static_cast<size_t>(k));
+        got.scores.resize(static_cast<size_t>(k));
+        const int64_t found = rescore_top_k(approx.data(), error, table.data(), bias.data(), n, d, h.data(), never.data(),
+                                            static_cast<int64_t>(never.size()), k, got.rows.data(), got.scores.data());
+        got.rows.resize(static_cast<size_t>(found));
+        got.scores.resize(static_cast<size_t>(found));
+        expect_same(got, full_scan(table, bias.data(), n, d, h.data(), never, k),
+                    "d " + std::to_string(d) + ", rep " + std::to_string(rep) + ", k " + std::to_string(k));
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace seqrec::kernels
