@@ -23,7 +23,11 @@ class Catalog {
 
  private:
   std::vector<std::string> ids_;
-  std::unordered_map<std::string_view, int32_t> rows_;  // views into ids_
+  // Catalogs whose ids are all canonical decimal numbers (MovieLens, most exports) look an id
+  // up by its value in a table — no string hashing on the request path; others by hash.
+  std::vector<int32_t> row_of_number_;                  // [max id + 1], -1 where no row
+  bool numeric_ = false;
+  std::unordered_map<std::string_view, int32_t> rows_;  // views into ids_ (non-numeric catalogs)
 };
 
 }  // namespace seqrec

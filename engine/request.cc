@@ -18,7 +18,10 @@ std::vector<int32_t> rows_in_time_order(const std::vector<TimedRow>& entries) {
     previous_time = time;
     if (e.keep) kept.push_back({time, e.row});
   }
-  std::stable_sort(kept.begin(), kept.end(), [](const Timed& a, const Timed& b) { return a.time < b.time; });
+  const auto earlier = [](const Timed& a, const Timed& b) { return a.time < b.time; };
+  // Histories usually arrive in time order: then there is nothing to sort (and no buffer to
+  // allocate for the stable sort).
+  if (!std::is_sorted(kept.begin(), kept.end(), earlier)) std::stable_sort(kept.begin(), kept.end(), earlier);
   std::vector<int32_t> rows;
   rows.reserve(kept.size());
   for (const Timed& t : kept) rows.push_back(t.row);

@@ -71,3 +71,34 @@ TEST_F(PrepareRequest, RepeatedItemsStayRepeated) {
 
 }  // namespace
 }  // namespace seqrec
+
+namespace seqrec {
+namespace {
+
+// Numeric catalogs look ids up by value; the id text must still match exactly.
+TEST(Catalog, NumericIdsMatchTheirExactText) {
+  const Catalog catalog({"<pad>", "7", "193609", "0", "42"});
+  EXPECT_EQ(catalog.row("7"), 1);
+  EXPECT_EQ(catalog.row("193609"), 2);
+  EXPECT_EQ(catalog.row("0"), 3);
+  EXPECT_EQ(catalog.row("42"), 4);
+  for (const char* absent : {"007", "07", "+7", "-7", "7 ", " 7", "7.0", "", "8", "193610", "4294967303",
+                             "99999999999999999999", "x"})
+    EXPECT_EQ(catalog.row(absent), -1) << "'" << absent << "'";
+}
+
+// Ids that are not all canonical numbers (or numbers too sparse for a table) use the hash.
+TEST(Catalog, MixedAndSparseIdsUseTheirText) {
+  const Catalog mixed({"<pad>", "7", "007", "item-3"});
+  EXPECT_EQ(mixed.row("7"), 1);
+  EXPECT_EQ(mixed.row("007"), 2);
+  EXPECT_EQ(mixed.row("item-3"), 3);
+  EXPECT_EQ(mixed.row("3"), -1);
+  const Catalog sparse({"<pad>", "5", "2000000000"});
+  EXPECT_EQ(sparse.row("2000000000"), 2);
+  EXPECT_EQ(sparse.row("5"), 1);
+  EXPECT_EQ(sparse.row("6"), -1);
+}
+
+}  // namespace
+}  // namespace seqrec
