@@ -29,6 +29,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/layer_norm.h"
+#include "kernels/quantized_scan.h"
 #include "kernels/topk.h"
 
 namespace {
@@ -218,6 +219,30 @@ void top_k(benchmark::State& state, Shape s, bool with_skip) {
   state.SetBytesProcessed(state.iterations() * s.items * static_cast<int64_t>(sizeof(float)));
 }
 
+// ---- exact top-k through the int8 pre-scan (kernels/quantized_scan.h): the scan of the int8
+// table, then the fp32 rescoring of the rows that may reach the top-k (counter "rescored") ------
+
+void int8_scan_top_k(benchmark::State& state, Shape s) {
+  FloatBuffer table = random_buffer(s.items * s.d, 17, 0.05f), hidden = random_buffer(s.d, 18);
+  std::vector<uint8_t, seqrec::AlignedAllocator<uint8_t>> quantized(k::quantized_table_bytes(s.items, s.d));
+  float max_norm = 0;
+  if (!k::quantize_table(table.data(), s.items, s.d, quantized.data(), &max_norm)) {
+    state.SkipWithError("quantize_table refused the table");
+    return;
+  }
+  const int32_t never[] = {0};  // the padding row
+  std::vector<int32_t> rows(10);
+  std::vector<float> scores(10);
+  k::TopKStats stats;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k::scan_top_k(table.data(), nullptr, quantized.data(), s.items, s.d, hidden.data(), never,
+                                           1, 10, rows.data(), scores.data(), &stats));
+    benchmark::ClobberMemory();
+  }
+  state.counters["rescored"] = static_cast<double>(stats.rescored);
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(quantized.size()));
+}
+
 // ---- activations over one FFN's hidden buffer ----------------------------------------------
 
 void activation(benchmark::State& state, Shape s) {
@@ -314,6 +339,7 @@ void register_all() {
             batch, openblas);
     benchmark::RegisterBenchmark((p + "/top_k/k:10").c_str(), top_k, s, false);
     benchmark::RegisterBenchmark((p + "/top_k/k:10/skip_seen").c_str(), top_k, s, true);
+    benchmark::RegisterBenchmark((p + "/int8_scan_top_k/k:10").c_str(), int8_scan_top_k, s);
   }
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:mix", recommend, int64_t{1}, int64_t{0});
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:64/history:mix", recommend, int64_t{64}, int64_t{0});
