@@ -1,5 +1,7 @@
 #include "kernels/attention.h"
 
+#include "kernels/simd_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -34,27 +36,8 @@ void softmax_in_place(float* s, int64_t begin, int64_t end, float first_key_weig
 
 #if defined(__AVX512F__)
 
-// exp(x) for 16 lanes: x = n·ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r, then
-// scaled by 2^n. Relative error ~2e-7 (about 2 ulp), far inside the 1e-4 parity budget.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.37f)), _mm512_set1_ps(-87.33f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-inline __mmask16 tail_mask(int64_t remaining) {
-  return remaining >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << remaining) - 1);
-}
+using simd::exp16;
+using simd::tail_mask;
 
 void softmax_in_place(float* s, int64_t begin, int64_t end, float first_key_weight) {
   __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());

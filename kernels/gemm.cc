@@ -14,7 +14,7 @@ namespace seqrec::kernels {
 
 namespace {
 
-// Rows::exact weights up to this size (16 MB) are packed for panel_gemm.
+// Weights up to this size (16 MB) are packed for panel_gemm.
 constexpr int64_t kMaxPanelFloats = int64_t{4} << 20;
 
 dnnl::engine& cpu_engine() {
@@ -63,10 +63,10 @@ Compiled compile(const dnnl::matmul::desc& desc, const dnnl::primitive_attr& att
 }
 
 struct PackedLinear::Impl {
-  // Rows::exact layers small enough to hold in panels run panel_gemm; the rest oneDNN.
+  // Packed weights up to kMaxPanelFloats run panel_gemm (where it is native); the rest oneDNN.
   bool use_panels = false;
   WeightPanels panels;
-  bool relu = false;
+  Epilogue epilogue = Epilogue::none;
   Compiled any_rows;  // run-time row count
   dnnl::memory weights;
   dnnl::memory bias;
@@ -100,11 +100,10 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
                            bool pack, Rows rows)
     : impl_(std::make_unique<Impl>()), out_(out), in_(in) {
   impl_->rows = rows;
-  if (rows == Rows::exact && pack && (epilogue == Epilogue::none || epilogue == Epilogue::relu) &&
-      out * in <= kMaxPanelFloats && panel_gemm_available()) {
+  if (pack && out * in <= kMaxPanelFloats && panel_gemm_available()) {
     impl_->use_panels = true;
     impl_->panels = pack_panels(weight, bias, out, in);
-    impl_->relu = epilogue == Epilogue::relu;
+    impl_->epilogue = epilogue;
     return;
   }
   thread_stream();  // pins this thread's OpenMP to 1 before the primitive is created
@@ -143,7 +142,7 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
 
 void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) const {
   if (rows == 0) return;
-  if (impl_->use_panels) return panel_gemm(impl_->panels, x, ld_x, rows, impl_->relu, y);
+  if (impl_->use_panels) return panel_gemm(impl_->panels, x, ld_x, rows, impl_->epilogue, y);
   using dt = dnnl::memory::data_type;
   dnnl::stream& stream = thread_stream();  // first: pins this thread's OpenMP before any primitive is made
   dnnl::engine& engine = cpu_engine();
@@ -179,7 +178,7 @@ void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) c
 }
 
 void PackedLinear::prepare(int64_t max_rows, int64_t ld_x) const {
-  if (impl_->rows != Rows::padded) return;
+  if (impl_->rows != Rows::padded || impl_->use_panels) return;
   thread_stream();  // pins this thread's OpenMP first
   for (int64_t m = kRowStep; m <= padded_rows(std::min(max_rows, kMaxChunkRows)); m += kRowStep)
     impl_->fixed_primitive(m, ld_x, in_, out_);

@@ -1,11 +1,14 @@
 // The one place the GEMM backends are chosen:
-//  - PackedLinear: y = x·Wᵀ + b (+ activation) for weights known at load — a oneDNN matmul
-//    primitive created once, with W reordered once into oneDNN's preferred layout and the
-//    row count M left to run time; per call only `execute` (the oneDNN examples' pattern).
-//    Each call computes on the calling thread only: parallelism comes from the callers
-//    (the inference workers), never from inside a GEMM. Rows::exact layers with no or a
-//    ReLU epilogue and weights up to 16 MB run panel_gemm instead (kernels/panel_gemm.h):
-//    they serve a few rows per call, where oneDNN's fixed cost per call dominates.
+//  - PackedLinear: y = x·Wᵀ + b (+ activation) for weights known at load, packed once.
+//    Weights up to 16 MB run panel_gemm (kernels/panel_gemm.h, AVX-512): a register-tiled
+//    kernel with no per-call setup — the encoder's products are small (tens to hundreds of
+//    rows, K = d), and oneDNN's fixed cost per call (descriptors, memory objects, dispatch,
+//    ~1.5 µs) was a third of a short request. Larger tables (or CPUs without AVX-512) use a
+//    oneDNN matmul primitive created once, with W reordered once into oneDNN's preferred
+//    layout and the row count M left to run time; per call only `execute` (the oneDNN
+//    examples' pattern). Either way a row's result does not depend on the other rows of
+//    the call, and each call computes on the calling thread only: parallelism comes from
+//    the callers (the inference workers), never from inside a GEMM.
 //  - sgemm: a general product for one-off shapes (OpenBLAS).
 #pragma once
 
@@ -17,7 +20,7 @@ namespace seqrec::kernels {
 // What PackedLinear applies to its output, fused into the GEMM.
 enum class Epilogue { none, relu, gelu_erf, gelu_tanh, swish, tanh, sigmoid };
 
-// How PackedLinear treats the row count M:
+// How PackedLinear's oneDNN path treats the row count M (panel_gemm needs neither):
 //  - exact:  one primitive for any M (oneDNN's run-time M);
 //  - padded: M is rounded up to a multiple of kRowStep and run in chunks of at most
 //    kMaxChunkRows by primitives compiled for that M (oneDNN's brgemm, ~2x faster on the

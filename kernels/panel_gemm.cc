@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/simd_math.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 // GCC 12 warns inside its own intrinsics (the undefined vector _mm512_max_ps passes on purpose).
@@ -30,13 +32,26 @@ WeightPanels pack_panels(const float* weight, const float* bias, int64_t out, in
 
 namespace {
 
+inline __m512 activate(Epilogue epilogue, __m512 v) {
+  switch (epilogue) {
+    case Epilogue::none: return v;
+    case Epilogue::relu: return _mm512_max_ps(v, _mm512_setzero_ps());
+    case Epilogue::gelu_erf: return simd::gelu_erf16(v);
+    case Epilogue::gelu_tanh: return simd::gelu_tanh16(v);
+    case Epilogue::swish: return _mm512_mul_ps(v, simd::sigmoid16(v));
+    case Epilogue::tanh: return simd::tanh16(v);
+    case Epilogue::sigmoid: return simd::sigmoid16(v);
+  }
+  return v;
+}
+
 constexpr int kRows = 4;    // rows per tile
 constexpr int kPanels = 4;  // panels per tile: 4 x 4 accumulators, 4 weight loads per input column
 
 // y[ROWS, 16·PANELS] for rows r0.. and panels p0..: the tile's weights (PANELS · in · 16
 // floats) stay in L1 while the row loop passes over them.
 template <int ROWS, int PANELS>
-void tile(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, bool relu, float* y) {
+void tile(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, Epilogue epilogue, float* y) {
   const int64_t in = w.in;
   const float* panel = w.panels.data() + p0 * in * kPanelWidth;
   __m512 acc[ROWS][PANELS];
@@ -69,20 +84,18 @@ void tile(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, bool 
     const __m512 bias = _mm512_loadu_ps(w.bias.data() + col);
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
-      __m512 v = _mm512_add_ps(acc[r][p], bias);
-      if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-      _mm512_mask_storeu_ps(y + r * out + col, mask, v);
+      _mm512_mask_storeu_ps(y + r * out + col, mask, activate(epilogue, _mm512_add_ps(acc[r][p], bias)));
     }
   }
 }
 
 template <int ROWS>
-void row_tiles(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, int64_t panels, bool relu, float* y) {
+void row_tiles(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, int64_t panels, Epilogue epilogue, float* y) {
   switch (panels) {
-    case 1: return tile<ROWS, 1>(w, x, ld_x, p0, relu, y);
-    case 2: return tile<ROWS, 2>(w, x, ld_x, p0, relu, y);
-    case 3: return tile<ROWS, 3>(w, x, ld_x, p0, relu, y);
-    default: return tile<ROWS, 4>(w, x, ld_x, p0, relu, y);
+    case 1: return tile<ROWS, 1>(w, x, ld_x, p0, epilogue, y);
+    case 2: return tile<ROWS, 2>(w, x, ld_x, p0, epilogue, y);
+    case 3: return tile<ROWS, 3>(w, x, ld_x, p0, epilogue, y);
+    default: return tile<ROWS, 4>(w, x, ld_x, p0, epilogue, y);
   }
 }
 
@@ -90,7 +103,7 @@ void row_tiles(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, 
 
 bool panel_gemm_available() { return true; }
 
-void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, bool relu, float* y) {
+void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y) {
   const int64_t n_panels = (w.out + kPanelWidth - 1) / kPanelWidth;
   for (int64_t p0 = 0; p0 < n_panels; p0 += kPanels) {
     const int64_t panels = std::min<int64_t>(kPanels, n_panels - p0);
@@ -98,10 +111,10 @@ void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t row
       const float* xr = x + r0 * ld_x;
       float* yr = y + r0 * w.out;
       switch (std::min<int64_t>(kRows, rows - r0)) {
-        case 1: row_tiles<1>(w, xr, ld_x, p0, panels, relu, yr); break;
-        case 2: row_tiles<2>(w, xr, ld_x, p0, panels, relu, yr); break;
-        case 3: row_tiles<3>(w, xr, ld_x, p0, panels, relu, yr); break;
-        default: row_tiles<4>(w, xr, ld_x, p0, panels, relu, yr); break;
+        case 1: row_tiles<1>(w, xr, ld_x, p0, panels, epilogue, yr); break;
+        case 2: row_tiles<2>(w, xr, ld_x, p0, panels, epilogue, yr); break;
+        case 3: row_tiles<3>(w, xr, ld_x, p0, panels, epilogue, yr); break;
+        default: row_tiles<4>(w, xr, ld_x, p0, panels, epilogue, yr); break;
       }
     }
   }

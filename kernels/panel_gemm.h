@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/gemm.h"  // Epilogue
+
 namespace seqrec::kernels {
 
 inline constexpr int64_t kPanelWidth = 16;
@@ -29,8 +31,9 @@ WeightPanels pack_panels(const float* weight, const float* bias, int64_t out, in
 // Whether panel_gemm runs natively here (AVX-512); callers use another backend otherwise.
 bool panel_gemm_available();
 
-// y: [rows, out] (row stride out) = x: [rows, in] (row stride ld_x) · Wᵀ + bias, then ReLU
-// when `relu`. Needs panel_gemm_available().
-void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, bool relu, float* y);
+// y: [rows, out] (row stride out) = epilogue(x: [rows, in] (row stride ld_x) · Wᵀ + bias).
+// The activations are kernels/simd_math.h's (absolute error <= ~2e-7). Needs
+// panel_gemm_available().
+void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y);
 
 }  // namespace seqrec::kernels

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -187,7 +188,7 @@ TEST(PanelGemm, MatchesDoublePrecisionOverShapes) {
           auto x = noise(rows * ld_x, seed++);
           for (bool relu : {false, true}) {
             std::vector<float> y(rows * out, -7.0f);
-            panel_gemm(panels, x.data(), ld_x, rows, relu, y.data());
+            panel_gemm(panels, x.data(), ld_x, rows, relu ? Epilogue::relu : Epilogue::none, y.data());
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t o = 0; o < out; ++o) {
                 double acc = with_bias ? b[o] : 0.0;
@@ -202,6 +203,38 @@ TEST(PanelGemm, MatchesDoublePrecisionOverShapes) {
   }
 }
 
+// Every fused activation against its double-precision definition, over a range wide
+// enough to reach both saturated ends (|x| up to 12) and many points near 0.
+TEST(PanelGemm, ActivationsMatchTheirDefinitions) {
+  if (!panel_gemm_available()) GTEST_SKIP() << "panel_gemm needs AVX-512";
+  // One input column with weight 1 and no bias: y = activation(x).
+  const float one = 1.0f;
+  const WeightPanels identity = pack_panels(&one, nullptr, 1, 1);
+  std::vector<float> x;
+  for (int i = -1200; i <= 1200; ++i) x.push_back(i * 0.01f);
+  for (float tiny : {1e-3f, 1e-5f, 1e-7f, 0.0f}) x.insert(x.end(), {tiny, -tiny});
+  x.insert(x.end(), {40.0f, -40.0f, 90.0f, -90.0f});
+  const auto phi = [](double v) { return 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))); };
+  const std::pair<Epilogue, std::function<double(double)>> cases[] = {
+      {Epilogue::gelu_erf, [&](double v) { return v * phi(v); }},
+      {Epilogue::gelu_tanh,
+       [](double v) { return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v))); }},
+      {Epilogue::swish, [](double v) { return v / (1.0 + std::exp(-v)); }},
+      {Epilogue::tanh, [](double v) { return std::tanh(v); }},
+      {Epilogue::sigmoid, [](double v) { return 1.0 / (1.0 + std::exp(-v)); }},
+      {Epilogue::relu, [](double v) { return std::max(v, 0.0); }},
+  };
+  for (const auto& [epilogue, want] : cases) {
+    std::vector<float> y(x.size());
+    panel_gemm(identity, x.data(), 1, static_cast<int64_t>(x.size()), epilogue, y.data());
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double expected = want(x[i]);
+      ASSERT_NEAR(y[i], expected, 4e-7 * std::max(1.0, std::abs(expected)))
+          << "epilogue " << static_cast<int>(epilogue) << " x " << x[i];
+    }
+  }
+}
+
 // A row's result is bitwise the same whatever rows share its call (batch invariance).
 TEST(PanelGemm, ARowDoesNotDependOnItsBatchMates) {
   if (!panel_gemm_available()) GTEST_SKIP() << "panel_gemm needs AVX-512";
@@ -210,9 +243,9 @@ TEST(PanelGemm, ARowDoesNotDependOnItsBatchMates) {
   const WeightPanels panels = pack_panels(w.data(), b.data(), out, in);
   auto x = noise(11 * in, 63);
   std::vector<float> all(11 * out), one(out);
-  panel_gemm(panels, x.data(), in, 11, false, all.data());
+  panel_gemm(panels, x.data(), in, 11, Epilogue::gelu_erf, all.data());
   for (int64_t r = 0; r < 11; ++r) {
-    panel_gemm(panels, x.data() + r * in, in, 1, false, one.data());
+    panel_gemm(panels, x.data() + r * in, in, 1, Epilogue::gelu_erf, one.data());
     ASSERT_TRUE(std::equal(one.begin(), one.end(), all.begin() + r * out)) << "row " << r;
   }
 }
