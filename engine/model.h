@@ -1,4 +1,5 @@
-// A loaded model: owns its weights; turns batches of item-row sequences into catalog logits.
+// A loaded model: owns its weights; turns batches of item-row sequences into catalog logits,
+// or, for large catalogs, straight into each sequence's exact top-k (kernels/quantized_scan.h).
 #pragma once
 
 #include <span>
@@ -6,13 +7,21 @@
 
 #include "engine/encoder.h"
 #include "engine/model_spec.h"
+#include "engine/tensor.h"
 
 namespace seqrec {
+
+// Whether the model keeps an int8 copy of its item table for the pre-scan.
+enum class PreScan {
+  automatic,  // for tables too large to pack (see model.cc)
+  always,     // whenever the table can be bounded (tests: small catalogs through the large-catalog path)
+  never,
+};
 
 class Model {
  public:
   // Validates the spec and every weight's presence and shape (seqrec::Error otherwise).
-  Model(const ModelSpec& spec, WeightMap weights);
+  Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan = PreScan::automatic);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
@@ -23,12 +32,40 @@ class Model {
   // whole batch. Each sequence holds item rows in [1, n_items), oldest first.
   void logits(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* out) const;
 
+  // The same in two steps. hidden: the encoder output [batch, d], in ws.hidden (valid until
+  // the next call with ws); score: logits [rows, n_items] of hidden states [rows, d].
+  const float* hidden(std::span<const std::vector<int32_t>> sequences, Workspace& ws) const;
+  void score(const float* hidden, int64_t rows, float* logits) const;
+
+  // Whether exact_top_k can answer: the int8 copy of the item table is built.
+  bool has_pre_scan() const { return !quantized_table_.empty(); }
+  // Bytes the int8 copy holds (0 without it).
+  size_t pre_scan_bytes() const { return quantized_table_.size(); }
+
+  // The k best catalog rows for one hidden state [d], outside `never` (sorted, no
+  // duplicates), by exact score (exact_score) descending, ties by catalog order: the same
+  // rows and scores as a full scan, whichever way they are found:
+  //   logits == null: the int8 pre-scan, then fp32 rescoring of the rows that may qualify;
+  //   logits == this state's row of score(): those logits bound the exact scores instead.
+  // rows, scores: room for k. Returns how many were written, or -1 when the scores of this
+  // hidden state cannot be bounded (not finite, or huge): rank its full logits instead.
+  // Needs has_pre_scan().
+  int64_t exact_top_k(const float* hidden, const float* logits, std::span<const int32_t> never, int64_t k,
+                      int32_t* rows, float* scores) const;
+  // The exact score of one catalog row, as exact_top_k reports it.
+  float exact_score(const float* hidden, int32_t row) const;
+
  private:
   ModelSpec spec_;
   WeightMap weights_;  // the encoder points into these
   Encoder encoder_;
   // Tied output layer: logits = hidden · item_tableᵀ (+ per-item bias) over the catalog rows.
   kernels::PackedLinear scoring_;
+  const float* item_table_ = nullptr;   // [n_items, d]
+  const float* output_bias_ = nullptr;  // [n_items] or null
+  std::vector<uint8_t, AlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
+  float max_row_norm_ = 0;   // the largest ||item row||₂, for the logits' error bound
+  float max_abs_bias_ = 0;
 };
 
 }  // namespace seqrec

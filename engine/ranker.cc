@@ -7,17 +7,24 @@
 
 namespace seqrec {
 
+std::vector<int32_t> never_recommended_rows(const Catalog& catalog, const Request& request,
+                                            const PreparedRequest& prepared) {
+  std::vector<int32_t> rows{0};  // padding
+  for (const std::string& id : request.exclude_ids)
+    if (int32_t r = catalog.row(id); r > 0) rows.push_back(r);
+  if (!request.recommend_seen) rows.insert(rows.end(), prepared.seen_rows.begin(), prepared.seen_rows.end());
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+  return rows;
+}
+
 std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
                                    const Catalog& catalog, const Request& request, const PreparedRequest& prepared) {
   const int64_t n = catalog.size();
   const int64_t k = std::max<int64_t>(request.k, 0);
-  // skip[row] != 0: never recommended. Row 0 is padding.
+  // skip[row] != 0: never recommended.
   std::vector<uint8_t> skip(static_cast<size_t>(n), 0);
-  skip[0] = 1;
-  for (const std::string& id : request.exclude_ids)
-    if (int32_t r = catalog.row(id); r > 0) skip[r] = 1;
-  if (!request.recommend_seen)
-    for (int32_t r : prepared.seen_rows) skip[r] = 1;
+  for (int32_t r : never_recommended_rows(catalog, request, prepared)) skip[r] = 1;
 
   std::vector<int32_t> best(static_cast<size_t>(std::min(k, n)));
   std::vector<ScoredItem> unknown;  // candidates the model does not know: score 0, in request order

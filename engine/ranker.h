@@ -18,6 +18,11 @@ struct ScoredItem {
   float score = 0.0f;
 };
 
+// The rows a request can never get back, sorted, without duplicates: row 0 (padding), its
+// exclusions, and the rows it has seen unless recommend_seen.
+std::vector<int32_t> never_recommended_rows(const Catalog& catalog, const Request& request,
+                                            const PreparedRequest& prepared);
+
 // Ranks one request over `scores` ([catalog.size()], higher is better; row 0 is never
 // returned). `report` maps a raw score to the reported one (monotonic non-decreasing);
 // candidates unknown to the catalog are reported with score 0 and ranked by it.

@@ -1,6 +1,8 @@
 // The engine's front door: a model, its catalog and serving defaults. Takes a batch of
-// requests, runs every one that needs the model through ONE forward pass (one scoring
-// GEMM), and ranks each with its own filters.
+// requests, runs every one that needs the model through ONE forward pass, and ranks each
+// with its own filters. Scoring: one GEMM over the catalog for the batch, or, for a model
+// with the int8 pre-scan (large catalogs) and small batches, a pre-scan per request; either
+// way such a model reports exact scores (Model::exact_top_k), the same whatever the batch.
 #pragma once
 
 #include <memory>
@@ -25,7 +27,8 @@ class Recommender {
  public:
   // popularity: one count per catalog row (training interactions), or empty.
   Recommender(const ModelSpec& spec, WeightMap weights, std::vector<std::string> catalog_ids,
-              std::vector<uint64_t> popularity, std::optional<double> rating_threshold);
+              std::vector<uint64_t> popularity, std::optional<double> rating_threshold,
+              PreScan pre_scan = PreScan::automatic);
 
   const Model& model() const { return model_; }
   const Catalog& catalog() const { return catalog_; }
@@ -39,8 +42,15 @@ class Recommender {
                                   const std::vector<uint64_t>* popularity = nullptr) const;
 
  private:
+  // The ranked items of one request from its full logits [n_items].
+  std::vector<ScoredItem> rank_logits(const Request& request, const PreparedRequest& prepared,
+                                      const float* logits) const;
+  // The same from exact scores (needs the pre-scan): `logits` is its row of the batch's
+  // scoring GEMM, or null (the pre-scan runs); `dense` has room for n_items scores.
+  std::vector<ScoredItem> rank_exact(const Request& request, const PreparedRequest& prepared, const float* hidden,
+                                     const float* logits, float* dense) const;
   Response answer(const Request& request, const PreparedRequest& prepared, bool empty_history,
-                  const float* logits) const;
+                  std::vector<ScoredItem> ranked) const;
   Response popular(const Request& request, const PreparedRequest& prepared,
                    const std::vector<uint64_t>& popularity) const;
 

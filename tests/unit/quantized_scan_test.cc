@@ -1,6 +1,7 @@
 // The int8 pre-scan (kernels/quantized_scan.h): its layout and integer dot products against
 // a scalar reference, its bounds against exact scores on random and hostile tables, and its
-// top-k against a full exact scan.
+// top-k against a full exact scan; then the engine end to end: a Recommender whose model has
+// the pre-scan answers as one scoring every row in full.
 #include "kernels/quantized_scan.h"
 
 #include <gtest/gtest.h>
@@ -8,11 +9,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "engine/recommender.h"
 #include "engine/tensor.h"
+#include "test_models.h"
 
 namespace seqrec::kernels {
 namespace {
@@ -371,3 +375,226 @@ TEST(QuantizedScan, RescoreFromApproximateScoresEqualsTheFullScan) {
 
 }  // namespace
 }  // namespace seqrec::kernels
+
+namespace seqrec {
+namespace {
+
+using testing::offset_ids;
+
+// BERT4Rec (RecBole >= 1.2): bidirectional, [MASK] read-out, head and per-item output bias.
+ModelSpec bert4rec_spec(int64_t n_items, int64_t d) {
+  ModelSpec s = testing::small_spec(n_items, 8, d, 2);
+  s.attention = AttentionKind::bidirectional;
+  s.mask_padded_keys = true;
+  s.padding = Padding::right;
+  s.positions = Positions::slot_index;
+  s.readout = Readout::mask_token_drop_first;
+  s.activation = Activation::gelu;
+  s.embed_scale = false;
+  s.embed_norm = true;
+  s.final_norm = false;
+  s.head = true;
+  s.output_bias = true;
+  return s;
+}
+
+// Requests of every kind the pre-scan path must answer as the full one: short and long
+// histories, seen items filtered or not, exclusions (of the best rows too), k from 1 to
+// beyond the catalog, candidate lists with unknown ids.
+std::vector<Request> request_mix(int64_t n_items, unsigned seed) {
+  std::mt19937 rng(seed);
+  auto id = [&] { return std::to_string(100 + rng() % (n_items - 1)); };
+  std::vector<Request> out;
+  for (int i = 0; i < 40; ++i) {
+    Request r;
+    const int len = 1 + static_cast<int>(rng() % 20);
+    for (int j = 0; j < len; ++j) r.interactions.push_back({id(), j, std::nullopt});
+    r.k = std::vector<int64_t>{1, 10, 10, 100, n_items + 5}[i % 5];
+    r.recommend_seen = i % 3 == 0;
+    if (i % 4 == 1)
+      for (int j = 0; j < 30; ++j) r.exclude_ids.push_back(id());
+    if (i % 7 == 6) {
+      r.candidate_ids.emplace();
+      for (int j = 0; j < 50; ++j) r.candidate_ids->push_back(id());
+      r.candidate_ids->push_back("not-an-item");
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Response one(const Recommender& rec, const Request& r) {
+  Workspace ws;
+  return rec.recommend({&r, 1}, ws).front();
+}
+
+// Same rows, scores equal within `tolerance`; with tolerance 0, bit for bit. Two rows whose
+// reference scores tie within the tolerance may come in either order (two fp32 evaluations
+// may round them either way); at the last rank, either may make it into the list.
+void expect_same_answers(const Response& got, const Response& want, double tolerance, const std::string& what) {
+  ASSERT_EQ(got.recommendations.size(), want.recommendations.size()) << what;
+  std::map<std::string, float> want_score;
+  for (const ScoredItem& w : want.recommendations) want_score[w.id] = w.score;
+  for (size_t j = 0; j < want.recommendations.size(); ++j) {
+    const ScoredItem &g = got.recommendations[j], &w = want.recommendations[j];
+    if (tolerance == 0) {
+      ASSERT_EQ(g.id, w.id) << what << ", rank " << j;
+      ASSERT_EQ(g.score, w.score) << what << ", rank " << j;
+      continue;
+    }
+    ASSERT_NEAR(g.score, w.score, tolerance) << what << ", rank " << j;
+    if (g.id == w.id) continue;
+    // A near tie: the row got here has a reference score within the tolerance of this rank's.
+    const auto it = want_score.find(g.id);
+    const float reference = it != want_score.end() ? it->second : g.score;
+    ASSERT_TRUE(it != want_score.end() || j + 1 == want.recommendations.size()) << what << ", rank " << j;
+    ASSERT_NEAR(reference, w.score, 2 * tolerance) << what << ", rank " << j << ": " << g.id << " for " << w.id;
+  }
+  EXPECT_EQ(got.message, want.message) << what;
+}
+
+// How far two fp32 evaluations of one request's logits may differ: each is within
+// γ_d·||h||·||w|| (+ the bias addition's rounding) of the real value, whatever its order of
+// summation. (Relative to the score itself there is no such bound: a score near 0 can be the
+// difference of large terms.) Sigmoid's slope is at most 1/4, so this covers it too.
+double rounding_tolerance(const Recommender& rec, const WeightMap& weights, const Request& r) {
+  const ModelSpec& spec = rec.model().spec();
+  const PreparedRequest prepared = prepare_request(r, rec.catalog(), std::nullopt, spec.max_len);
+  Workspace ws;
+  const float* h = rec.model().hidden(std::vector<std::vector<int32_t>>{prepared.sequence}, ws);
+  double h_norm = 0, max_w_norm = 0, max_bias = 0;
+  for (int64_t j = 0; j < spec.d; ++j) h_norm += double(h[j]) * h[j];
+  const float* table = weights.at("embedding/item/weight").ptr();
+  for (int64_t i = 0; i < spec.n_items; ++i) {
+    double w_norm = 0;
+    for (int64_t j = 0; j < spec.d; ++j) w_norm += double(table[i * spec.d + j]) * table[i * spec.d + j];
+    max_w_norm = std::max(max_w_norm, w_norm);
+  }
+  if (spec.output_bias)
+    for (int64_t i = 0; i < spec.n_items; ++i)
+      max_bias = std::max(max_bias, std::abs(double(weights.at("output/bias").data[i])));
+  return 2.0 * (spec.d + 2) * 0x1p-24 * (std::sqrt(h_norm) * std::sqrt(max_w_norm) + max_bias);
+}
+
+void expect_pre_scan_answers_as_full_scan(const ModelSpec& spec, const std::string& name) {
+  const WeightMap weights = testing::random_weights(spec);
+  const Recommender full(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::never);
+  const Recommender scan(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::always);
+  ASSERT_FALSE(full.model().has_pre_scan());
+  ASSERT_TRUE(scan.model().has_pre_scan());
+  const std::vector<Request> requests = request_mix(spec.n_items, 11);
+  // A batch larger than recommender.cc's kMaxPreScanBatch: the scoring GEMM's logits bound the scores.
+  std::vector<Request> large_batch;
+  for (int copies = 0; copies < 4; ++copies) large_batch.insert(large_batch.end(), requests.begin(), requests.end());
+  Workspace ws;
+  const std::vector<Response> batched = scan.recommend(large_batch, ws);
+  double worst = 0;  // the largest score difference seen, in units of the tolerance
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const std::string what = name + ", request " + std::to_string(i);
+    const Response alone = one(scan, requests[i]);  // batch 1: the pre-scan path
+    const Response reference = one(full, requests[i]);
+    const double tolerance = rounding_tolerance(scan, weights, requests[i]);
+    expect_same_answers(alone, reference, tolerance, what);
+    expect_same_answers(batched[i], alone, 0, what + " (batched)");  // whatever the batch, bit for bit
+    for (size_t j = 0; j < alone.recommendations.size() && j < reference.recommendations.size(); ++j)
+      worst = std::max(worst, std::abs(alone.recommendations[j].score - reference.recommendations[j].score) / tolerance);
+  }
+  ::testing::Test::RecordProperty(name + " worst difference / tolerance", std::to_string(worst));
+}
+
+TEST(PreScanRecommender, SasrecAnswersAsTheFullScan) {
+  ModelSpec spec = testing::small_spec(3000, 10, 64, 2);
+  expect_pre_scan_answers_as_full_scan(spec, "raw");
+  spec.score = ScoreKind::sigmoid;
+  expect_pre_scan_answers_as_full_scan(spec, "sigmoid");
+  spec = testing::small_spec(2000, 10, 50, 2);  // d not a multiple of 4 or 16
+  expect_pre_scan_answers_as_full_scan(spec, "d 50");
+}
+
+TEST(PreScanRecommender, Bert4recWithItsOutputBiasAnswersAsTheFullScan) {
+  ModelSpec spec = bert4rec_spec(3000, 64);
+  expect_pre_scan_answers_as_full_scan(spec, "bert4rec raw");
+  spec.score = ScoreKind::sigmoid;
+  expect_pre_scan_answers_as_full_scan(spec, "bert4rec sigmoid");
+}
+
+// Softmax needs every logit: such a model keeps the full scan even with the int8 copy.
+TEST(PreScanRecommender, SoftmaxKeepsTheFullScan) {
+  ModelSpec spec = bert4rec_spec(2000, 64);
+  spec.score = ScoreKind::softmax;
+  const Recommender full(spec, testing::random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt,
+                         PreScan::never);
+  const Recommender scan(spec, testing::random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt,
+                         PreScan::always);
+  const std::vector<Request> requests = request_mix(spec.n_items, 12);
+  for (size_t i = 0; i < requests.size(); ++i)
+    expect_same_answers(one(scan, requests[i]), one(full, requests[i]), 0, "request " + std::to_string(i));
+}
+
+// Duplicate item rows score alike on both paths: catalog order decides.
+TEST(PreScanRecommender, TiedItemsComeInCatalogOrder) {
+  ModelSpec spec = testing::small_spec(2000, 10, 64, 2);
+  WeightMap weights = testing::random_weights(spec);
+  float* table = weights.at("embedding/item/weight").ptr();
+  for (int64_t r = 2; r < spec.n_items; r += 2)  // rows 2k and 2k + 1 are the same item
+    std::copy(table + (r - 1) * spec.d, table + r * spec.d, table + r * spec.d);
+  const Recommender full(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::never);
+  const Recommender scan(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::always);
+  const std::vector<Request> requests = request_mix(spec.n_items, 13);
+  int64_t ties = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Response got = one(scan, requests[i]);
+    expect_same_answers(got, one(full, requests[i]), rounding_tolerance(scan, weights, requests[i]),
+                        "request " + std::to_string(i));
+    for (size_t j = 1; j < got.recommendations.size(); ++j) {
+      if (got.recommendations[j].score != got.recommendations[j - 1].score) continue;
+      EXPECT_LT(got.recommendations[j - 1].row, got.recommendations[j].row);
+      ++ties;
+    }
+  }
+  EXPECT_GT(ties, 100);
+}
+
+// The automatic policy: small catalogs keep the packed fp32 GEMM, a table over 16M floats
+// (here 262,401 items × 64) gets the int8 copy and answers as the full logits rank.
+TEST(PreScanRecommender, LargeCatalogsGetThePreScan) {
+  const ModelSpec small = testing::small_spec(1000, 10, 64, 2);
+  EXPECT_FALSE(Recommender(small, testing::random_weights(small), offset_ids(small.n_items), {}, std::nullopt)
+                   .model()
+                   .has_pre_scan());
+  const ModelSpec spec = testing::small_spec((int64_t{16} << 20) / 64 + 257, 10, 64, 2);
+  WeightMap weights;
+  uint64_t state = 1;
+  for (const TensorDecl& decl : required_tensors(spec)) {  // a cheap generator: 16.8M values
+    Tensor t(decl.shape);
+    const bool gain = decl.name.find("norm/weight") != std::string::npos;
+    for (float& v : t.data) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      v = (gain ? 1.0f : 0.0f) + (static_cast<float>(state >> 40) / 16777216.0f - 0.5f) * 0.5f;
+    }
+    weights.emplace(decl.name, std::move(t));
+  }
+  const Recommender rec(spec, std::move(weights), offset_ids(spec.n_items), {}, std::nullopt);
+  ASSERT_TRUE(rec.model().has_pre_scan());
+  EXPECT_EQ(rec.model().pre_scan_bytes(),
+            static_cast<size_t>(kernels::quantized_table_bytes(spec.n_items, spec.d)));
+  for (const Request& r : request_mix(spec.n_items, 14)) {
+    if (r.candidate_ids || r.k > 100) continue;
+    const Response got = one(rec, r);
+    // The reference: the full logits, ranked by the ranker.
+    PreparedRequest prepared = prepare_request(r, rec.catalog(), std::nullopt, spec.max_len);
+    std::vector<float> logits(static_cast<size_t>(spec.n_items));
+    Workspace ws;
+    rec.model().logits(std::vector<std::vector<int32_t>>{prepared.sequence}, ws, logits.data());
+    const std::vector<ScoredItem> want =
+        rank_items(logits.data(), [](float x) { return x; }, rec.catalog(), r, prepared);
+    ASSERT_EQ(got.recommendations.size(), want.size());
+    for (size_t j = 0; j < want.size(); ++j) {
+      ASSERT_EQ(got.recommendations[j].id, want[j].id) << "rank " << j;
+      ASSERT_NEAR(got.recommendations[j].score, want[j].score, 1e-6 * std::abs(want[j].score));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace seqrec
