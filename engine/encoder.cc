@@ -222,10 +222,7 @@ void Encoder::attend(const float* q, int64_t ld_q, bool readout_only, const floa
   }
 }
 
-void Encoder::feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws, float* out) const {
-  layer.ffn_inner.apply(x, spec_.d, rows, ws.ffn.data());  // activation fused
-  layer.ffn_outer.apply(ws.ffn.data(), spec_.ffn_dim, rows, out);
-}
+kernels::NormParams Encoder::params(const LayerNormWeights& w) const { return {w.gamma, w.beta, spec_.ln_eps}; }
 
 void Encoder::encode(std::span<const std::vector<int32_t>> sequences, Workspace& ws, float* hidden) const {
   const int64_t batch = static_cast<int64_t>(sequences.size());
@@ -303,8 +300,6 @@ void Encoder::encode(std::span<const std::vector<int32_t>> sequences, Workspace&
       q = q_out, ld_q = d;
     }
     attend(q, ld_q, last, k, v, ld_kv, ws, ws.context.data());
-    float* projected = ws.projected.data();
-    layer.out.apply(ws.context.data(), d, n_q, projected);
 
     // The residual stream of the rows computed in this block.
     float* state = x;
@@ -312,29 +307,27 @@ void Encoder::encode(std::span<const std::vector<int32_t>> sequences, Workspace&
       gather_readout(spec_.block == Block::sasrec_original ? normed : x, xr);
       state = xr;
     }
-    const int64_t n = n_q * d;
+    // The output projection and the FFN's second product add their residual (and apply the
+    // norm that follows, if any) while the rows are in registers: see apply_add_norm.
+    const kernels::NormParams attention_norm = params(layer.attention_norm), ffn_norm = params(layer.ffn_norm);
+    const float* context = ws.context.data();
+    float* scratch = ws.projected.data();
     switch (spec_.block) {
       case Block::pre_ln:  // x += Attn(LN(x)); x += FFN(LN(x))
-        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
-        norm(layer.ffn_norm, state, n_q, normed);
-        feed_forward(layer, normed, n_q, ws, projected);
-        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
+        layer.out.apply_add_norm(context, d, n_q, state, state, &ffn_norm, normed, scratch);
+        layer.ffn_inner.apply(normed, d, n_q, ws.ffn.data());  // activation fused
+        layer.ffn_outer.apply_add_norm(ws.ffn.data(), spec_.ffn_dim, n_q, state, state, nullptr, nullptr, scratch);
         break;
       case Block::post_ln:  // x = LN(x + Attn(x)); x = LN(x + FFN(x))
-        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
-        norm(layer.attention_norm, state, n_q, state);
-        feed_forward(layer, state, n_q, ws, projected);
-        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
-        norm(layer.ffn_norm, state, n_q, state);
+        layer.out.apply_add_norm(context, d, n_q, state, nullptr, &attention_norm, state, scratch);
+        layer.ffn_inner.apply(state, d, n_q, ws.ffn.data());
+        layer.ffn_outer.apply_add_norm(ws.ffn.data(), spec_.ffn_dim, n_q, state, nullptr, &ffn_norm, state, scratch);
         break;
       case Block::sasrec_original:  // q = LN_a(x); x = q + Attn(q, x, x); x = LN_f(x); x += FFN(x)
-        if (!last)
-          for (int64_t i = 0; i < n; ++i) state[i] = normed[i] + projected[i];
-        else
-          for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
-        norm(layer.ffn_norm, state, n_q, state);
-        feed_forward(layer, state, n_q, ws, projected);
-        for (int64_t i = 0; i < n; ++i) state[i] += projected[i];
+        // The residual is the normed query rows (gathered into state for the last block).
+        layer.out.apply_add_norm(context, d, n_q, last ? state : normed, nullptr, &ffn_norm, state, scratch);
+        layer.ffn_inner.apply(state, d, n_q, ws.ffn.data());
+        layer.ffn_outer.apply_add_norm(ws.ffn.data(), spec_.ffn_dim, n_q, state, state, nullptr, nullptr, scratch);
         break;
     }
     zero_padded(state, last);

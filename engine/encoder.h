@@ -82,7 +82,7 @@ class Encoder {
   // context rows (one per query) = attention of the given query rows over each sequence's keys.
   void attend(const float* q, int64_t ld_q, bool readout_only, const float* k, const float* v, int64_t ld_kv,
               Workspace& ws, float* context) const;
-  void feed_forward(const EncoderLayer& layer, const float* x, int64_t rows, Workspace& ws, float* out) const;
+  kernels::NormParams params(const LayerNormWeights& w) const;
   void norm(const LayerNormWeights& w, const float* x, int64_t rows, float* y) const;
 
   ModelSpec spec_;

@@ -1,10 +1,12 @@
 #include "kernels/gemm.h"
 
+#include "kernels/layer_norm.h"
 #include "kernels/panel_gemm.h"
 
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <dnnl.hpp>
 #include <mutex>
 #include <unordered_map>
@@ -175,6 +177,21 @@ void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) c
     }
   }
   stream.wait();
+}
+
+void PackedLinear::apply_add_norm(const float* x, int64_t ld_x, int64_t rows, const float* residual, float* sum_out,
+                                  const NormParams* norm, float* normed_out, float* scratch) const {
+  if (rows == 0) return;
+  float* sum = sum_out ? sum_out : normed_out;  // where s goes (normed in place when no sum_out)
+  if (impl_->use_panels) {
+    panel_gemm(impl_->panels, x, ld_x, rows, impl_->epilogue, sum, residual);
+  } else {
+    apply(x, ld_x, rows, scratch);
+    for (int64_t i = 0; i < rows * out_; ++i) sum[i] = scratch[i] + residual[i];
+  }
+  // The norm stays a pass of its own: fused into the tile's epilogue it measured slower on
+  // ml1m (its reductions lengthen each tile's critical path).
+  if (norm) layer_norm(sum, out_, rows, out_, norm->gamma, norm->beta, norm->eps, normed_out, out_);
 }
 
 void PackedLinear::prepare(int64_t max_rows, int64_t ld_x) const {

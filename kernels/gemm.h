@@ -20,6 +20,13 @@ namespace seqrec::kernels {
 // What PackedLinear applies to its output, fused into the GEMM.
 enum class Epilogue { none, relu, gelu_erf, gelu_tanh, swish, tanh, sigmoid };
 
+// A layer norm's parameters: y = (x − mean) / sqrt(var + eps) · gamma + beta over a row.
+struct NormParams {
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  float eps = 1e-5f;
+};
+
 // How PackedLinear's oneDNN path treats the row count M (panel_gemm needs neither):
 //  - exact:  one primitive for any M (oneDNN's run-time M);
 //  - padded: M is rounded up to a multiple of kRowStep and run in chunks of at most
@@ -47,6 +54,14 @@ class PackedLinear {
   // Safe to call from several threads at once. With Rows::padded, rows up to
   // padded_rows(rows) of x are read and of y written.
   void apply(const float* x, int64_t ld_x, int64_t rows, float* y) const;
+
+  // s = x·Wᵀ + b + residual — the transformer's residual add, fused into the product when
+  // the layer is panel-packed — then sum_out = s (if not null) and normed_out =
+  // layer_norm(s) (if norm). residual / sum_out / normed_out: [rows, out], row stride out;
+  // either output may alias residual. scratch: room for padded_rows(rows) · out floats,
+  // aliasing none of the others (the oneDNN path's product goes there first).
+  void apply_add_norm(const float* x, int64_t ld_x, int64_t rows, const float* residual, float* sum_out,
+                      const NormParams* norm, float* normed_out, float* scratch) const;
 
   // Rows::padded: compiles now the primitives for every padded row count up to max_rows
   // with input row stride ld_x, so the first requests do not wait for them.

@@ -48,13 +48,13 @@ inline __m512 activate(Epilogue epilogue, __m512 v) {
 constexpr int kRows = 4;    // rows per tile
 constexpr int kPanels = 4;  // panels per tile: 4 x 4 accumulators, 4 weight loads per input column
 
-// y[ROWS, 16·PANELS] for rows r0.. and panels p0..: the tile's weights (PANELS · in · 16
-// floats) stay in L1 while the row loop passes over them.
+// acc[r][p] = Σ_c x[r, c] · W[16(p0 + p) + lane, c] for ROWS rows and PANELS panels from p0:
+// the tile's weights (PANELS · in · 16 floats) stay in L1 while the row loop passes over them.
 template <int ROWS, int PANELS>
-void tile(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, Epilogue epilogue, float* y) {
+__attribute__((always_inline)) inline void accumulate(const WeightPanels& w, const float* x, int64_t ld_x,
+                                                      int64_t p0, __m512 (&acc)[ROWS][PANELS]) {
   const int64_t in = w.in;
   const float* panel = w.panels.data() + p0 * in * kPanelWidth;
-  __m512 acc[ROWS][PANELS];
 #pragma GCC unroll 16
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 16
@@ -75,27 +75,37 @@ void tile(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, Epilo
       for (int p = 0; p < PANELS; ++p) acc[r][p] = _mm512_fmadd_ps(xc, wc[p], acc[r][p]);
     }
   }
+}
+
+// y[ROWS, 16·PANELS] = epilogue(acc + bias) (+ residual) for rows r0.. and panels p0...
+template <int ROWS, int PANELS>
+void tile(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, Epilogue epilogue, const float* residual,
+          float* y) {
+  __m512 acc[ROWS][PANELS];
+  accumulate<ROWS, PANELS>(w, x, ld_x, p0, acc);
   const int64_t out = w.out;
 #pragma GCC unroll 16
   for (int p = 0; p < PANELS; ++p) {
     const int64_t col = (p0 + p) * kPanelWidth;
-    const int64_t left = out - col;
-    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = simd::tail_mask(out - col);
     const __m512 bias = _mm512_loadu_ps(w.bias.data() + col);
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
-      _mm512_mask_storeu_ps(y + r * out + col, mask, activate(epilogue, _mm512_add_ps(acc[r][p], bias)));
+      __m512 v = activate(epilogue, _mm512_add_ps(acc[r][p], bias));
+      if (residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + r * out + col));
+      _mm512_mask_storeu_ps(y + r * out + col, mask, v);
     }
   }
 }
 
 template <int ROWS>
-void row_tiles(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, int64_t panels, Epilogue epilogue, float* y) {
+void row_tiles(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, int64_t panels, Epilogue epilogue,
+               const float* residual, float* y) {
   switch (panels) {
-    case 1: return tile<ROWS, 1>(w, x, ld_x, p0, epilogue, y);
-    case 2: return tile<ROWS, 2>(w, x, ld_x, p0, epilogue, y);
-    case 3: return tile<ROWS, 3>(w, x, ld_x, p0, epilogue, y);
-    default: return tile<ROWS, 4>(w, x, ld_x, p0, epilogue, y);
+    case 1: return tile<ROWS, 1>(w, x, ld_x, p0, epilogue, residual, y);
+    case 2: return tile<ROWS, 2>(w, x, ld_x, p0, epilogue, residual, y);
+    case 3: return tile<ROWS, 3>(w, x, ld_x, p0, epilogue, residual, y);
+    default: return tile<ROWS, 4>(w, x, ld_x, p0, epilogue, residual, y);
   }
 }
 
@@ -103,18 +113,20 @@ void row_tiles(const WeightPanels& w, const float* x, int64_t ld_x, int64_t p0, 
 
 bool panel_gemm_available() { return true; }
 
-void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y) {
+void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y,
+                const float* residual) {
   const int64_t n_panels = (w.out + kPanelWidth - 1) / kPanelWidth;
   for (int64_t p0 = 0; p0 < n_panels; p0 += kPanels) {
     const int64_t panels = std::min<int64_t>(kPanels, n_panels - p0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const float* xr = x + r0 * ld_x;
+      const float* res = residual ? residual + r0 * w.out : nullptr;
       float* yr = y + r0 * w.out;
       switch (std::min<int64_t>(kRows, rows - r0)) {
-        case 1: row_tiles<1>(w, xr, ld_x, p0, panels, epilogue, yr); break;
-        case 2: row_tiles<2>(w, xr, ld_x, p0, panels, epilogue, yr); break;
-        case 3: row_tiles<3>(w, xr, ld_x, p0, panels, epilogue, yr); break;
-        default: row_tiles<4>(w, xr, ld_x, p0, panels, epilogue, yr); break;
+        case 1: row_tiles<1>(w, xr, ld_x, p0, panels, epilogue, res, yr); break;
+        case 2: row_tiles<2>(w, xr, ld_x, p0, panels, epilogue, res, yr); break;
+        case 3: row_tiles<3>(w, xr, ld_x, p0, panels, epilogue, res, yr); break;
+        default: row_tiles<4>(w, xr, ld_x, p0, panels, epilogue, res, yr); break;
       }
     }
   }
@@ -123,8 +135,6 @@ void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t row
 #else
 
 bool panel_gemm_available() { return false; }
-
-void panel_gemm(const WeightPanels&, const float*, int64_t, int64_t, bool, float*) {}
 
 #endif
 

@@ -203,6 +203,35 @@ TEST(PanelGemm, MatchesDoublePrecisionOverShapes) {
   }
 }
 
+// apply_add_norm (the residual add fused into the product, then the norm) equals the three
+// steps done apart, for the panel path and the oneDNN path (pack = false), with the outputs
+// aliasing the residual as the encoder uses them.
+TEST(PackedLinear, ApplyAddNormEqualsProductPlusResidualThenNorm) {
+  const int64_t in = 50, out = 50, rows = 13;
+  auto w = noise(out * in, 71), b = noise(out, 72), gamma = noise(out, 73), beta = noise(out, 74);
+  const NormParams norm{gamma.data(), beta.data(), 1e-8f};
+  auto x = noise(padded_rows(rows) * in, 75), residual = noise(rows * out, 76);
+  for (bool pack : {true, false}) {
+    PackedLinear linear(w.data(), b.data(), out, in, Epilogue::none, pack);
+    std::vector<float> product(padded_rows(rows) * out), want_sum(rows * out), want_norm(rows * out);
+    linear.apply(x.data(), in, rows, product.data());
+    for (int64_t i = 0; i < rows * out; ++i) want_sum[i] = product[i] + residual[i];
+    layer_norm(want_sum.data(), out, rows, out, gamma.data(), beta.data(), norm.eps, want_norm.data(), out);
+    std::vector<float> scratch(padded_rows(rows) * out);
+    // pre-LN use: the sum in place over the residual, the norm elsewhere
+    std::vector<float> state = residual, normed(rows * out);
+    linear.apply_add_norm(x.data(), in, rows, state.data(), state.data(), &norm, normed.data(), scratch.data());
+    for (int64_t i = 0; i < rows * out; ++i) {
+      ASSERT_NEAR(state[i], want_sum[i], 1e-5) << "pack " << pack;
+      ASSERT_NEAR(normed[i], want_norm[i], 1e-4) << "pack " << pack;
+    }
+    // post-LN use: normed in place over the residual
+    state = residual;
+    linear.apply_add_norm(x.data(), in, rows, state.data(), nullptr, &norm, state.data(), scratch.data());
+    for (int64_t i = 0; i < rows * out; ++i) ASSERT_NEAR(state[i], want_norm[i], 1e-4) << "pack " << pack;
+  }
+}
+
 // Every fused activation against its double-precision definition, over a range wide
 // enough to reach both saturated ends (|x| up to 12) and many points near 0.
 TEST(PanelGemm, ActivationsMatchTheirDefinitions) {
