@@ -220,27 +220,37 @@ void top_k(benchmark::State& state, Shape s, bool with_skip) {
 }
 
 // ---- exact top-k through the int8 pre-scan (kernels/quantized_scan.h): the scan of the int8
-// table, then the fp32 rescoring of the rows that may reach the top-k (counter "rescored") ------
+// table, then the fp32 rescoring of the rows that may reach the top-k (counter "rescored", per
+// query); a batch's queries share one read of the table ----------------------------------------
 
-void int8_scan_top_k(benchmark::State& state, Shape s) {
-  FloatBuffer table = random_buffer(s.items * s.d, 17, 0.05f), hidden = random_buffer(s.d, 18);
+void int8_scan_top_k(benchmark::State& state, Shape s, int64_t batch) {
+  FloatBuffer table = random_buffer(s.items * s.d, 17, 0.05f), hidden = random_buffer(batch * s.d, 18);
   std::vector<uint8_t, seqrec::AlignedAllocator<uint8_t>> quantized(k::quantized_table_bytes(s.items, s.d));
-  float max_norm = 0;
-  if (!k::quantize_table(table.data(), s.items, s.d, quantized.data(), &max_norm)) {
+  if (!k::quantize_table(table.data(), s.items, s.d, quantized.data())) {
     state.SkipWithError("quantize_table refused the table");
     return;
   }
   const int32_t never[] = {0};  // the padding row
-  std::vector<int32_t> rows(10);
-  std::vector<float> scores(10);
-  k::TopKStats stats;
+  std::vector<int32_t> rows(10 * batch);
+  std::vector<float> scores(10 * batch);
+  std::vector<k::ScanTopK> queries(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    queries[b].h = hidden.data() + b * s.d;
+    queries[b].never = never;
+    queries[b].n_never = 1;
+    queries[b].k = 10;
+    queries[b].rows = rows.data() + 10 * b;
+    queries[b].scores = scores.data() + 10 * b;
+  }
   for (auto _ : state) {
-    benchmark::DoNotOptimize(k::scan_top_k(table.data(), nullptr, quantized.data(), s.items, s.d, hidden.data(), never,
-                                           1, 10, rows.data(), scores.data(), &stats));
+    k::scan_top_k(table.data(), nullptr, quantized.data(), s.items, s.d, queries.data(), batch);
     benchmark::ClobberMemory();
   }
-  state.counters["rescored"] = static_cast<double>(stats.rescored);
+  double rescored = 0;
+  for (const k::ScanTopK& q : queries) rescored += static_cast<double>(q.stats.rescored) / batch;
+  state.counters["rescored"] = rescored;  // per query
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(quantized.size()));
+  state.SetItemsProcessed(state.iterations() * batch);  // items_per_second = queries/s
 }
 
 // ---- activations over one FFN's hidden buffer ----------------------------------------------
@@ -339,7 +349,9 @@ void register_all() {
             batch, openblas);
     benchmark::RegisterBenchmark((p + "/top_k/k:10").c_str(), top_k, s, false);
     benchmark::RegisterBenchmark((p + "/top_k/k:10/skip_seen").c_str(), top_k, s, true);
-    benchmark::RegisterBenchmark((p + "/int8_scan_top_k/k:10").c_str(), int8_scan_top_k, s);
+    for (int64_t batch : {int64_t{1}, int64_t{8}, int64_t{64}})
+      benchmark::RegisterBenchmark((p + "/int8_scan_top_k/k:10/batch:" + std::to_string(batch)).c_str(),
+                                   int8_scan_top_k, s, batch);
   }
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:mix", recommend, int64_t{1}, int64_t{0});
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:64/history:mix", recommend, int64_t{64}, int64_t{0});

@@ -5,7 +5,6 @@
 
 #include "engine/error.h"
 #include "kernels/gemm.h"
-#include "kernels/quantized_scan.h"
 
 namespace seqrec {
 
@@ -26,12 +25,6 @@ bool wants_pre_scan(PreScan pre_scan, const ModelSpec& spec) {
   }
   return spec.n_items * spec.d > kMaxPackedTableFloats;
 }
-
-double norm_of(const float* x, int64_t n) {
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
-  return std::sqrt(sum);
-}
 }  // namespace
 
 Model::Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan)
@@ -49,13 +42,11 @@ Model::Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan)
   if (wants_pre_scan(pre_scan, spec_)) {
     bool bounded = true;
     if (output_bias_)
-      for (int64_t r = 0; r < spec_.n_items && bounded; ++r) {
+      for (int64_t r = 0; r < spec_.n_items && bounded; ++r)
         bounded = std::abs(output_bias_[r]) <= kernels::kMaxScanBias;  // false for NaN too
-        max_abs_bias_ = std::max(max_abs_bias_, std::abs(output_bias_[r]));
-      }
     if (bounded) {
       quantized_table_.resize(static_cast<size_t>(kernels::quantized_table_bytes(spec_.n_items, spec_.d)));
-      bounded = kernels::quantize_table(item_table_, spec_.n_items, spec_.d, quantized_table_.data(), &max_row_norm_);
+      bounded = kernels::quantize_table(item_table_, spec_.n_items, spec_.d, quantized_table_.data());
     }
     // A table beyond the bounds (values not finite, or huge) is scored in full, as before.
     if (!bounded) decltype(quantized_table_)().swap(quantized_table_);
@@ -80,25 +71,8 @@ void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& w
   score(hidden(sequences, ws), batch, out);
 }
 
-int64_t Model::exact_top_k(const float* hidden, const float* logits, std::span<const int32_t> never, int64_t k,
-                           int32_t* rows, float* scores) const {
-  const int64_t n = spec_.n_items, d = spec_.d;
-  const int32_t* never_rows = never.data();
-  const int64_t n_never = static_cast<int64_t>(never.size());
-  if (!logits)
-    return kernels::scan_top_k(item_table_, output_bias_, quantized_table_.data(), n, d, hidden, never_rows, n_never, k,
-                               rows, scores);
-  // The GEMM's logits and exact_score are each within γ_{d+1}·(||h||·||w|| + |b|) of the real
-  // h·w + b, plus the bias addition's rounding, whatever their order of summation: together
-  // <= (2d + 4)·2^-24·(...). With the rounding of logit ± error, 8·(d + 16)·2^-24 covers it
-  // four times over; the last terms cover underflow, even with denormals flushed.
-  const double h_norm = norm_of(hidden, d);
-  if (!(h_norm <= kernels::kMaxScanNorm)) return -1;
-  const double dd = static_cast<double>(d);
-  const double error = 8.0 * (dd + 16.0) * 0x1p-24 * (h_norm * max_row_norm_ + max_abs_bias_) +
-                       std::sqrt(dd) * h_norm * 0x1p-124 + (dd + 16.0) * 0x1p-120;
-  return kernels::rescore_top_k(logits, static_cast<float>(error * (1.0 + 1e-6)), item_table_, output_bias_, n, d,
-                                hidden, never_rows, n_never, k, rows, scores);
+void Model::exact_top_k(kernels::ScanTopK* queries, int64_t n_queries) const {
+  kernels::scan_top_k(item_table_, output_bias_, quantized_table_.data(), spec_.n_items, spec_.d, queries, n_queries);
 }
 
 float Model::exact_score(const float* hidden, int32_t row) const {

@@ -8,6 +8,7 @@
 #include "engine/encoder.h"
 #include "engine/model_spec.h"
 #include "engine/tensor.h"
+#include "kernels/quantized_scan.h"
 
 namespace seqrec {
 
@@ -42,16 +43,13 @@ class Model {
   // Bytes the int8 copy holds (0 without it).
   size_t pre_scan_bytes() const { return quantized_table_.size(); }
 
-  // The k best catalog rows for one hidden state [d], outside `never` (sorted, no
-  // duplicates), by exact score (exact_score) descending, ties by catalog order: the same
-  // rows and scores as a full scan, whichever way they are found:
-  //   logits == null: the int8 pre-scan, then fp32 rescoring of the rows that may qualify;
-  //   logits == this state's row of score(): those logits bound the exact scores instead.
-  // rows, scores: room for k. Returns how many were written, or -1 when the scores of this
-  // hidden state cannot be bounded (not finite, or huge): rank its full logits instead.
-  // Needs has_pre_scan().
-  int64_t exact_top_k(const float* hidden, const float* logits, std::span<const int32_t> never, int64_t k,
-                      int32_t* rows, float* scores) const;
+  // Each query's k best catalog rows for its hidden state (ScanTopK::h, [d]), outside its
+  // `never` rows, by exact score (kernels::exact_score, + bias) descending, ties by catalog
+  // order: the rows and scores of a full scan, found by the int8 pre-scan and the fp32
+  // rescoring of the rows that may qualify; the table is read once for all the queries.
+  // A query's `found` is -1 when its scores cannot be bounded (a hidden state not finite, or
+  // huge): rank its full logits instead. Needs has_pre_scan().
+  void exact_top_k(kernels::ScanTopK* queries, int64_t n_queries) const;
   // The exact score of one catalog row, as exact_top_k reports it.
   float exact_score(const float* hidden, int32_t row) const;
 
@@ -64,8 +62,6 @@ class Model {
   const float* item_table_ = nullptr;   // [n_items, d]
   const float* output_bias_ = nullptr;  // [n_items] or null
   std::vector<uint8_t, AlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
-  float max_row_norm_ = 0;   // the largest ||item row||₂, for the logits' error bound
-  float max_abs_bias_ = 0;
 };
 
 }  // namespace seqrec

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "engine/error.h"
+#include "kernels/quantized_scan.h"
 
 namespace seqrec {
 
@@ -34,12 +35,6 @@ void add_notes(Response& response, const Request& request, const PreparedRequest
 
 float identity(float x) { return x; }
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-
-// Batches with at most this many requests ranking the whole catalog score each of them with
-// the int8 pre-scan (each reads the int8 table); larger ones run one GEMM over the fp32 table,
-// read once for the whole batch. catalog1m, one thread, ms per request (encoder included):
-// pre-scan 1.75 at any batch; GEMM 9.2 at batch 1, 4.5 at 8, 3.0 at 16, 1.86 at 32, 1.24 at 64.
-constexpr size_t kMaxPreScanBatch = 32;
 
 }  // namespace
 
@@ -75,13 +70,11 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   std::vector<bool> cold(requests.size());
   std::vector<size_t> model_batch;
   std::vector<std::vector<int32_t>> sequences;
-  size_t whole_catalog = 0;  // model requests ranking the whole catalog (no candidate_ids)
   for (size_t i = 0; i < requests.size(); ++i) {
     cold[i] = prepared[i].sequence.empty();
     if (cold[i] && !counts.empty()) continue;
     model_batch.push_back(i);
     sequences.push_back(std::move(prepared[i].sequence));
-    if (!requests[i].candidate_ids) ++whole_catalog;
   }
   std::vector<Response> out(requests.size());
   for (size_t i = 0; i < requests.size(); ++i)
@@ -89,22 +82,63 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   if (model_batch.empty()) return out;
 
   const float* hidden = model_.hidden(sequences, ws);
-  // Exact scores through the pre-scan for every score kind but softmax, whose probability
+  const size_t n = static_cast<size_t>(spec.n_items), d = static_cast<size_t>(spec.d);
+  // The pre-scan ranks by exact scores for every score kind but softmax, whose probability
   // needs every logit for its normalizer: such models keep the full fp32 scan.
-  const bool exact = model_.has_pre_scan() && spec.score != ScoreKind::softmax;
-  const bool gemm = !exact || whole_catalog > kMaxPreScanBatch;
-  const size_t n = static_cast<size_t>(spec.n_items);
-  // Without the GEMM, one row of room for candidate scores (and the rare full-logits fallback).
-  const size_t logit_count = gemm ? model_batch.size() * n : n;
-  if (ws.logits.size() < logit_count) ws.logits.resize(logit_count);
-  if (gemm) model_.score(hidden, static_cast<int64_t>(model_batch.size()), ws.logits.data());
+  if (!model_.has_pre_scan() || spec.score == ScoreKind::softmax) {
+    if (ws.logits.size() < model_batch.size() * n) ws.logits.resize(model_batch.size() * n);
+    model_.score(hidden, static_cast<int64_t>(model_batch.size()), ws.logits.data());
+    for (size_t b = 0; b < model_batch.size(); ++b) {
+      const size_t i = model_batch[b];
+      out[i] = answer(requests[i], prepared[i], cold[i], rank_logits(requests[i], prepared[i], ws.logits.data() + b * n));
+    }
+    return out;
+  }
+
+  // Requests over the whole catalog: one pre-scan for all of them (it reads the int8 table
+  // once per batch). Candidate lists: only the candidates are scored, exactly.
+  const std::function<float(float)> report = spec.score == ScoreKind::sigmoid ? sigmoid : identity;
+  std::vector<std::vector<int32_t>> never(model_batch.size()), rows(model_batch.size());
+  std::vector<std::vector<float>> scores(model_batch.size());
+  std::vector<kernels::ScanTopK> scans;
+  std::vector<size_t> scan_of(model_batch.size(), SIZE_MAX);
+  for (size_t b = 0; b < model_batch.size(); ++b) {
+    const Request& r = requests[model_batch[b]];
+    if (r.candidate_ids) continue;
+    never[b] = never_recommended_rows(catalog_, r, prepared[model_batch[b]]);
+    const size_t k = static_cast<size_t>(std::clamp<int64_t>(r.k, 0, spec.n_items));
+    rows[b].resize(k);
+    scores[b].resize(k);
+    kernels::ScanTopK scan;
+    scan.h = hidden + b * d;
+    scan.never = never[b].data();
+    scan.n_never = static_cast<int64_t>(never[b].size());
+    scan.k = static_cast<int64_t>(k);
+    scan.rows = rows[b].data();
+    scan.scores = scores[b].data();
+    scan_of[b] = scans.size();
+    scans.push_back(scan);
+  }
+  model_.exact_top_k(scans.data(), static_cast<int64_t>(scans.size()));
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const size_t i = model_batch[b];
-    float* logits = ws.logits.data() + (gemm ? b * n : 0);
-    std::vector<ScoredItem> ranked =
-        exact ? rank_exact(requests[i], prepared[i], hidden + b * static_cast<size_t>(spec.d), gemm ? logits : nullptr,
-                           logits)
-              : rank_logits(requests[i], prepared[i], logits);
+    const float* h = hidden + b * d;
+    std::vector<ScoredItem> ranked;
+    if (scan_of[b] == SIZE_MAX) {
+      if (ws.logits.size() < n) ws.logits.resize(n);
+      for (const std::string& id : *requests[i].candidate_ids)
+        if (const int32_t r = catalog_.row(id); r > 0) ws.logits[r] = model_.exact_score(h, r);
+      ranked = rank_items(ws.logits.data(), report, catalog_, requests[i], prepared[i]);  // reads only candidates
+    } else if (const int64_t found = scans[scan_of[b]].found; found < 0) {
+      // A hidden state beyond the bounds (not finite, or huge): rank its full logits.
+      if (ws.logits.size() < n) ws.logits.resize(n);
+      model_.score(h, 1, ws.logits.data());
+      ranked = rank_logits(requests[i], prepared[i], ws.logits.data());
+    } else {
+      ranked.reserve(static_cast<size_t>(found));
+      for (int64_t j = 0; j < found; ++j)
+        ranked.push_back({catalog_.id(rows[b][j]), rows[b][j], report(scores[b][j])});
+    }
     out[i] = answer(requests[i], prepared[i], cold[i], std::move(ranked));
   }
   return out;
@@ -128,34 +162,6 @@ std::vector<ScoredItem> Recommender::rank_logits(const Request& request, const P
     }
   }
   return rank_items(logits, report, catalog_, request, prepared);
-}
-
-std::vector<ScoredItem> Recommender::rank_exact(const Request& request, const PreparedRequest& prepared,
-                                                const float* hidden, const float* logits, float* dense) const {
-  const std::function<float(float)> report = model_.spec().score == ScoreKind::sigmoid ? sigmoid : identity;
-  if (request.candidate_ids) {
-    // Only the candidates' scores are read: compute those exactly.
-    for (const std::string& id : *request.candidate_ids)
-      if (const int32_t r = catalog_.row(id); r > 0) dense[r] = model_.exact_score(hidden, r);
-    return rank_items(dense, report, catalog_, request, prepared);
-  }
-  const std::vector<int32_t> never = never_recommended_rows(catalog_, request, prepared);
-  const size_t k = static_cast<size_t>(std::clamp<int64_t>(request.k, 0, catalog_.size()));
-  std::vector<int32_t> rows(k);
-  std::vector<float> scores(k);
-  const int64_t found =
-      model_.exact_top_k(hidden, logits, never, static_cast<int64_t>(k), rows.data(), scores.data());
-  if (found < 0) {  // a hidden state beyond the bounds (not finite, or huge): rank its full logits
-    if (!logits) {
-      model_.score(hidden, 1, dense);
-      logits = dense;
-    }
-    return rank_logits(request, prepared, logits);
-  }
-  std::vector<ScoredItem> out;
-  out.reserve(static_cast<size_t>(found));
-  for (int64_t j = 0; j < found; ++j) out.push_back({catalog_.id(rows[j]), rows[j], report(scores[j])});
-  return out;
 }
 
 Response Recommender::answer(const Request& request, const PreparedRequest& prepared, bool empty_history,

@@ -1,8 +1,8 @@
 // The engine's front door: a model, its catalog and serving defaults. Takes a batch of
 // requests, runs every one that needs the model through ONE forward pass, and ranks each
-// with its own filters. Scoring: one GEMM over the catalog for the batch, or, for a model
-// with the int8 pre-scan (large catalogs) and small batches, a pre-scan per request; either
-// way such a model reports exact scores (Model::exact_top_k), the same whatever the batch.
+// with its own filters. Scoring: one GEMM over the catalog for the batch or, for a model with
+// the int8 pre-scan (large catalogs), one pre-scan for the batch that finds each request's
+// exact top-k (Model::exact_top_k).
 #pragma once
 
 #include <memory>
@@ -45,10 +45,6 @@ class Recommender {
   // The ranked items of one request from its full logits [n_items].
   std::vector<ScoredItem> rank_logits(const Request& request, const PreparedRequest& prepared,
                                       const float* logits) const;
-  // The same from exact scores (needs the pre-scan): `logits` is its row of the batch's
-  // scoring GEMM, or null (the pre-scan runs); `dense` has room for n_items scores.
-  std::vector<ScoredItem> rank_exact(const Request& request, const PreparedRequest& prepared, const float* hidden,
-                                     const float* logits, float* dense) const;
   Response answer(const Request& request, const PreparedRequest& prepared, bool empty_history,
                   std::vector<ScoredItem> ranked) const;
   Response popular(const Request& request, const PreparedRequest& prepared,

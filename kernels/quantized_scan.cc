@@ -136,7 +136,7 @@ void block_bounds_vnni(__m512i dots, const uint8_t* meta_words, const float* bia
 class Selection {
  public:
   Selection(const int32_t* never, int64_t n_never, int64_t k) : never_(never), n_never_(n_never), k_(k) {
-    lows_.reserve(static_cast<size_t>(k));
+    lows_.reserve(static_cast<size_t>(std::max<int64_t>(k, 0)));
   }
 
   // θ so far: the k-th largest lower bound offered (−∞ until k were). It only grows.
@@ -199,17 +199,69 @@ class Selection {
   std::vector<Candidate> candidates_;
 };
 
+// A chunk of L2's size: the batch's queries scan it in turn while it stays there.
+constexpr int64_t kScanChunkBytes = 256 << 10;
+
+// Offers blocks [first_block, end_block) of the table to one query's selection.
+void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
+                 int64_t first_block, int64_t end_block, Selection& selection) {
+  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+  const __m512i offset = _mm512_set1_epi32(query.offset);
+  alignas(64) float lo[kLanes], hi[kLanes];
+  alignas(64) float last_bias[kLanes] = {};
+  for (int64_t b = first_block; b < end_block; ++b) {
+    const int64_t first = b * kLanes;
+    const uint8_t* block = qtable + b * block_bytes;
+    const int64_t lanes = std::min<int64_t>(kLanes, n - first);
+    const float* block_bias = bias ? bias + first : nullptr;
+    if (bias && lanes < kLanes) {
+      std::copy(bias + first, bias + n, last_bias);
+      block_bias = last_bias;
+    }
+    __m512 l, u;
+    block_bounds_vnni(block_dots_vnni(block, d4, query.groups.data(), offset), block + d4 * 64, block_bias, query, l,
+                      u);
+    // Most blocks cannot reach θ: test all 16 at once, look closer at the lanes that can.
+    __mmask16 reach = _mm512_cmp_ps_mask(u, _mm512_set1_ps(selection.threshold()), _CMP_GE_OQ) &
+                      static_cast<__mmask16>((1u << lanes) - 1);
+    if (!reach) continue;
+    _mm512_store_ps(lo, l);
+    _mm512_store_ps(hi, u);
+    while (reach) {
+      const int lane = __builtin_ctz(reach);
+      reach &= reach - 1;
+      selection.offer(static_cast<int32_t>(first + lane), lo[lane], hi[lane]);
+    }
+  }
+#else
+  int32_t dots[kLanes];
+  for (int64_t b = first_block; b < end_block; ++b) {
+    const int64_t first = b * kLanes;
+    const uint8_t* block = qtable + b * block_bytes;
+    block_dots_portable(block, d4, query, dots);
+    const int64_t lanes = std::min<int64_t>(kLanes, n - first);
+    for (int64_t lane = 0; lane < lanes; ++lane) {
+      uint32_t meta;
+      std::memcpy(&meta, block + d4 * 64 + lane * 4, sizeof meta);
+      float lo, hi;
+      item_bounds_portable(dots[lane], meta, bias ? bias + first + lane : nullptr, query, lo, hi);
+      selection.offer(static_cast<int32_t>(first + lane), lo, hi);
+    }
+  }
+#endif
+}
+
 }  // namespace
 
 int64_t quantized_block_bytes(int64_t d) { return groups_of(d) * 64 + kLanes * 4; }
 
 int64_t quantized_table_bytes(int64_t n, int64_t d) { return (n + kLanes - 1) / kLanes * quantized_block_bytes(d); }
 
-bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out, float* max_row_norm) {
+bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
   if (d > kMaxScanDim) return false;
   const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
   const double root_d = std::sqrt(static_cast<double>(d));
-  double max_norm = 0;
   std::memset(out, 128, static_cast<size_t>(quantized_table_bytes(n, d)));
   for (int64_t i = 0; i < n; ++i) {
     const float* w = table + i * d;
@@ -223,7 +275,6 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out, floa
     }
     const double norm = std::sqrt(sum_squares) * (1.0 + 1e-12);
     if (norm > kMaxScanNorm) return false;
-    max_norm = std::max(max_norm, norm);
     uint32_t meta = 0;
     if (max_abs > 0) {
       const float s = bfloat16_up(max_abs / 127.0);
@@ -243,7 +294,6 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out, floa
     }
     std::memcpy(block + d4 * 64 + lane * 4, &meta, sizeof meta);
   }
-  *max_row_norm = float_up(max_norm);
   return true;
 }
 
@@ -359,82 +409,44 @@ float exact_score(const float* h, const float* w, int64_t d) {
 #endif
 }
 
-int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, const float* h,
-                   const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores, TopKStats* stats) {
-  ScanQuery query;
-  if (!quantize_query(h, d, query)) return -1;
-  if (stats) *stats = {};
-  if (k <= 0) return 0;
-  Selection selection(never, n_never, k);
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-  const __m512i offset = _mm512_set1_epi32(query.offset);
-  alignas(64) float lo[kLanes], hi[kLanes];
-  alignas(64) float last_bias[kLanes] = {};
-  for (int64_t first = 0; first < n; first += kLanes) {
-    const uint8_t* block = qtable + first / kLanes * block_bytes;
-    const int64_t lanes = std::min<int64_t>(kLanes, n - first);
-    const float* block_bias = bias ? bias + first : nullptr;
-    if (bias && lanes < kLanes) {
-      std::copy(bias + first, bias + n, last_bias);
-      block_bias = last_bias;
-    }
-    __m512 l, u;
-    block_bounds_vnni(block_dots_vnni(block, d4, query.groups.data(), offset), block + d4 * 64, block_bias, query, l,
-                      u);
-    // Most blocks cannot reach θ: test all 16 at once, look closer at the lanes that can.
-    __mmask16 reach = _mm512_cmp_ps_mask(u, _mm512_set1_ps(selection.threshold()), _CMP_GE_OQ) &
-                      static_cast<__mmask16>((1u << lanes) - 1);
-    if (!reach) continue;
-    _mm512_store_ps(lo, l);
-    _mm512_store_ps(hi, u);
-    while (reach) {
-      const int lane = __builtin_ctz(reach);
-      reach &= reach - 1;
-      selection.offer(static_cast<int32_t>(first + lane), lo[lane], hi[lane]);
-    }
+void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
+                int64_t n_queries) {
+  std::vector<ScanQuery> quantized(static_cast<size_t>(n_queries));
+  std::vector<Selection> selections;
+  std::vector<int64_t> active;  // queries that scan: bounded, k > 0
+  selections.reserve(static_cast<size_t>(n_queries));
+  for (int64_t i = 0; i < n_queries; ++i) {
+    ScanTopK& q = queries[i];
+    q.stats = {};
+    q.found = quantize_query(q.h, d, quantized[i]) ? 0 : -1;
+    selections.emplace_back(q.never, q.n_never, q.k);
+    if (q.found == 0 && q.k > 0) active.push_back(i);
   }
-#else
-  int32_t dots[kLanes];
-  for (int64_t first = 0; first < n; first += kLanes) {
-    const uint8_t* block = qtable + first / kLanes * block_bytes;
-    block_dots_portable(block, d4, query, dots);
-    const int64_t lanes = std::min<int64_t>(kLanes, n - first);
-    for (int64_t lane = 0; lane < lanes; ++lane) {
-      uint32_t meta;
-      std::memcpy(&meta, block + d4 * 64 + lane * 4, sizeof meta);
-      float lo, hi;
-      item_bounds_portable(dots[lane], meta, bias ? bias + first + lane : nullptr, query, lo, hi);
-      selection.offer(static_cast<int32_t>(first + lane), lo, hi);
-    }
-  }
-#endif
-  return selection.finish(table, bias, d, h, rows, scores, stats);
+  // The table is read in chunks that stay in L2 while every query scans them: one read from
+  // memory for the whole batch.
+  const int64_t block_bytes = quantized_block_bytes(d), n_blocks = (n + kLanes - 1) / kLanes;
+  const int64_t chunk_blocks = std::max<int64_t>(1, kScanChunkBytes / block_bytes);
+  for (int64_t first = 0; first < n_blocks; first += chunk_blocks)
+    for (int64_t i : active)
+      scan_blocks(qtable, n, d, bias, quantized[i], first, std::min(n_blocks, first + chunk_blocks),
+                  selections[i]);
+  for (int64_t i : active)
+    queries[i].found = selections[i].finish(table, bias, d, queries[i].h, queries[i].rows, queries[i].scores,
+                                            &queries[i].stats);
 }
 
-int64_t rescore_top_k(const float* approx, float error, const float* table, const float* bias, int64_t n, int64_t d,
-                      const float* h, const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores,
-                      TopKStats* stats) {
-  if (!std::isfinite(error)) return -1;
-  if (stats) *stats = {};
-  if (k <= 0) return 0;
-  Selection selection(never, n_never, k);
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  const __m512 err = _mm512_set1_ps(error);
-  for (; i + kLanes <= n; i += kLanes) {
-    const __m512 a = _mm512_loadu_ps(approx + i);
-    const __m512 u = _mm512_add_ps(a, err);
-    __mmask16 reach = _mm512_cmp_ps_mask(u, _mm512_set1_ps(selection.threshold()), _CMP_GE_OQ);
-    while (reach) {
-      const int lane = __builtin_ctz(reach);
-      reach &= reach - 1;
-      selection.offer(static_cast<int32_t>(i + lane), approx[i + lane] - error, approx[i + lane] + error);
-    }
-  }
-#endif
-  for (; i < n; ++i) selection.offer(static_cast<int32_t>(i), approx[i] - error, approx[i] + error);
-  return selection.finish(table, bias, d, h, rows, scores, stats);
+int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, const float* h,
+                   const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores, TopKStats* stats) {
+  ScanTopK query;
+  query.h = h;
+  query.never = never;
+  query.n_never = n_never;
+  query.k = k;
+  query.rows = rows;
+  query.scores = scores;
+  scan_top_k(table, bias, qtable, n, d, &query, 1);
+  if (stats) *stats = query.stats;
+  return query.found;
 }
 
 }  // namespace seqrec::kernels

@@ -42,10 +42,10 @@ inline constexpr double kMaxScanBias = 0x1p100;
 // Keeps every integer dot product, offset included, within int32.
 inline constexpr int64_t kMaxScanDim = 32768;
 
-// table: [n, d] row-major. out: quantized_table_bytes(n, d) bytes, 64-byte aligned.
-// max_row_norm: the largest ||w_i||₂, rounded up. Returns false when d > kMaxScanDim, a value
-// is not finite or a row's norm exceeds kMaxScanNorm: the copy is then not usable.
-bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out, float* max_row_norm);
+// table: [n, d] row-major. out: quantized_table_bytes(n, d) bytes, 64-byte aligned. Returns
+// false when d > kMaxScanDim, a value is not finite or a row's norm exceeds kMaxScanNorm:
+// the copy is then not usable.
+bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out);
 
 // ---- one query ---------------------------------------------------------------------------
 //
@@ -99,11 +99,20 @@ int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable,
                    const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores,
                    TopKStats* stats = nullptr);
 
-// The same answer from approximate scores of every row (e.g. a fp32 GEMM's), given
-// |approx_i − score_i| <= error for every i (the rounding of approx ± error is the
-// caller's to cover). Returns -1 when error is not finite.
-int64_t rescore_top_k(const float* approx, float error, const float* table, const float* bias, int64_t n, int64_t d,
-                      const float* h, const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores,
-                      TopKStats* stats = nullptr);
+// Several queries at once: the table is read from memory once for all of them, in chunks
+// that stay in cache while each query scans them. Each query's answer is what scan_top_k
+// gives it alone.
+struct ScanTopK {
+  const float* h = nullptr;        // [d]
+  const int32_t* never = nullptr;  // [n_never], sorted ascending, no duplicates
+  int64_t n_never = 0;
+  int64_t k = 0;
+  int32_t* rows = nullptr;         // room for k
+  float* scores = nullptr;         // room for k
+  int64_t found = 0;               // out: as scan_top_k returns
+  TopKStats stats;                 // out
+};
+void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
+                int64_t n_queries);
 
 }  // namespace seqrec::kernels

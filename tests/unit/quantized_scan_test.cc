@@ -31,11 +31,9 @@ std::vector<float> noise(size_t n, unsigned seed, float scale = 1.0f) {
   return v;
 }
 
-Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d, float* max_norm = nullptr) {
+Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d) {
   Bytes q(static_cast<size_t>(quantized_table_bytes(n, d)));
-  float norm = 0;
-  EXPECT_TRUE(quantize_table(table.data(), n, d, q.data(), &norm));
-  if (max_norm) *max_norm = norm;
+  EXPECT_TRUE(quantize_table(table.data(), n, d, q.data()));
   return q;
 }
 
@@ -240,11 +238,10 @@ TEST(QuantizedScan, BoundsHoldOnHostileTables) {
 TEST(QuantizedScan, RefusesWhatItCannotBound) {
   std::vector<float> table(64, 1.0f);
   Bytes q(static_cast<size_t>(quantized_table_bytes(2, 32)));
-  float norm = 0;
   table[5] = NAN;
-  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data(), &norm));
+  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data()));
   table[5] = 3e38f;  // finite, but the row's norm is beyond kMaxScanNorm
-  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data(), &norm));
+  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data()));
   std::vector<float> h(32, 1.0f);
   ScanQuery query;
   h[3] = INFINITY;
@@ -325,6 +322,45 @@ TEST(QuantizedScan, TiesGoToTheLowerRow) {
   EXPECT_EQ(got.rows.back(), 20);
 }
 
+// A batch's queries share the reads of the table; each gets what it gets alone. A query that
+// cannot be bounded says so, and the others are not disturbed.
+TEST(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
+  const int64_t n = 20000, d = 64;  // several of the scan's chunks
+  const std::vector<float> table = noise(static_cast<size_t>(n * d), 650, 0.1f);
+  const std::vector<float> bias = noise(static_cast<size_t>(n), 651, 0.3f);
+  const Bytes q = quantize(table, n, d);
+  const int64_t batch = 9;
+  std::vector<float> hidden = noise(static_cast<size_t>(batch * d), 652, 2.0f);
+  hidden[4 * d + 3] = NAN;  // query 4 cannot be bounded
+  std::vector<std::vector<int32_t>> never(batch), rows(batch);
+  std::vector<std::vector<float>> scores(batch);
+  std::vector<ScanTopK> queries(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int32_t r = 0; r < 50 * b; r += 7) never[b].push_back(r);
+    const int64_t k = b == 6 ? 0 : 1 + 13 * b;
+    rows[b].resize(k);
+    scores[b].resize(k);
+    queries[b].h = hidden.data() + b * d;
+    queries[b].never = never[b].data();
+    queries[b].n_never = static_cast<int64_t>(never[b].size());
+    queries[b].k = k;
+    queries[b].rows = rows[b].data();
+    queries[b].scores = scores[b].data();
+  }
+  scan_top_k(table.data(), bias.data(), q.data(), n, d, queries.data(), batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    if (b == 4) {
+      EXPECT_EQ(queries[b].found, -1);
+      continue;
+    }
+    ASSERT_EQ(queries[b].found, static_cast<int64_t>(rows[b].size())) << "query " << b;
+    const Ranked got{rows[b], scores[b]};
+    expect_same(got, scan(table, bias.data(), q, n, d, queries[b].h, never[b], queries[b].k), "query " + std::to_string(b));
+    expect_same(got, full_scan(table, bias.data(), n, d, queries[b].h, never[b], queries[b].k),
+                "query " + std::to_string(b));
+  }
+}
+
 // The point of the scan: on a table like a trained one, only a sliver is rescored.
 TEST(QuantizedScan, RescoresFewRows) {
   const int64_t n = 50000, d = 64;
@@ -338,39 +374,6 @@ TEST(QuantizedScan, RescoresFewRows) {
     worst = std::max(worst, stats.rescored);
   }
   EXPECT_LT(worst, n / 100) << "rows rescored out of " << n;
-}
-
-// From approximate scores (a GEMM's): the same answer as the pre-scan, given a true error bound.
-TEST(QuantizedScan, RescoreFromApproximateScoresEqualsTheFullScan) {
-  const int64_t n = 3000;
-  unsigned seed = 800;
-  for (int64_t d : {1, 64, 65}) {
-    const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 0.1f);
-    const std::vector<float> bias = noise(static_cast<size_t>(n), seed++, 0.3f);
-    std::mt19937 rng(seed++);
-    std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
-    for (int rep = 0; rep < 20; ++rep) {
-      const std::vector<float> h = noise(static_cast<size_t>(d), seed++, 2.0f);
-      const float error = 1e-3f;
-      std::vector<float> approx(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i)  // anywhere within the bound (well inside it: the rounding of ± error)
-        approx[i] = reference_exact_score(h.data(), table.data() + i * d, d) + bias[i] + 0.99f * error * unit(rng);
-      std::vector<int32_t> never{0, static_cast<int32_t>(rng() % n)};
-      std::sort(never.begin(), never.end());
-      never.erase(std::unique(never.begin(), never.end()), never.end());
-      for (int64_t k : {int64_t{1}, int64_t{10}, int64_t{n}}) {
-        Ranked got;
-        got.rows.resize(static_cast<size_t>(k));
-        got.scores.resize(static_cast<size_t>(k));
-        const int64_t found = rescore_top_k(approx.data(), error, table.data(), bias.data(), n, d, h.data(), never.data(),
-                                            static_cast<int64_t>(never.size()), k, got.rows.data(), got.scores.data());
-        got.rows.resize(static_cast<size_t>(found));
-        got.scores.resize(static_cast<size_t>(found));
-        expect_same(got, full_scan(table, bias.data(), n, d, h.data(), never, k),
-                    "d " + std::to_string(d) + ", rep " + std::to_string(rep) + ", k " + std::to_string(k));
-      }
-    }
-  }
 }
 
 }  // namespace
@@ -483,7 +486,7 @@ void expect_pre_scan_answers_as_full_scan(const ModelSpec& spec, const std::stri
   ASSERT_FALSE(full.model().has_pre_scan());
   ASSERT_TRUE(scan.model().has_pre_scan());
   const std::vector<Request> requests = request_mix(spec.n_items, 11);
-  // A batch larger than recommender.cc's kMaxPreScanBatch: the scoring GEMM's logits bound the scores.
+  // The same requests in one large batch (one pre-scan for all).
   std::vector<Request> large_batch;
   for (int copies = 0; copies < 4; ++copies) large_batch.insert(large_batch.end(), requests.begin(), requests.end());
   Workspace ws;
@@ -516,6 +519,25 @@ TEST(PreScanRecommender, Bert4recWithItsOutputBiasAnswersAsTheFullScan) {
   expect_pre_scan_answers_as_full_scan(spec, "bert4rec raw");
   spec.score = ScoreKind::sigmoid;
   expect_pre_scan_answers_as_full_scan(spec, "bert4rec sigmoid");
+}
+
+// A hidden state too large to bound (here ~1e21) is ranked from its full logits.
+TEST(PreScanRecommender, HiddenStatesBeyondTheBoundsFallBackToTheFullScan) {
+  const ModelSpec spec = testing::small_spec(2000, 10, 64, 2);
+  WeightMap weights = testing::random_weights(spec);
+  for (float& gain : weights.at("encoder/final_norm/weight").data) gain *= 1e20f;
+  const Recommender full(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::never);
+  const Recommender scan(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::always);
+  ASSERT_TRUE(scan.model().has_pre_scan());
+  const std::vector<Request> requests = request_mix(spec.n_items, 15);
+  Workspace ws;
+  const std::vector<Response> batched = scan.recommend(requests, ws);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].candidate_ids) continue;  // candidates are scored exactly, as ever
+    const Response want = one(full, requests[i]);
+    expect_same_answers(one(scan, requests[i]), want, 0, "request " + std::to_string(i));
+    expect_same_answers(batched[i], want, 0, "request " + std::to_string(i) + " (batched)");
+  }
 }
 
 // Softmax needs every logit: such a model keeps the full scan even with the int8 copy.
