@@ -82,19 +82,28 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   if (model_batch.empty()) return out;
 
   const float* hidden = model_.hidden(sequences, ws);
-  const size_t n = static_cast<size_t>(spec.n_items), d = static_cast<size_t>(spec.d);
+  const size_t n = static_cast<size_t>(spec.n_items);
   // The pre-scan ranks by exact scores for every score kind but softmax, whose probability
   // needs every logit for its normalizer: such models keep the full fp32 scan.
-  if (!model_.has_pre_scan() || spec.score == ScoreKind::softmax) {
-    if (ws.logits.size() < model_batch.size() * n) ws.logits.resize(model_batch.size() * n);
-    model_.score(hidden, static_cast<int64_t>(model_batch.size()), ws.logits.data());
-    for (size_t b = 0; b < model_batch.size(); ++b) {
-      const size_t i = model_batch[b];
-      out[i] = answer(requests[i], prepared[i], cold[i], rank_logits(requests[i], prepared[i], ws.logits.data() + b * n));
-    }
+  if (model_.has_pre_scan() && spec.score != ScoreKind::softmax) {
+    answer_with_pre_scan(requests, prepared, cold, model_batch, hidden, ws, out);
     return out;
   }
+  // One scoring GEMM for the batch.
+  if (ws.logits.size() < model_batch.size() * n) ws.logits.resize(model_batch.size() * n);
+  model_.score(hidden, static_cast<int64_t>(model_batch.size()), ws.logits.data());
+  for (size_t b = 0; b < model_batch.size(); ++b) {
+    const size_t i = model_batch[b];
+    out[i] = answer(requests[i], prepared[i], cold[i], rank_logits(requests[i], prepared[i], ws.logits.data() + b * n));
+  }
+  return out;
+}
 
+void Recommender::answer_with_pre_scan(std::span<const Request> requests, const std::vector<PreparedRequest>& prepared,
+                                       const std::vector<bool>& cold, const std::vector<size_t>& model_batch,
+                                       const float* hidden, Workspace& ws, std::vector<Response>& out) const {
+  const ModelSpec& spec = model_.spec();
+  const size_t n = static_cast<size_t>(spec.n_items), d = static_cast<size_t>(spec.d);
   // Requests over the whole catalog: one pre-scan for all of them (it reads the int8 table
   // once per batch). Candidate lists: only the candidates are scored, exactly.
   const std::function<float(float)> report = spec.score == ScoreKind::sigmoid ? sigmoid : identity;
@@ -141,7 +150,6 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
     }
     out[i] = answer(requests[i], prepared[i], cold[i], std::move(ranked));
   }
-  return out;
 }
 
 std::vector<ScoredItem> Recommender::rank_logits(const Request& request, const PreparedRequest& prepared,

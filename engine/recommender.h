@@ -45,6 +45,10 @@ class Recommender {
   // The ranked items of one request from its full logits [n_items].
   std::vector<ScoredItem> rank_logits(const Request& request, const PreparedRequest& prepared,
                                       const float* logits) const;
+  // Answers the model batch's requests (rows of `hidden`) of a model with the pre-scan.
+  void answer_with_pre_scan(std::span<const Request> requests, const std::vector<PreparedRequest>& prepared,
+                            const std::vector<bool>& cold, const std::vector<size_t>& model_batch,
+                            const float* hidden, Workspace& ws, std::vector<Response>& out) const;
   Response answer(const Request& request, const PreparedRequest& prepared, bool empty_history,
                   std::vector<ScoredItem> ranked) const;
   Response popular(const Request& request, const PreparedRequest& prepared,
