@@ -174,6 +174,14 @@ void append_score(std::string& out, float score) {
 
 namespace {
 
+// One parser per thread, reused: a new parser allocates its buffers for every document.
+// The elements a parse returns live until the thread's next parse; every caller here reads
+// them completely before returning.
+simdjson::dom::parser& thread_parser() {
+  thread_local simdjson::dom::parser parser;
+  return parser;
+}
+
 element parse_body(simdjson::dom::parser& parser, std::string_view body) {
   element root;
   if (auto error = parser.parse(body.data(), body.size()).get(root))
@@ -220,12 +228,12 @@ RecommendRequest read_recommend_request(const element& root, const std::string& 
 }  // namespace
 
 RecommendRequest parse_recommend_request(std::string_view body, const Limits& limits) {
-  simdjson::dom::parser parser;
+  simdjson::dom::parser& parser = thread_parser();
   return read_recommend_request(parse_body(parser, body), "request body", limits);
 }
 
 std::vector<BatchEntry> parse_batch_request(std::string_view body, const Limits& limits, int64_t max_requests) {
-  simdjson::dom::parser parser;
+  simdjson::dom::parser& parser = thread_parser();
   const element root = parse_body(parser, body);
   if (!root.is_object()) wrong_type("request body", "a JSON object", root);
   simdjson::dom::object fields = root.get_object().value_unsafe();
@@ -256,7 +264,7 @@ std::vector<BatchEntry> parse_batch_request(std::string_view body, const Limits&
 }
 
 std::vector<Interaction> parse_interactions_body(std::string_view body, const Limits& limits) {
-  simdjson::dom::parser parser;
+  simdjson::dom::parser& parser = thread_parser();
   const element root = parse_body(parser, body);
   if (!root.is_object()) wrong_type("request body", "a JSON object", root);
   simdjson::dom::object fields = root.get_object().value_unsafe();
@@ -271,7 +279,7 @@ std::vector<Interaction> parse_interactions_body(std::string_view body, const Li
 
 std::optional<std::string> parse_reload_body(std::string_view body) {
   if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return std::nullopt;
-  simdjson::dom::parser parser;
+  simdjson::dom::parser& parser = thread_parser();
   const element root = parse_body(parser, body);
   if (!root.is_object()) wrong_type("request body", "a JSON object", root);
   simdjson::dom::object fields = root.get_object().value_unsafe();
