@@ -1,6 +1,7 @@
 #include "kernels/panel_gemm.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/simd_math.h"
 
@@ -134,7 +135,38 @@ void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t row
 
 #else
 
+// Without AVX-512 PackedLinear uses oneDNN; this plain version (same accumulation order, the
+// activations by their definitions) keeps the kernel's contract testable on any CPU.
 bool panel_gemm_available() { return false; }
+
+namespace {
+float activate(Epilogue epilogue, float v) {
+  switch (epilogue) {
+    case Epilogue::none: return v;
+    case Epilogue::relu: return v > 0.0f ? v : 0.0f;
+    case Epilogue::gelu_erf: return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+    case Epilogue::gelu_tanh:
+      return 0.5f * v * (1.0f + std::tanh(0.79788456080286535588f * (v + 0.044715f * v * v * v)));
+    case Epilogue::swish: return v / (1.0f + std::exp(-v));
+    case Epilogue::tanh: return std::tanh(v);
+    case Epilogue::sigmoid: return 1.0f / (1.0f + std::exp(-v));
+  }
+  return v;
+}
+}  // namespace
+
+void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y,
+                const float* residual) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < w.out; ++o) {
+      const float* column = w.panels.data() + (o / kPanelWidth) * w.in * kPanelWidth + o % kPanelWidth;
+      float acc = 0.0f;
+      for (int64_t c = 0; c < w.in; ++c) acc = std::fma(x[r * ld_x + c], column[c * kPanelWidth], acc);
+      float v = activate(epilogue, acc + w.bias[static_cast<size_t>(o)]);
+      if (residual) v += residual[r * w.out + o];
+      y[r * w.out + o] = v;
+    }
+}
 
 #endif
 

@@ -28,13 +28,13 @@ struct WeightPanels {
 // weight: [out, in] row-major (torch Linear); bias: [out] or null.
 WeightPanels pack_panels(const float* weight, const float* bias, int64_t out, int64_t in);
 
-// Whether panel_gemm runs natively here (AVX-512); callers use another backend otherwise.
+// Whether panel_gemm runs natively here (AVX-512). Elsewhere it is a plain loop with the
+// same results (to rounding of the activations), kept for tests: PackedLinear uses oneDNN.
 bool panel_gemm_available();
 
 // y: [rows, out] (row stride out) = epilogue(x: [rows, in] (row stride ld_x) · Wᵀ + bias)
 // (+ residual: [rows, out], row stride out, which y may alias — the transformer's residual
-// add, fused). The activations are kernels/simd_math.h's (absolute error <= ~2e-7). Needs
-// panel_gemm_available().
+// add, fused). The activations are kernels/simd_math.h's (absolute error <= ~2e-7).
 void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y,
                 const float* residual = nullptr);
 
