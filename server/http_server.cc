@@ -32,6 +32,8 @@ HttpResponse error_response(http::status status, const std::string& code, const 
 
 namespace {
 
+constexpr std::size_t kReadChunk = 16 * 1024;
+
 struct State {
   Options options;
   Handler handler;
@@ -41,7 +43,11 @@ struct State {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, std::shared_ptr<State> state) : stream_(std::move(socket)), state_(std::move(state)) {}
+  Session(tcp::socket&& socket, std::shared_ptr<State> state) : stream_(std::move(socket)), state_(std::move(state)) {
+    // Beast reads at most the buffer's free capacity per call (512 bytes when empty): room
+    // for a typical request lets one recv take it whole instead of a dozen growing reads.
+    buffer_.reserve(kReadChunk);
+  }
 
   void run() { net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this())); }
 
