@@ -14,7 +14,7 @@ namespace seqrec {
 
 // Whether the model keeps an int8 copy of its item table for the pre-scan.
 enum class PreScan {
-  automatic,  // for tables too large to pack (see model.cc)
+  automatic,  // for tables beyond the fast caches (see model.cc)
   always,     // whenever the table can be bounded (tests: small catalogs through the large-catalog path)
   never,
 };
@@ -40,6 +40,9 @@ class Model {
 
   // Whether exact_top_k can answer: the int8 copy of the item table is built.
   bool has_pre_scan() const { return !quantized_table_.empty(); }
+  // Whether a batch of `rows` hidden states is ranked by exact_top_k (else score + top-k).
+  // Either way a request gets the same rows and the same score bits.
+  bool pre_scan_answers(int64_t rows) const;
   // Bytes the int8 copy holds (0 without it).
   size_t pre_scan_bytes() const { return quantized_table_.size(); }
 

@@ -142,6 +142,8 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
   if (impl_->has_bias) impl_->bias = dnnl::memory(bias_desc, engine, const_cast<float*>(bias));
 }
 
+bool PackedLinear::panel_packed() const { return impl_ && impl_->use_panels; }
+
 void PackedLinear::apply(const float* x, int64_t ld_x, int64_t rows, float* y) const {
   if (rows == 0) return;
   if (impl_->use_panels) return panel_gemm(impl_->panels, x, ld_x, rows, impl_->epilogue, y);

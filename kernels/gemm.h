@@ -67,6 +67,9 @@ class PackedLinear {
   // with input row stride ld_x, so the first requests do not wait for them.
   void prepare(int64_t max_rows, int64_t ld_x) const;
 
+  // Whether this layer runs panel_gemm (its rows then match kernels::exact_score's bits).
+  bool panel_packed() const;
+
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
 

@@ -383,30 +383,11 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
 }
 
 float exact_score(const float* h, const float* w, int64_t d) {
-#if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes) acc = _mm512_fmadd_ps(_mm512_loadu_ps(h + j), _mm512_loadu_ps(w + j), acc);
-  if (j < d) {  // the tail as zeros, as the portable order has it
-    const __mmask16 tail = static_cast<__mmask16>((1u << (d - j)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, h + j), _mm512_maskz_loadu_ps(tail, w + j), acc);
-  }
-  const __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(acc),
-                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
-  const __m128 four = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
-  const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
-  return _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
-#else
-  float lanes[kLanes] = {};
-  const int64_t padded = (d + kLanes - 1) / kLanes * kLanes;
-  for (int64_t j = 0; j < padded; ++j) {
-    const float hj = j < d ? h[j] : 0.0f, wj = j < d ? w[j] : 0.0f;
-    lanes[j % kLanes] = std::fma(hj, wj, lanes[j % kLanes]);
-  }
-  for (int width = kLanes / 2; width >= 1; width /= 2)
-    for (int i = 0; i < width; ++i) lanes[i] = lanes[i] + lanes[i + width];
-  return lanes[0];
-#endif
+  // One FMA per dimension in order from 0: bit for bit what a lane of kernels::panel_gemm
+  // computes, so scores found here equal the full scoring product's.
+  float acc = 0.0f;
+  for (int64_t j = 0; j < d; ++j) acc = std::fma(h[j], w[j], acc);
+  return acc;
 }
 
 void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,

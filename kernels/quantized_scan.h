@@ -6,7 +6,8 @@
 // has u_i >= T). Only those rows are rescored in fp32, so the answer is the full scan's.
 //
 // The exact score of row i is exact_score(h, w_i, d) (+ bias_i, one fp32 addition): a
-// fixed-order fp32 dot product, the same whatever the batch or the path that found the row.
+// fixed-order fp32 dot product, the same whatever the batch or the path that found the row,
+// and the same as kernels::panel_gemm's scoring product.
 //
 // The bounds assume IEEE fp32 arithmetic with gradual underflow (no -ffast-math, no FTZ/DAZ).
 // The dot products of the scan are exact integer arithmetic: the AVX-512 VNNI kernel and
@@ -78,8 +79,9 @@ void quantized_dots(const uint8_t* qtable, int64_t n, int64_t d, const ScanQuery
 void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
                  float* lower, float* upper);
 
-// The exact score h · w (d floats each): 16 partial sums, lane j mod 16 accumulating
-// fma(h_j, w_j, ·) in order of j, then added pairwise (lanes i + 8, i + 4, i + 2, i + 1).
+// The exact score h · w (d floats each): acc = fma(h_j, w_j, acc) for j = 0 .. d−1 from 0 —
+// the order of a kernels::panel_gemm lane, so the two give the same bits (the bounds cover
+// γ_d for any summation order).
 float exact_score(const float* h, const float* w, int64_t d);
 
 // ---- exact top-k ---------------------------------------------------------------------------

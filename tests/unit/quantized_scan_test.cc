@@ -16,6 +16,7 @@
 
 #include "engine/recommender.h"
 #include "engine/tensor.h"
+#include "kernels/panel_gemm.h"
 #include "test_models.h"
 
 namespace seqrec::kernels {
@@ -59,12 +60,9 @@ std::vector<int> decode_item(const Bytes& q, int64_t d, int64_t i, float* scale)
 
 // The exact score as documented: 16 lanes of fma in order of j, then added pairwise.
 float reference_exact_score(const float* h, const float* w, int64_t d) {
-  float lanes[16] = {};
-  for (int64_t j = 0; j < (d + 15) / 16 * 16; ++j)
-    lanes[j % 16] = std::fma(j < d ? h[j] : 0.0f, j < d ? w[j] : 0.0f, lanes[j % 16]);
-  for (int width = 8; width >= 1; width /= 2)
-    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
-  return lanes[0];
+  float acc = 0.0f;
+  for (int64_t j = 0; j < d; ++j) acc = std::fma(h[j], w[j], acc);
+  return acc;
 }
 
 struct Ranked {
@@ -170,12 +168,23 @@ TEST(QuantizedScan, LayoutAndIntegerDotsMatchAScalarReference) {
   }
 }
 
-TEST(QuantizedScan, ExactScoreHasItsDocumentedOrder) {
+// The documented order, and the same bits as the scoring product (panel_gemm) gives the row:
+// the pre-scan and the full product are interchangeable per batch.
+TEST(QuantizedScan, ExactScoreEqualsTheScoringProductBitForBit) {
   unsigned seed = 100;
   for (int64_t d : {1, 7, 16, 17, 50, 64, 65, 129}) {
+    const int64_t n = 37;
+    const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++), bias = noise(static_cast<size_t>(n), seed++);
+    const WeightPanels panels = pack_panels(table.data(), bias.data(), n, d);
     for (int rep = 0; rep < 20; ++rep) {
-      const std::vector<float> h = noise(static_cast<size_t>(d), seed++), w = noise(static_cast<size_t>(d), seed++);
-      ASSERT_EQ(exact_score(h.data(), w.data(), d), reference_exact_score(h.data(), w.data(), d)) << "d " << d;
+      const std::vector<float> h = noise(static_cast<size_t>(d), seed++);
+      std::vector<float> product(static_cast<size_t>(n));
+      panel_gemm(panels, h.data(), d, 1, Epilogue::none, product.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const float score = exact_score(h.data(), table.data() + i * d, d);
+        ASSERT_EQ(score, reference_exact_score(h.data(), table.data() + i * d, d)) << "d " << d;
+        ASSERT_EQ(score + bias[static_cast<size_t>(i)], product[static_cast<size_t>(i)]) << "d " << d << " row " << i;
+      }
     }
   }
 }
@@ -614,6 +623,46 @@ TEST(PreScanRecommender, LargeCatalogsGetThePreScan) {
     for (size_t j = 0; j < want.size(); ++j) {
       ASSERT_EQ(got.recommendations[j].id, want[j].id) << "rank " << j;
       ASSERT_NEAR(got.recommendations[j].score, want[j].score, 1e-6 * std::abs(want[j].score));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace seqrec
+
+namespace seqrec {
+namespace {
+
+// Mid-size catalogs (here 2,000 x 64 floats, past the automatic threshold, panel-packed
+// scoring) take the pre-scan for small batches and the full product for large ones. The
+// two must give every request the same rows and the same score bits: batches of 1, 8, 9
+// and 40 (every request of the mix at once) answer identically.
+TEST(PreScanRecommender, SmallAndLargeBatchesAnswerBitForBit) {
+  const ModelSpec spec = testing::small_spec(2000, 10, 64, 2);
+  for (ScoreKind score : {ScoreKind::raw, ScoreKind::sigmoid}) {
+    ModelSpec s = spec;
+    s.score = score;
+    const Recommender rec(s, testing::random_weights(s), testing::offset_ids(s.n_items), {}, std::nullopt);
+    ASSERT_TRUE(rec.model().has_pre_scan());
+    ASSERT_TRUE(rec.model().pre_scan_answers(1));
+    ASSERT_FALSE(rec.model().pre_scan_answers(40));
+    const std::vector<Request> mix = request_mix(s.n_items, 31);
+    Workspace ws;
+    const std::vector<Response> all = rec.recommend(mix, ws);
+    for (size_t chunk : {size_t{1}, size_t{8}, size_t{9}}) {
+      for (size_t first = 0; first < mix.size(); first += chunk) {
+        const size_t n = std::min(chunk, mix.size() - first);
+        const std::vector<Response> part = rec.recommend(std::span<const Request>(mix.data() + first, n), ws);
+        for (size_t i = 0; i < n; ++i) {
+          const auto& want = all[first + i].recommendations;
+          const auto& got = part[i].recommendations;
+          ASSERT_EQ(got.size(), want.size()) << "request " << first + i << " batch " << chunk;
+          for (size_t j = 0; j < want.size(); ++j) {
+            ASSERT_EQ(got[j].id, want[j].id) << "request " << first + i << " rank " << j << " batch " << chunk;
+            ASSERT_EQ(got[j].score, want[j].score) << "request " << first + i << " rank " << j << " batch " << chunk;
+          }
+        }
+      }
     }
   }
 }
