@@ -11,7 +11,8 @@ batch), and writes one fixed request set (histories of random length 1..2L, fixe
 Then three worker processes hold the model, one per system:
 
   seqrec        build-bench/bench/seqrec_timing: the engine in-process (Recommender::recommend:
-                sequence building, forward pass, scoring GEMM, top-10, response), no HTTP.
+                sequence building, forward pass, scoring (int8 pre-scan + exact rescoring,
+                or the scoring product), top-10, response), no HTTP.
                 T threads, each with its own Workspace, take chunks of B requests;
                 kernels::set_gemm_threads(1) (parallelism across requests, as `seqrec serve`).
   PyTorch       bench/torch_worker.py: eval(), torch.no_grad(), torch.set_num_threads(T),
@@ -25,7 +26,9 @@ Then three worker processes hold the model, one per system:
 
 ms/request = wall time of a pass over the whole request set / requests (so with T = 2 it
 is throughput: seqrec runs two requests-streams at once, the peers use two threads inside
-each batch). Each (batch, threads) cell is timed once per round per system, the systems'
+each batch). seqrec's pass cycles over the set until it has answered at least 8·B·T
+requests: with --quick's 128 requests, batch 64 on two threads would otherwise be one batch
+per thread, timing thread hand-off more than the engine. Each (batch, threads) cell is timed once per round per system, the systems'
 order rotating between rounds, the cells interleaved; the table shows medians over rounds.
 A pass starts no new batch after --budget seconds (ms/request is then over the requests it
 answered; the output lists such cells).

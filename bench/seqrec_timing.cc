@@ -8,9 +8,12 @@
 // top-10 is the model's own ranking and can be compared with a peer's logits.
 //
 // Commands, one per line on stdin; each answer is one JSON line on stdout:
-//   run SET B T [S]  time the whole set once: T threads, each with its own Workspace, take
-//                 chunks of B requests from a shared counter and answer each chunk with ONE
-//                 Recommender::recommend call; with S > 0, no chunk starts after S seconds.
+//   run SET B T [S]  time the whole set once — cycled over until at least 8·B·T requests
+//                 are answered, so that small sets still give every thread several batches:
+//                 T threads, each with its own Workspace, take chunks of B requests from a
+//                 shared counter and answer each chunk with ONE Recommender::recommend call
+//                 (a chunk never wraps past the set's end); with S > 0, no chunk starts after
+//                 S seconds.
 //                 One untimed warm-up pass over min(N, 4·B·T) requests comes first. Answers
 //                 {"seconds": wall time of the pass, "n": requests answered,
 //                 "batch_ms": [latency of each recommend call]}.
@@ -110,14 +113,15 @@ class Timer {
         if (budget_s > 0 && std::chrono::duration<double>(Clock::now() - start).count() > budget_s) break;
         const size_t begin = next.fetch_add(b);
         if (begin >= n) break;
-        const size_t end = std::min(n, begin + b);
+        const size_t first = begin % set.size();  // n may exceed the set: cycle over it
+        const size_t end = std::min({n, begin + b, begin + (set.size() - first)});
         answered += end - begin;
         const auto t0 = Clock::now();
         std::vector<seqrec::Response> responses =
-            rec_->recommend(std::span<const Request>(set.data() + begin, end - begin), ws);
+            rec_->recommend(std::span<const Request>(set.data() + first, end - begin), ws);
         lat[w].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
         if (top)
-          for (size_t i = begin; i < end; ++i) (*top)[i] = std::move(responses[i - begin].recommendations);
+          for (size_t i = begin; i < end; ++i) (*top)[i % set.size()] = std::move(responses[i - begin].recommendations);
       }
     };
     {
@@ -285,7 +289,7 @@ int main(int argc, char** argv) try {
       continue;
     }
     timer.pass(set, std::min(set.size(), 4 * b * t), b, t, nullptr);  // warm-up
-    print_pass(timer.pass(set, set.size(), b, t, nullptr, budget_s));
+    print_pass(timer.pass(set, std::max(set.size(), 8 * b * t), b, t, nullptr, budget_s));
   }
   return 0;
 } catch (const std::exception& e) {
