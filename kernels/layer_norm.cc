@@ -2,6 +2,15 @@
 
 #include <cmath>
 
+#include "kernels/simd_math.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// GCC 12 warns inside its own _mm512_reduce_* helpers (an undefined vector it fills on purpose).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 namespace seqrec::kernels {
 
 namespace {
@@ -20,10 +29,60 @@ float lane_sum(const float* x, int64_t n, F f) {
   return sum;
 }
 
+#if defined(__AVX512F__)
+// A row of up to 16·BLOCKS floats held in registers: one read and one write per row (y may
+// alias x: the row is read whole before it is written).
+template <int BLOCKS>
+void layer_norm_rows(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const float* gamma, const float* beta,
+                     float eps, float* y, int64_t ld_y) {
+  __mmask16 mask[BLOCKS];
+  __m512 g[BLOCKS], b[BLOCKS];
+#pragma GCC unroll 8
+  for (int k = 0; k < BLOCKS; ++k) {
+    const int64_t left = dim - 16 * k;
+    mask[k] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    g[k] = _mm512_maskz_loadu_ps(mask[k], gamma + 16 * k);
+    b[k] = _mm512_maskz_loadu_ps(mask[k], beta + 16 * k);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ld_x;
+    float* yr = y + r * ld_y;
+    __m512 v[BLOCKS];
+    __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int k = 0; k < BLOCKS; ++k) {
+      v[k] = _mm512_maskz_loadu_ps(mask[k], xr + 16 * k);
+      sum = _mm512_add_ps(sum, v[k]);
+    }
+    const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / static_cast<float>(dim));
+    __m512 sq = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int k = 0; k < BLOCKS; ++k) {
+      v[k] = _mm512_maskz_sub_ps(mask[k], v[k], mean);  // masked: lanes past dim stay 0
+      sq = _mm512_fmadd_ps(v[k], v[k], sq);
+    }
+    const float var = _mm512_reduce_add_ps(sq) / static_cast<float>(dim);
+    const __m512 inv_std = _mm512_set1_ps(1.0f / std::sqrt(var + eps));
+#pragma GCC unroll 8
+    for (int k = 0; k < BLOCKS; ++k)
+      simd::store_first(yr + 16 * k, _mm512_fmadd_ps(_mm512_mul_ps(v[k], inv_std), g[k], b[k]), dim - 16 * k);
+  }
+}
+#endif
+
 }  // namespace
 
 void layer_norm(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const float* gamma, const float* beta,
                 float eps, float* y, int64_t ld_y) {
+#if defined(__AVX512F__)
+  switch ((dim + 15) / 16) {
+    case 1: return layer_norm_rows<1>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
+    case 2: return layer_norm_rows<2>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
+    case 3: return layer_norm_rows<3>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
+    case 4: return layer_norm_rows<4>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
+    default: break;  // wider rows: the generic loop
+  }
+#endif
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ld_x;
     float* yr = y + r * ld_y;
