@@ -40,8 +40,8 @@ Runtime is checked against PyTorch's; two rows may swap only where PyTorch's log
 tie within fp32 noise (|a - b| <= 4e-6 x the request's largest |logit|, about 30 fp32 ulps).
 
 seqrec's useful GFLOP/s = the useful FLOPs of the request set (workloads.useful_flops: real
-history length, causal lower triangle, last block only for the read-out slot, plus the
-catalog scoring GEMM) / seqrec's time, shown as a share of T x the single-core OpenBLAS
+history length, causal lower triangle, last block only for the read-out slot; the encoder
+only, since the catalog scoring mostly goes through the int8 pre-scan) / seqrec's time, shown as a share of T x the single-core OpenBLAS
 sgemm rate (n = 1024) measured by seqrec_timing in every round of the same run: the faster
 of OpenBLAS's own kernel choice for this CPU (OPENBLAS_CORETYPE unset, product checked) and
 the kernel the environment forces (this machine sets OPENBLAS_CORETYPE=Haswell, AVX2: half

@@ -86,9 +86,12 @@ def useful_flops(w, history_length):
       scores q·k and the weighted sum p·v over the keys each query row sees:
           causal: the lower triangle, n(n+1)/2 pairs; bidirectional: n² pairs;
           the last block: n pairs (one query)                 pairs · 4·d  (all heads: h·d_h = d)
-    then BERT4Rec's head (dense d×d) when there is one, and the catalog scoring GEMM,
-    2·d per real item. Padded slots, LayerNorm, softmax, activations, embedding gathers
-    and top-k count nothing (they are O(n·d) or O(items))."""
+    then BERT4Rec's head (dense d×d) when there is one. The catalog scoring counts nothing:
+    seqrec ranks small batches and large catalogs by an int8 pre-scan plus the exact fp32
+    rescoring of a few rows (kernels/quantized_scan.h), so the full product's 2·d per item
+    is not work it does, and counting it would flatter the FLOP rate (catalog1m: ~100% of the
+    sgemm limit). Padded slots, LayerNorm, softmax, activations, embedding gathers and top-k
+    count nothing either (they are O(n·d) or O(items))."""
     n = min(history_length, w.max_len)  # BERT4Rec (RecBole >= 1.2): [MASK] appended, oldest dropped
     d, f = w.d, w.ffn
     total = 0
@@ -106,7 +109,6 @@ def useful_flops(w, history_length):
         total += 4 * pairs * d
     if w.bidirectional:
         total += 2 * d * d
-    total += 2 * d * w.items
     return total
 
 
