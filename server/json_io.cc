@@ -17,6 +17,39 @@ using simdjson::dom::element_type;
 
 [[noreturn]] void invalid(const std::string& message) { throw ApiError(400, "invalid_request", message); }
 
+// Where a value sits in the request, for error messages: made into text only when an error
+// names it. (A request carries hundreds of interactions; naming each one up front —
+// "user_interactions[17].timestamp" — cost more than parsing the JSON itself.)
+class Path {
+ public:
+  Path(const char* root) : text_(root) {}
+  Path(const std::string& root) : text_(root) {}
+  static Path index(const Path& parent, size_t i) { return Path(&parent, Kind::index, {}, i); }
+  static Path key(const Path& parent, std::string_view key) { return Path(&parent, Kind::key, key, 0); }
+  static Path member(const Path& parent, const char* name) { return Path(&parent, Kind::member, name, 0); }
+
+  std::string str() const {
+    if (!parent_) return std::string(text_);
+    std::string out = parent_->str();
+    switch (kind_) {
+      case Kind::index: return out + "[" + std::to_string(index_) + "]";
+      case Kind::key: return out + "[\"" + std::string(text_) + "\"]";
+      case Kind::member: return out + "." + std::string(text_);
+      case Kind::root: break;
+    }
+    return out;
+  }
+
+ private:
+  enum class Kind { root, index, key, member };
+  Path(const Path* parent, Kind kind, std::string_view text, size_t index)
+      : parent_(parent), kind_(kind), text_(text), index_(index) {}
+  const Path* parent_ = nullptr;
+  Kind kind_ = Kind::root;
+  std::string_view text_;
+  size_t index_ = 0;
+};
+
 // A short rendering of a JSON value for error messages.
 std::string show(const element& value) {
   std::string text = simdjson::minify(value);
@@ -38,16 +71,16 @@ const char* type_name(const element& value) {
   return "a value";
 }
 
-[[noreturn]] void wrong_type(const std::string& field, const char* expected, const element& value) {
-  invalid(field + ": expected " + expected + ", found " + type_name(value) + " " + show(value));
+[[noreturn]] void wrong_type(const Path& field, const char* expected, const element& value) {
+  invalid(field.str() + ": expected " + expected + ", found " + type_name(value) + " " + show(value));
 }
 
 // An item or user id: a string, or an integer read as its decimal string.
-std::string read_id(const std::string& field, const element& value) {
+std::string read_id(const Path& field, const element& value) {
   switch (value.type()) {
     case element_type::STRING: {
       std::string id(std::string_view(value.get_string().value_unsafe()));
-      if (id.empty()) invalid(field + ": empty id");
+      if (id.empty()) invalid(field.str() + ": empty id");
       return id;
     }
     case element_type::INT64: return std::to_string(int64_t(value.get_int64().value_unsafe()));
@@ -56,65 +89,66 @@ std::string read_id(const std::string& field, const element& value) {
   }
 }
 
-std::optional<int64_t> read_timestamp(const std::string& field, const element& value) {
+std::optional<int64_t> read_timestamp(const Path& field, const element& value) {
   if (value.is_null()) return std::nullopt;
   if (value.type() != element_type::INT64) wrong_type(field, "an integer timestamp", value);
   return int64_t(value.get_int64().value_unsafe());
 }
 
-std::optional<double> read_rating(const std::string& field, const element& value) {
+std::optional<double> read_rating(const Path& field, const element& value) {
   if (value.is_null()) return std::nullopt;
   if (!value.is_number()) wrong_type(field, "a number", value);
   const double rating = value.get_double().value_unsafe();
-  if (!std::isfinite(rating)) invalid(field + ": not a finite number: " + show(value));
+  if (!std::isfinite(rating)) invalid(field.str() + ": not a finite number: " + show(value));
   return rating;
 }
 
 // {"timestamp": int, "rating": number}, both optional.
-void read_interaction_fields(const std::string& field, const element& value, Interaction& out, bool list_form) {
+void read_interaction_fields(const Path& field, const element& value, Interaction& out, bool list_form) {
   if (!value.is_object()) wrong_type(field, "an object", value);
   simdjson::dom::object object = value.get_object().value_unsafe();
   for (auto [key, member] : object) {
     if (key == "timestamp")
-      out.timestamp = read_timestamp(field + ".timestamp", member);
+      out.timestamp = read_timestamp(Path::member(field, "timestamp"), member);
     else if (key == "rating")
-      out.rating = read_rating(field + ".rating", member);
+      out.rating = read_rating(Path::member(field, "rating"), member);
     else if (list_form && key == "item_id")
-      out.item_id = read_id(field + ".item_id", member);
+      out.item_id = read_id(Path::member(field, "item_id"), member);
     else
-      invalid(field + ": unknown field '" + std::string(key) + "'");
+      invalid(field.str() + ": unknown field '" + std::string(key) + "'");
   }
 }
 
-std::vector<Interaction> read_interactions(const std::string& field, const element& value, const Limits& limits) {
+std::vector<Interaction> read_interactions(const Path& field, const element& value, const Limits& limits) {
   std::vector<Interaction> out;
   auto check_count = [&](size_t n) {
     if (static_cast<int64_t>(n) > limits.max_interactions)
-      invalid(field + ": " + std::to_string(n) + " interactions, at most " + std::to_string(limits.max_interactions) +
+      invalid(field.str() + ": " + std::to_string(n) + " interactions, at most " + std::to_string(limits.max_interactions) +
               " allowed");
   };
   if (value.is_object()) {  // {"item_id": {...}, ...}
     simdjson::dom::object object = value.get_object().value_unsafe();
     check_count(object.size());
+    out.reserve(object.size());
     std::unordered_set<std::string_view> keys;
     for (auto [key, member] : object) {
-      const std::string name = field + "[\"" + std::string(key) + "\"]";
-      if (key.empty()) invalid(field + ": empty item id");
-      if (!keys.insert(key).second) invalid(field + ": item id \"" + std::string(key) + "\" appears twice");
+      if (key.empty()) invalid(field.str() + ": empty item id");
+      if (!keys.insert(key).second) invalid(field.str() + ": item id \"" + std::string(key) + "\" appears twice");
       Interaction it;
       it.item_id = std::string(key);
-      read_interaction_fields(name, member, it, false);
+      read_interaction_fields(Path::key(field, key), member, it, false);
       out.push_back(std::move(it));
     }
   } else if (value.is_array()) {  // [{"item_id", "timestamp", "rating"}, ...]
     simdjson::dom::array array = value.get_array().value_unsafe();
     check_count(array.size());
+    out.reserve(array.size());
     size_t i = 0;
     for (element member : array) {
-      const std::string name = field + "[" + std::to_string(i++) + "]";
+      const Path name = Path::index(field, i++);
       Interaction it;
       read_interaction_fields(name, member, it, true);
-      if (it.item_id.empty()) invalid(name + ": missing field 'item_id'");
+      if (it.item_id.empty()) invalid(name.str() + ": missing field 'item_id'");
       out.push_back(std::move(it));
     }
   } else {
@@ -123,14 +157,16 @@ std::vector<Interaction> read_interactions(const std::string& field, const eleme
   return out;
 }
 
-std::vector<std::string> read_id_list(const std::string& field, const element& value, int64_t max_count) {
+std::vector<std::string> read_id_list(const Path& field, const element& value, int64_t max_count) {
   if (!value.is_array()) wrong_type(field, "an array of item ids", value);
   simdjson::dom::array array = value.get_array().value_unsafe();
   if (static_cast<int64_t>(array.size()) > max_count)
-    invalid(field + ": " + std::to_string(array.size()) + " ids, at most " + std::to_string(max_count) + " allowed");
+    invalid(field.str() + ": " + std::to_string(array.size()) + " ids, at most " + std::to_string(max_count) +
+            " allowed");
   std::vector<std::string> out;
+  out.reserve(array.size());
   size_t i = 0;
-  for (element member : array) out.push_back(read_id(field + "[" + std::to_string(i++) + "]", member));
+  for (element member : array) out.push_back(read_id(Path::index(field, i++), member));
   return out;
 }
 

@@ -97,6 +97,8 @@ TEST(ParseRecommend, WrongTypesNameTheFieldAndValue) {
   EXPECT_ERROR_HAS(R"({"user_interactions": [{"timestamp": 1}]})", "user_interactions[0]: missing field 'item_id'");
   EXPECT_ERROR_HAS(R"({"user_interactions": [{"item_id": 1.5}]})", "user_interactions[0].item_id: expected a string or an integer id");
   EXPECT_ERROR_HAS(R"({"user_interactions": [{"item_id": "1", "when": 3}]})", "user_interactions[0]: unknown field 'when'");
+  EXPECT_ERROR_HAS(R"({"user_interactions": [{"item_id": "1"}, {"item_id": "2"}, {"item_id": "3", "rating": "x"}]})",
+                   "user_interactions[2].rating: expected a number, found a string \"x\"");
   EXPECT_ERROR_HAS(R"({"user_interactions": {"5": {}, "5": {}}})", "item id \"5\" appears twice");
   EXPECT_ERROR_HAS(R"({"user_id": "a", "recommend_seen": 1})", "recommend_seen: expected a boolean, found an integer 1");
   EXPECT_ERROR_HAS(R"({"user_id": "a", "candidate_ids": "5"})", "candidate_ids: expected an array of item ids");
