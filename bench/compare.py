@@ -198,7 +198,7 @@ def run_checks(workers):
 
 # ---- timing ------------------------------------------------------------------------------------------
 
-def time_workload(w, folder, workers, rounds, sgemm, budget, capped):
+def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle):
     sets = workloads.set_names(folder)
     cells = [("main", b, t) for t in THREADS for b in BATCHES]
     cells += [(name, 1, 1) for name in sets if name != "main"]
@@ -212,6 +212,7 @@ def time_workload(w, folder, workers, rounds, sgemm, budget, capped):
         for cell in cells:
             name, b, t = cell
             for system in order:
+                time.sleep(settle)  # the previous system's spinning threads go idle first
                 answer = workers[system].ask(f"run {name} {b} {t} {budget}")
                 full = len(workloads.set_lengths(folder, name))
                 if answer["n"] < full:
@@ -354,6 +355,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=None,
                         help="timing rounds (default 5, catalog1m 3; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller request sets and 2 rounds")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds of idle before every timed pass (default 0)")
     parser.add_argument("--budget", type=float, default=4.0,
                         help="seconds after which a timed pass starts no new batch (default 4; 0: none). "
                              "Bounds the run when a peer crawls (PyTorch's 2 threads on a busy machine)")
@@ -412,7 +415,8 @@ def main():
                 check_rows.append((name, c))
                 log(f"[{name}]   {LABEL[c['system']]} batch {c['batch']}: {c['differ']}/{c['requests']} requests differ; "
                     f"max |logit delta| {c['max_delta']:.2e}")
-            cells, ms, p50 = time_workload(w, folder, workers, rounds_for(name), sgemm, args.budget, capped)
+            cells, ms, p50 = time_workload(w, folder, workers, rounds_for(name), sgemm, args.budget, capped,
+                                           args.settle)
         finally:
             for worker in workers.values():
                 worker.close()
