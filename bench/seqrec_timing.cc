@@ -13,7 +13,7 @@
 //                 T threads, each with its own Workspace, take chunks of B requests from a
 //                 shared counter and answer each chunk with ONE Recommender::recommend call
 //                 (a chunk never wraps past the set's end); with S > 0, no chunk starts after
-//                 S seconds.
+//                 S seconds. The clock starts when all T threads are awake (see Timer::pass).
 //                 One untimed warm-up pass over min(N, 4·B·T) requests comes first. Answers
 //                 {"seconds": wall time of the pass, "n": requests answered,
 //                 "batch_ms": [latency of each recommend call]}.
@@ -104,9 +104,13 @@ class Timer {
             std::vector<std::vector<seqrec::ScoredItem>>* top, double budget_s = 0) {
     while (workspaces_.size() < t) workspaces_.emplace_back(std::make_unique<seqrec::Workspace>());
     while (helpers_.size() + 1 < t) helpers_.emplace_back([this, w = helpers_.size() + 1, g = generation_] { helper_loop(w, g); });
-    std::atomic<size_t> next{0}, answered{0};
-    const auto start = Clock::now();
+    std::atomic<size_t> next{0}, answered{0}, arrived{0};
+    std::atomic<bool> go{false};
+    Clock::time_point start;
     std::vector<std::vector<double>> lat(t);
+    // The clock starts once every worker is running: waking a thread that slept between
+    // passes (here, a 2-vCPU VM whose other vCPU may be halted) took up to a whole short
+    // pass, which then ran on one thread — a server's workers under load are awake.
     auto work = [&](size_t w) {
       seqrec::Workspace& ws = *workspaces_[w];
       for (;;) {
@@ -124,14 +128,22 @@ class Timer {
           for (size_t i = begin; i < end; ++i) (*top)[i % set.size()] = std::move(responses[i - begin].recommendations);
       }
     };
+    auto helper_work = [&](size_t w) {
+      arrived.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      work(w);
+    };
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = work;
+      job_ = helper_work;
       job_threads_ = t;
       pending_ = t - 1;
       ++generation_;
     }
     wake_.notify_all();
+    while (arrived.load() + 1 < t) std::this_thread::yield();
+    start = Clock::now();
+    go.store(true, std::memory_order_release);
     work(0);
     {
       std::unique_lock<std::mutex> lock(mutex_);
