@@ -2,7 +2,7 @@
 """seqrec side by side with PyTorch eager and ONNX Runtime (../shared/spec/performance.md).
 
   /usr/bin/python3 bench/compare.py [--workloads ml1m,recbole,bert4rec,catalog1m]
-                                    [--rounds N] [--quick] [--build DIR] [--workdir DIR]
+                                    [--rounds N] [--quick] [--settle S] [--build DIR] [--workdir DIR]
 
 For each workload: makes the model (the source framework's own modules, trained-looking
 random weights, fixed seed), saves its checkpoint and converts it with `seqrec convert`,
@@ -30,6 +30,9 @@ each batch). seqrec's pass cycles over the set until it has answered at least 8Â
 requests: with --quick's 128 requests, batch 64 on two threads would otherwise be one batch
 per thread, timing thread hand-off more than the engine. Each (batch, threads) cell is timed once per round per system, the systems'
 order rotating between rounds, the cells interleaved; the table shows medians over rounds.
+Every two-thread pass (any system) follows --settle seconds of idle: on this 2-vCPU VM a
+two-thread pass right after another system's pass ran up to 2.5x slower than back to back
+(the other vCPU comes back slowly), which skewed whichever system came next.
 A pass starts no new batch after --budget seconds (ms/request is then over the requests it
 answered; the output lists such cells).
 The peers' clocks cover only the forward pass to logits (no top-k); seqrec's covers
@@ -212,7 +215,8 @@ def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle):
         for cell in cells:
             name, b, t = cell
             for system in order:
-                time.sleep(settle)  # the previous system's spinning threads go idle first
+                if t > 1:
+                    time.sleep(settle)  # see --settle
                 answer = workers[system].ask(f"run {name} {b} {t} {budget}")
                 full = len(workloads.set_lengths(folder, name))
                 if answer["n"] < full:
@@ -355,8 +359,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=None,
                         help="timing rounds (default 5, catalog1m 3; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller request sets and 2 rounds")
-    parser.add_argument("--settle", type=float, default=0.0,
-                        help="seconds of idle before every timed pass (default 0)")
+    parser.add_argument("--settle", type=float, default=1.5,
+                        help="seconds of idle before every two-thread pass (default 1.5): on this 2-vCPU VM "
+                             "a two-thread pass right after another system's ran up to 2.5x slower")
     parser.add_argument("--budget", type=float, default=4.0,
                         help="seconds after which a timed pass starts no new batch (default 4; 0: none). "
                              "Bounds the run when a peer crawls (PyTorch's 2 threads on a busy machine)")
