@@ -15,17 +15,12 @@
 #include "kernels/layer_norm.h"
 #include "kernels/panel_gemm.h"
 #include "kernels/topk.h"
+#include "test_models.h"
 
 namespace seqrec::kernels {
 namespace {
 
-std::vector<float> noise(size_t n, unsigned seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using seqrec::testing::noise;
 
 // softmax(scale·q·kᵀ) v with key 0 weighted, in double.
 std::vector<double> reference_attention(const std::vector<float>& q, int64_t q_begin, int64_t n_q,

@@ -24,13 +24,7 @@ namespace {
 
 using Bytes = std::vector<uint8_t, AlignedAllocator<uint8_t>>;
 
-std::vector<float> noise(size_t n, unsigned seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using seqrec::testing::noise;
 
 Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d) {
   Bytes q(static_cast<size_t>(quantized_table_bytes(n, d)));

@@ -3,11 +3,21 @@
 
 #include <random>
 #include <string>
+#include <vector>
 
 #include "engine/model_spec.h"
 #include "engine/recommender.h"
 
 namespace seqrec::testing {
+
+// Seeded normal noise of standard deviation `scale`: kernel and model test inputs.
+inline std::vector<float> noise(size_t n, unsigned seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
 
 // A SASRec.pytorch-like spec (post_ln, left padding, causal) of the given sizes.
 inline ModelSpec small_spec(int64_t n_items = 12, int64_t max_len = 6, int64_t d = 8, int64_t heads = 2) {
