@@ -28,11 +28,12 @@ ms/request = wall time of a pass over the whole request set / requests (so with 
 is throughput: seqrec runs two requests-streams at once, the peers use two threads inside
 each batch). seqrec's pass cycles over the set until it has answered at least 8·B·T
 requests: with --quick's 128 requests, batch 64 on two threads would otherwise be one batch
-per thread, timing thread hand-off more than the engine. Each (batch, threads) cell is timed once per round per system, the systems'
-order rotating between rounds, the cells interleaved; the table shows medians over rounds.
-Every two-thread pass (any system) follows --settle seconds of idle: on this 2-vCPU VM a
-two-thread pass right after another system's pass ran up to 2.5x slower than back to back
-(the other vCPU comes back slowly), which skewed whichever system came next.
+per thread, timing thread hand-off more than the engine. Each (batch, threads) cell is timed
+once per round per system, the cells interleaved, the systems' order changing between rounds
+through all six orders (three rotations made each system always follow the same one); the
+table shows medians over rounds. Every two-thread pass (any system) follows --settle seconds
+of idle: on this 2-vCPU VM a two-thread pass right after another system's (ONNX Runtime's
+above all) ran up to 2.5x slower than back to back, skewing whichever system came next.
 A pass starts no new batch after --budget seconds (ms/request is then over the requests it
 answered; the output lists such cells).
 The peers' clocks cover only the forward pass to logits (no top-k); seqrec's covers
@@ -54,6 +55,7 @@ Results also go to WORKDIR/results.json and WORKDIR/results.md.
 """
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -71,6 +73,7 @@ import workloads  # noqa: E402
 BATCHES = (1, 8, 64)
 THREADS = (1, 2)
 SYSTEMS = ("seqrec", "pytorch", "ort")
+ORDERS = [list(p) for p in itertools.permutations(SYSTEMS)]
 LABEL = {"seqrec": "seqrec", "pytorch": "PyTorch", "ort": "ONNX Runtime"}
 TIE_TOLERANCE = 4e-6  # relative to the request's largest |logit|: about 30 fp32 ulps
 
@@ -211,7 +214,10 @@ def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle):
         started = time.time()
         sgemm["configured"].append(workers["seqrec"].ask("sgemm")["gflops"])
         sgemm["native"].append(workers["limit"].ask("sgemm")["gflops"])
-        order = SYSTEMS[r % 3:] + SYSTEMS[:r % 3]
+        # All six orders in turn, not three rotations: with rotations the cells' sequence made
+        # each system always follow the same one (seqrec always came right after ONNX
+        # Runtime, whose passes leave this VM's second vCPU slow for a second or so).
+        order = ORDERS[r % len(ORDERS)]
         for cell in cells:
             name, b, t = cell
             for system in order:
@@ -357,7 +363,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="ml1m,recbole,bert4rec,catalog1m")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="timing rounds (default 5, catalog1m 3; 2 with --quick)")
+                        help="timing rounds (default 6: every order once; catalog1m 3; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller request sets and 2 rounds")
     parser.add_argument("--settle", type=float, default=1.5,
                         help="seconds of idle before every two-thread pass (default 1.5): on this 2-vCPU VM "
@@ -371,7 +377,7 @@ def main():
                         "(default BUILD/compare)")
     args = parser.parse_args()
     def rounds_for(name):
-        return args.rounds or (2 if args.quick else 3 if name == "catalog1m" else 5)
+        return args.rounds or (2 if args.quick else 3 if name == "catalog1m" else 6)
     workdir = args.workdir or os.path.join(args.build, "compare")
     os.makedirs(workdir, exist_ok=True)
 
