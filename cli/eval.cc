@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "cli/commands.h"
+#include "cli/interaction_file_flags.h"
 #include "cli/progress_bar.h"
 #include "engine/error.h"
 #include "engine/evaluation.h"
@@ -145,12 +146,7 @@ Action add_eval(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "The .seqrec model file")->required();
-  app.add_option("--interactions", f->interactions,
-                 "CSV/TSV with a header (user, item[, rating][, timestamp]) or SASRec-style 'user item' lines")
-      ->required();
-  app.add_option("--columns", f->columns,
-                 "Header names to use, e.g. user=userId,item=movieId,rating=rating,timestamp=timestamp "
-                 "(default: user/userId/user_id, item/movieId/item_id, rating, timestamp; any case)");
+  add_interaction_file_options(app, f->interactions, f->columns);
   app.add_option("--k", f->ks, "Cut-offs for HR@k, NDCG@k and coverage@k, comma-separated")->capture_default_str();
   app.add_option("--protocol", f->protocol,
                  "full: rank the held-out item against the whole catalog minus the user's other interacted items; "
@@ -202,9 +198,7 @@ Action add_eval(CLI::App& app) {
     options.keep_negatives = !f->save_negatives.empty();
 
     // The file first (a bad file or column is reported before the model is loaded), then the model.
-    const history::ImportColumns columns =
-        f->columns.empty() ? history::ImportColumns{} : history::parse_import_columns(f->columns);
-    history::InteractionFile file(f->interactions, columns);
+    history::InteractionFile file(f->interactions, history::parse_import_columns(f->columns));
     const LoadedModel loaded = load_recommender(f->model, f->rating_threshold);
     const Recommender& recommender = *loaded.recommender;
     const Catalog& catalog = recommender.catalog();

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/interaction_file_flags.h"
 #include "cli/progress_bar.h"
 #include "engine/error.h"
 #include "server/history/import.h"
@@ -21,12 +22,7 @@ Action add_import(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--history", f->history, "The store: lmdb:PATH, redis://HOST:PORT[/DB] or memory")->required();
-  app.add_option("--interactions", f->interactions,
-                 "CSV/TSV with a header (user, item[, rating][, timestamp]) or SASRec-style 'user item' lines")
-      ->required();
-  app.add_option("--columns", f->columns,
-                 "Header names to use, e.g. user=userId,item=movieId,rating=rating,timestamp=timestamp "
-                 "(default: user/userId/user_id, item/movieId/item_id, rating, timestamp; any case)");
+  add_interaction_file_options(app, f->interactions, f->columns);
   app.add_flag("--skip-bad-lines", f->skip_bad_lines, "Skip malformed lines (reporting how many) instead of stopping");
   app.add_option("--max-per-user", f->max_per_user, "Interactions kept per user; the oldest beyond are trimmed")
       ->capture_default_str();
@@ -37,9 +33,8 @@ Action add_import(CLI::App& app) {
   return [f] {
     const auto start = std::chrono::steady_clock::now();
     if (f->max_per_user < 1) throw Error("--max-per-user: " + std::to_string(f->max_per_user) + " (expected >= 1)");
-    const history::ImportColumns columns = f->columns.empty() ? history::ImportColumns{} : history::parse_import_columns(f->columns);
     // The file first: a bad file is reported before anything is created.
-    history::InteractionFile file(f->interactions, columns);
+    history::InteractionFile file(f->interactions, history::parse_import_columns(f->columns));
 
     history::StoreOptions store_options;
     store_options.max_per_user = f->max_per_user;

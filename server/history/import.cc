@@ -264,6 +264,7 @@ bool any(const ImportColumns& c) { return c.user || c.item || c.rating || c.time
 
 ImportColumns parse_import_columns(const std::string& text) {
   ImportColumns flag;
+  if (trim(text).empty()) return flag;  // no --columns: the default names
   size_t start = 0;
   while (start <= text.size()) {
     const size_t comma = std::min(text.find(',', start), text.size());

@@ -28,7 +28,8 @@ struct ImportColumns {
   std::optional<std::string> user, item, rating, timestamp;
 };
 
-// Parses "user=..,item=..,rating=..,timestamp=.." (the --columns text). Throws seqrec::Error.
+// Parses "user=..,item=..,rating=..,timestamp=.." (the --columns text; empty: the default
+// names). Throws seqrec::Error.
 ImportColumns parse_import_columns(const std::string& text);
 
 struct ImportOptions {

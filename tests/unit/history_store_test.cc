@@ -614,6 +614,8 @@ TEST_F(ImportTest, ColumnsFlagPicksTheColumns) {
   auto store = open_store("memory");
   InteractionFile(path, columns).load_into(*store);
   EXPECT_EQ((std::vector<std::string>{"x"}), ids_of(store->get("7")));
+  const ImportColumns none = parse_import_columns("  ");  // no --columns: the defaults
+  EXPECT_FALSE(none.user || none.item || none.rating || none.timestamp);
   EXPECT_THROW(parse_import_columns("user=a,user=b"), Error);
   EXPECT_THROW(parse_import_columns("user="), Error);
   EXPECT_THROW(parse_import_columns("colour=a"), Error);
