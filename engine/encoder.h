@@ -90,7 +90,7 @@ class Encoder {
   const float* position_table_ = nullptr;  // [n_positions, d]
   LayerNormWeights embed_norm_;
   std::vector<EncoderLayer> layers_;
-  std::vector<FloatBuffer> fused_;  // fused projection weights (oneDNN may use them in place)
+  std::vector<FloatBuffer> fused_;  // fused projection weights (read in place when a layer is not packed)
   LayerNormWeights final_norm_;
   PackedLinear head_dense_;  // GELU fused
   LayerNormWeights head_norm_;
