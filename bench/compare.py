@@ -2,7 +2,8 @@
 """seqrec side by side with PyTorch eager and ONNX Runtime (../shared/spec/performance.md).
 
   /usr/bin/python3 bench/compare.py [--workloads ml1m,recbole,bert4rec,catalog1m]
-                                    [--rounds N] [--quick] [--settle S] [--build DIR] [--workdir DIR]
+                                    [--rounds N] [--quick] [--settle S] [--min-pass S] [--build DIR]
+                                    [--workdir DIR]
 
 For each workload: makes the model (the source framework's own modules, trained-looking
 random weights, fixed seed), saves its checkpoint and converts it with `seqrec convert`,
@@ -28,7 +29,10 @@ ms/request = wall time of a pass over the whole request set / requests (so with 
 is throughput: seqrec runs two requests-streams at once, the peers use two threads inside
 each batch). seqrec's pass cycles over the set until it has answered at least 8·B·T
 requests: with --quick's 128 requests, batch 64 on two threads would otherwise be one batch
-per thread, timing thread hand-off more than the engine. Each (batch, threads) cell is timed
+per thread, timing thread hand-off more than the engine. Every system's pass then answers
+its set again (whole rounds) until --min-pass seconds have passed: seqrec's pass of the
+512-request set at batch 64 on two threads took ~20 ms, and such passes timed the scheduler
+(the same cell measured 0.019-0.037 ms/request across rounds). Each (batch, threads) cell is timed
 once per round per system, the cells interleaved, the systems' order changing between rounds
 through all six orders (three rotations made each system always follow the same one); the
 table shows medians over rounds. Every two-thread pass (any system) follows --settle seconds
@@ -204,7 +208,7 @@ def run_checks(workers):
 
 # ---- timing ------------------------------------------------------------------------------------------
 
-def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle):
+def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle, min_pass):
     sets = workloads.set_names(folder)
     cells = [("main", b, t) for t in THREADS for b in BATCHES]
     cells += [(name, 1, 1) for name in sets if name != "main"]
@@ -223,7 +227,7 @@ def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle):
             for system in order:
                 if t > 1:
                     time.sleep(settle)  # see --settle
-                answer = workers[system].ask(f"run {name} {b} {t} {budget}")
+                answer = workers[system].ask(f"run {name} {b} {t} {budget} {min_pass}")
                 full = len(workloads.set_lengths(folder, name))
                 if answer["n"] < full:
                     capped.append((w.name, LABEL[system], name, b, t, answer["n"], full))
@@ -368,6 +372,10 @@ def main():
     parser.add_argument("--settle", type=float, default=1.5,
                         help="seconds of idle before every two-thread pass (default 1.5): on this 2-vCPU VM "
                              "a two-thread pass right after another system's ran up to 2.5x slower")
+    parser.add_argument("--min-pass", type=float, default=0.3,
+                        help="seconds a timed pass lasts at least (default 0.3): every system answers its "
+                             "whole request set again until then. A fast system's single pass took ~20 ms, "
+                             "and such passes measured the scheduler (one cell spread 1.0-2.0x across rounds)")
     parser.add_argument("--budget", type=float, default=4.0,
                         help="seconds after which a timed pass starts no new batch (default 4; 0: none). "
                              "Bounds the run when a peer crawls (PyTorch's 2 threads on a busy machine)")
@@ -427,7 +435,7 @@ def main():
                 log(f"[{name}]   {LABEL[c['system']]} batch {c['batch']}: {c['differ']}/{c['requests']} requests differ; "
                     f"max |logit delta| {c['max_delta']:.2e}")
             cells, ms, p50 = time_workload(w, folder, workers, rounds_for(name), sgemm, args.budget, capped,
-                                           args.settle)
+                                           args.settle, args.min_pass)
         finally:
             for worker in workers.values():
                 worker.close()

@@ -8,8 +8,9 @@
 // top-10 is the model's own ranking and can be compared with a peer's logits.
 //
 // Commands, one per line on stdin; each answer is one JSON line on stdout:
-//   run SET B T [S]  time the whole set once — cycled over until at least 8·B·T requests
-//                 are answered, so that small sets still give every thread several batches:
+//   run SET B T [S [M]]  time the whole set once — cycled over until at least 8·B·T requests
+//                 are answered, so that small sets still give every thread several batches
+//                 (N' = max(N, 8·B·T)), and with M > 0 N' again until M seconds have passed:
 //                 T threads, each with its own Workspace, take chunks of B requests from a
 //                 shared counter and answer each chunk with ONE Recommender::recommend call
 //                 (a chunk never wraps past the set's end); with S > 0, no chunk starts after
@@ -97,14 +98,16 @@ class Timer {
   // Answers requests [0, n) of `set` with batch b on t threads. `top`, when given, gets each
   // request's top-10 rows.
   // budget_s > 0: no chunk is started after that many seconds (Pass::answered tells how many
-  // requests were answered).
+  // requests were answered). min_s > 0: the n requests are answered again (whole rounds of n)
+  // until min_s seconds have passed, so that a fast pass is not shorter than the scheduler's
+  // noise (see compare.py --min-pass).
   // The calling thread is worker 0; workers 1..t-1 are threads kept across passes (as the
   // server's worker pool keeps its threads), so a short pass does not time thread start-up.
   Pass pass(const std::vector<Request>& set, size_t n, size_t b, size_t t,
-            std::vector<std::vector<seqrec::ScoredItem>>* top, double budget_s = 0) {
+            std::vector<std::vector<seqrec::ScoredItem>>* top, double budget_s = 0, double min_s = 0) {
     while (workspaces_.size() < t) workspaces_.emplace_back(std::make_unique<seqrec::Workspace>());
     while (helpers_.size() + 1 < t) helpers_.emplace_back([this, w = helpers_.size() + 1, g = generation_] { helper_loop(w, g); });
-    std::atomic<size_t> next{0}, answered{0}, arrived{0};
+    std::atomic<size_t> next{0}, answered{0}, arrived{0}, limit{n};
     std::atomic<bool> go{false};
     Clock::time_point start;
     std::vector<std::vector<double>> lat(t);
@@ -114,11 +117,15 @@ class Timer {
     auto work = [&](size_t w) {
       seqrec::Workspace& ws = *workspaces_[w];
       for (;;) {
-        if (budget_s > 0 && std::chrono::duration<double>(Clock::now() - start).count() > budget_s) break;
+        auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
+        if (budget_s > 0 && elapsed() > budget_s) break;
         const size_t begin = next.fetch_add(b);
-        if (begin >= n) break;
+        size_t until = limit.load();
+        while (begin >= until && elapsed() < min_s)  // one more round of n
+          if (limit.compare_exchange_weak(until, until + n)) until += n;
+        if (begin >= until) break;
         const size_t first = begin % set.size();  // n may exceed the set: cycle over it
-        const size_t end = std::min({n, begin + b, begin + (set.size() - first)});
+        const size_t end = std::min({until, begin + b, begin + (set.size() - first)});
         answered += end - begin;
         const auto t0 = Clock::now();
         std::vector<seqrec::Response> responses =
@@ -233,7 +240,7 @@ void print_pass(const Pass& p) {
 
 int usage() {
   std::cerr << "usage: seqrec_timing --model M.seqrec --requests NAME=FILE [--requests NAME=FILE ...]\n"
-               "then commands on stdin: run SET B T | top SET B | sgemm | quit\n";
+               "then commands on stdin: run SET B T [S [M]] | top SET B | sgemm | quit\n";
   return 2;
 }
 
@@ -273,8 +280,8 @@ int main(int argc, char** argv) try {
     }
     size_t b = 1, t = 1;
     in >> set_name >> b;
-    double budget_s = 0;
-    if (cmd == "run") in >> t >> budget_s;
+    double budget_s = 0, min_s = 0;
+    if (cmd == "run") in >> t >> budget_s >> min_s;
     auto it = sets.find(set_name);
     if (it == sets.end() || b < 1 || t < 1 || (cmd != "run" && cmd != "top")) {
       std::cout << "{\"error\": \"bad command: " << line << "\"}" << std::endl;
@@ -301,7 +308,7 @@ int main(int argc, char** argv) try {
       continue;
     }
     timer.pass(set, std::min(set.size(), 4 * b * t), b, t, nullptr);  // warm-up
-    print_pass(timer.pass(set, std::max(set.size(), 8 * b * t), b, t, nullptr, budget_s));
+    print_pass(timer.pass(set, std::max(set.size(), 8 * b * t), b, t, nullptr, budget_s, min_s));
   }
   return 0;
 } catch (const std::exception& e) {

@@ -11,8 +11,9 @@ with a fixed setting would see. bench/compare.py runs one worker per thread coun
 Loads the source model (the module bench/workloads.py builds, with the saved weights), in
 eval() under torch.no_grad(), and the request sets' input tensors. Commands (one JSON line
 answers each), the same as seqrec_timing's:
-  run SET B T [S]  T must be THREADS; an untimed warm-up over min(N, 2·B·T) requests,
-                then every request in batches of B (no batch started after S seconds when S > 0):
+  run SET B T [S [M]]  T must be THREADS; an untimed warm-up over min(N, 2·B·T) requests,
+                then every request in batches of B (no batch started after S seconds when S > 0;
+                the whole set again until M seconds have passed when M > 0):
                 {"seconds", "n" (requests answered), "batch_ms"}. Only the forward
                 pass (sequence batch -> logits over the catalog) is timed; the batches' input
                 tensors are made before the clock starts.
@@ -69,6 +70,7 @@ def main():
                 continue
             t = int(words[3])
             budget = float(words[4]) if len(words) > 4 else 0.0
+            min_seconds = float(words[5]) if len(words) > 5 else 0.0
             if t != threads:
                 print(json.dumps({"error": f"this worker runs {threads} thread(s), asked for {t}"}), flush=True)
                 continue
@@ -78,13 +80,19 @@ def main():
             batch_ms = []
             start = time.perf_counter()
             n = 0
-            for batch in todo:
-                if budget > 0 and time.perf_counter() - start > budget:
+            def out_of_budget():
+                return budget > 0 and time.perf_counter() - start > budget
+            # Whole sets, repeated until min_seconds have passed (see compare.py --min-pass).
+            while True:
+                for batch in todo:
+                    if out_of_budget():
+                        break
+                    n += len(batch[0])
+                    t0 = time.perf_counter()
+                    model(*batch)
+                    batch_ms.append((time.perf_counter() - t0) * 1e3)
+                if time.perf_counter() - start >= min_seconds or out_of_budget():
                     break
-                n += len(batch[0])
-                t0 = time.perf_counter()
-                model(*batch)
-                batch_ms.append((time.perf_counter() - t0) * 1e3)
             seconds = time.perf_counter() - start
             print(json.dumps({"seconds": seconds, "n": n, "batch_ms": batch_ms}), flush=True)
 
