@@ -20,11 +20,6 @@ constexpr int64_t kMaxPackedTableFloats = int64_t{16} << 20;
 // 0.064 ms per request, RecBole 0.059 -> 0.041, catalog1m 9.2 -> 1.8 ms.
 constexpr int64_t kMinPreScanFloats = int64_t{64} << 10;
 
-// Batches up to this many rows take the pre-scan when the full product gives the same bits
-// (a panel-packed scoring product); above it the product, which reads the table once for
-// the whole batch at full FMA rate, was ~3% faster per request.
-constexpr int64_t kMaxPreScanRows = 8;
-
 bool wants_pre_scan(PreScan pre_scan, const ModelSpec& spec) {
   switch (pre_scan) {
     case PreScan::always: return true;
@@ -77,13 +72,6 @@ void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& w
   const int64_t batch = static_cast<int64_t>(sequences.size());
   if (batch == 0) return;
   score(hidden(sequences, ws), batch, out);
-}
-
-bool Model::pre_scan_answers(int64_t rows) const {
-  if (!has_pre_scan()) return false;
-  // The pre-scan's exact scores equal a panel product's bit for bit, so the choice can follow
-  // the batch; against any other product it cannot, and every batch takes the pre-scan.
-  return !scoring_.panel_packed() || rows <= kMaxPreScanRows;
 }
 
 void Model::exact_top_k(kernels::ScanTopK* queries, int64_t n_queries) const {

@@ -38,11 +38,11 @@ class Model {
   const float* hidden(std::span<const std::vector<int32_t>> sequences, Workspace& ws) const;
   void score(const float* hidden, int64_t rows, float* logits) const;
 
-  // Whether exact_top_k can answer: the int8 copy of the item table is built.
+  // Whether exact_top_k can answer: the int8 copy of the item table is built. Batches of
+  // every size then take it: with several queries per load of the int8 table it costs less
+  // than the scoring product and its top-k even at batch 64 (kernels_bench, recbole: ~4 vs
+  // ~6.6 µs per request).
   bool has_pre_scan() const { return !quantized_table_.empty(); }
-  // Whether a batch of `rows` hidden states is ranked by exact_top_k (else score + top-k).
-  // Either way a request gets the same rows and the same score bits.
-  bool pre_scan_answers(int64_t rows) const;
   // Bytes the int8 copy holds (0 without it).
   size_t pre_scan_bytes() const { return quantized_table_.size(); }
 

@@ -85,7 +85,7 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   const size_t n = static_cast<size_t>(spec.n_items);
   // The pre-scan ranks by exact scores for every score kind but softmax, whose probability
   // needs every logit for its normalizer: such models keep the full fp32 scan.
-  if (spec.score != ScoreKind::softmax && model_.pre_scan_answers(static_cast<int64_t>(model_batch.size()))) {
+  if (spec.score != ScoreKind::softmax && model_.has_pre_scan()) {
     answer_with_pre_scan(requests, prepared, cold, model_batch, hidden, ws, out);
     return out;
   }

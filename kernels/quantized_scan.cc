@@ -74,21 +74,25 @@ bool flushes_denormals() {
   }
 }
 
-// The bounds of one item from its dot product and metadata word (see the header's formulas).
+// The bounds of one item from its dot product and metadata word (see the header's
+// formulas), in the vector code's order of operations, so both give the same bits:
+//   e = fma(s·ν, norm_coef, fma(s·ρ, residual_coef, floor)),  a = dot · (s · scale),
+//   u = fma(dot, s · scale, e + (b + bias_coef·|b|)),  l = fma(dot, s · scale, (b − bias_coef·|b|) − e)
 [[maybe_unused]] void item_bounds_portable(int32_t dot, uint32_t meta, const float* bias, const ScanQuery& q, float& lower,
                           float& upper) {
   const uint32_t scale_bits = meta & 0xFFFF0000u;
   float s;
   std::memcpy(&s, &scale_bits, sizeof s);
-  const float nu = static_cast<float>((meta >> 8) & 0xFFu), rho = static_cast<float>(meta & 0xFFu);
-  float a = static_cast<float>(dot) * (s * q.scale);
-  float e = s * (q.norm_coef * nu + q.residual_coef * rho) + q.floor;
+  const float s_nu = s * static_cast<float>((meta >> 8) & 0xFFu), s_rho = s * static_cast<float>(meta & 0xFFu);
+  const float e = std::fma(s_nu, q.norm_coef, std::fma(s_rho, q.residual_coef, q.floor));
+  const float scaled = s * q.scale, dotf = static_cast<float>(dot);
+  float above = 0, below = 0;  // b ± bias_coef·|b|
   if (bias) {
-    a += *bias;
-    e += q.bias_coef * std::abs(*bias);
+    above = std::fma(q.bias_coef, std::abs(*bias), *bias);
+    below = std::fma(-q.bias_coef, std::abs(*bias), *bias);
   }
-  lower = a - e;
-  upper = a + e;
+  upper = std::fma(dotf, scaled, e + above);
+  lower = std::fma(dotf, scaled, below - e);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
@@ -108,71 +112,145 @@ __m512i block_dots_vnni(const uint8_t* block, int64_t d4, const int32_t* groups,
   return _mm512_sub_epi32(sum, offset);
 }
 
-// The same arithmetic as item_bounds_portable, 16 lanes at once.
-void block_bounds_vnni(__m512i dots, const uint8_t* meta_words, const float* bias, const ScanQuery& q, __m512& lower,
-                       __m512& upper) {
+// What one block's 16 lanes share whichever query scans them (item_bounds_portable's s·ν,
+// s·ρ, s and b ± bias_coef·|b|).
+struct BlockTerms {
+  __m512 s, s_nu, s_rho, above, below;
+};
+
+BlockTerms block_terms(const uint8_t* meta_words, const float* bias, float bias_coef) {
   const __m512i meta = _mm512_load_si512(meta_words);
-  const __m512 s = _mm512_castsi512_ps(_mm512_and_si512(meta, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
   const __m512i byte = _mm512_set1_epi32(0xFF);
-  const __m512 nu = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 8), byte));
-  const __m512 rho = _mm512_cvtepi32_ps(_mm512_and_si512(meta, byte));
-  __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(s, _mm512_set1_ps(q.scale)));
-  __m512 e = _mm512_add_ps(
-      _mm512_mul_ps(s, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(q.norm_coef), nu),
-                                     _mm512_mul_ps(_mm512_set1_ps(q.residual_coef), rho))),
-      _mm512_set1_ps(q.floor));
+  BlockTerms t;
+  t.s = _mm512_castsi512_ps(_mm512_and_si512(meta, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  t.s_nu = _mm512_mul_ps(t.s, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 8), byte)));
+  t.s_rho = _mm512_mul_ps(t.s, _mm512_cvtepi32_ps(_mm512_and_si512(meta, byte)));
+  t.above = t.below = _mm512_setzero_ps();
   if (bias) {
-    const __m512 b = _mm512_loadu_ps(bias);
-    a = _mm512_add_ps(a, b);
-    e = _mm512_add_ps(e, _mm512_mul_ps(_mm512_set1_ps(q.bias_coef), _mm512_abs_ps(b)));
+    const __m512 b = _mm512_loadu_ps(bias), margin = _mm512_set1_ps(bias_coef);
+    t.above = _mm512_fmadd_ps(margin, _mm512_abs_ps(b), b);
+    t.below = _mm512_fnmadd_ps(margin, _mm512_abs_ps(b), b);
   }
-  lower = _mm512_sub_ps(a, e);
-  upper = _mm512_add_ps(a, e);
+  return t;
+}
+
+// The 16 lanes' e (the bound's half-width without the bias term) for one query.
+inline __m512 block_half_width(const BlockTerms& t, const ScanQuery& q) {
+  return _mm512_fmadd_ps(t.s_nu, _mm512_set1_ps(q.norm_coef),
+                         _mm512_fmadd_ps(t.s_rho, _mm512_set1_ps(q.residual_coef), _mm512_set1_ps(q.floor)));
+}
+
+// The same arithmetic as item_bounds_portable, 16 lanes at once.
+void block_bounds_vnni(__m512i dots, const BlockTerms& t, const ScanQuery& q, __m512& lower, __m512& upper) {
+  const __m512 e = block_half_width(t, q);
+  const __m512 dotf = _mm512_cvtepi32_ps(dots), scaled = _mm512_mul_ps(t.s, _mm512_set1_ps(q.scale));
+  upper = _mm512_fmadd_ps(dotf, scaled, _mm512_add_ps(e, t.above));
+  lower = _mm512_fmadd_ps(dotf, scaled, _mm512_sub_ps(t.below, e));
 }
 #endif
 
+// scored[i].first = exact_score(h, table + scored[i].second · d, d) for every i. Eight rows at
+// a time: each keeps its own sequential FMA chain (the same bits as exact_score), and eight
+// independent chains hide the FMA latency one chain would wait on.
+void exact_scores(const float* table, int64_t d, const float* h, std::vector<std::pair<float, int32_t>>& scored) {
+  constexpr size_t kChains = 8;
+  for (size_t i = 0; i < scored.size(); i += kChains) {
+    const size_t rows = std::min(kChains, scored.size() - i);  // a last partial group repeats its last row
+    const float* w[kChains];
+    float acc[kChains];
+#pragma GCC unroll 8
+    for (size_t r = 0; r < kChains; ++r) {
+      w[r] = table + static_cast<int64_t>(scored[i + std::min(r, rows - 1)].second) * d;
+      acc[r] = 0.0f;
+    }
+    for (int64_t j = 0; j < d; ++j)
+#pragma GCC unroll 8
+      for (size_t r = 0; r < kChains; ++r) acc[r] = std::fma(h[j], w[r][j], acc[r]);
+    for (size_t r = 0; r < rows; ++r) scored[i + r].first = acc[r];
+  }
+}
+
 // ---- selection: the k-th largest eligible lower bound, and the rows that may reach it -----
+//
+// θ is kept exact as the scan goes: the k largest eligible lower bounds seen so far, in a
+// register sorted descending when k <= 16 (an insert is a compare, a permute and two blends,
+// no branches), in a min-heap otherwise. About k·ln(n/k) lanes raise θ per query; the heap's
+// branchy updates for them cost more than the int8 arithmetic of a 10k-item scan. Rows whose
+// upper bound reaches θ are appended to the candidates (rows and upper bounds), which are
+// filtered again by the final θ before rescoring.
 
 class Selection {
  public:
-  Selection(const int32_t* never, int64_t n_never, int64_t k) : never_(never), n_never_(n_never), k_(k) {
+  Selection(const int32_t* never, int64_t n_never, int64_t k)
+      : never_(never), n_never_(n_never), k_(k), capacity_(std::max<int64_t>(64, 4 * k)) {
+    rows_.resize(static_cast<size_t>(capacity_ + kLanes));
+    ups_.resize(static_cast<size_t>(capacity_ + kLanes));
+#if defined(__AVX512F__)
+    if (k_ <= kLanes) return;
+#endif
     lows_.reserve(static_cast<size_t>(std::max<int64_t>(k, 0)));
   }
 
-  // θ so far: the k-th largest lower bound offered (−∞ until k were). It only grows.
+  // θ so far: the k-th largest lower bound of the eligible rows offered (−∞ until k were).
   float threshold() const { return threshold_; }
 
+  // One row (the portable scan).
   void offer(int32_t row, float lower, float upper) {
-    if (upper < threshold_) return;
-    if (std::binary_search(never_, never_ + n_never_, row)) return;
-    if (static_cast<int64_t>(lows_.size()) < k_) {
-      lows_.push_back(lower);
-      std::push_heap(lows_.begin(), lows_.end(), std::greater<float>());
-      if (static_cast<int64_t>(lows_.size()) == k_) threshold_ = lows_.front();
-    } else if (lower > threshold_) {
-      std::pop_heap(lows_.begin(), lows_.end(), std::greater<float>());
-      lows_.back() = lower;
-      std::push_heap(lows_.begin(), lows_.end(), std::greater<float>());
-      threshold_ = lows_.front();
-    }
-    if (upper >= threshold_) candidates_.push_back({row, upper});
+    if (upper < threshold_ || is_never(row)) return;
+    if (lower > threshold_) raise(lower);
+    if (upper >= threshold_) append(row, upper);
   }
+
+#if defined(__AVX512F__)
+  // The lanes of `reach` of the block whose lane 0 is row `first`, with their bounds.
+  void offer_block(int64_t first, __mmask16 reach, __m512 lower, __m512 upper) {
+    if (n_never_ > 0) reach &= ~never_lanes(first);
+    __mmask16 raising = reach & _mm512_cmp_ps_mask(lower, _mm512_set1_ps(threshold_), _CMP_GT_OQ);
+    if (raising && k_ <= kLanes) {
+      alignas(64) float lows[kLanes];
+      _mm512_store_ps(lows, lower);
+      const __m512i previous = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14);
+      for (; raising; raising &= raising - 1) {
+        // best_ is sorted descending: the lanes > v are a prefix; v goes right after them and
+        // the rest move one lane down (the last one falls off).
+        const __m512 v = _mm512_set1_ps(lows[__builtin_ctz(raising)]);
+        const __mmask16 above = _mm512_cmp_ps_mask(best_, v, _CMP_GT_OQ);
+        const __m512 shifted = _mm512_mask_mov_ps(_mm512_permutexvar_ps(previous, best_), above, best_);
+        best_ = _mm512_mask_mov_ps(shifted, static_cast<__mmask16>((above + 1u) & ~above), v);
+      }
+      threshold_ = _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int32_t>(k_ - 1)), best_));
+    } else if (raising) {
+      alignas(64) float lows[kLanes];
+      _mm512_store_ps(lows, lower);
+      for (; raising; raising &= raising - 1) {
+        const float v = lows[__builtin_ctz(raising)];
+        if (v > threshold_) raise(v);
+      }
+    }
+    const __mmask16 keep = reach & _mm512_cmp_ps_mask(upper, _mm512_set1_ps(threshold_), _CMP_GE_OQ);
+    const __m512i rows = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first)),
+                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    _mm512_mask_compressstoreu_epi32(rows_.data() + size_, keep, rows);
+    _mm512_mask_compressstoreu_ps(ups_.data() + size_, keep, upper);
+    size_ += __builtin_popcount(keep);
+    if (size_ >= capacity_) compact();
+  }
+#endif
 
   // Rescores every candidate that can still reach θ and writes the k best.
   int64_t finish(const float* table, const float* bias, int64_t d, const float* h, int32_t* rows, float* scores,
                  TopKStats* stats) {
     std::vector<std::pair<float, int32_t>> scored;  // (exact score, row)
-    for (const Candidate& c : candidates_)
-      if (c.upper >= threshold_) scored.push_back({0.0f, c.row});
+    for (int64_t i = 0; i < size_; ++i)
+      if (ups_[static_cast<size_t>(i)] >= threshold_) scored.push_back({0.0f, rows_[static_cast<size_t>(i)]});
 #if defined(__SSE__)
     for (const auto& s : scored)  // the rows are scattered over the table: ask for them all first
       for (int64_t off = 0; off < d; off += 16)
         _mm_prefetch(reinterpret_cast<const char*>(table + s.second * d + off), _MM_HINT_T0);
 #endif
-    for (auto& s : scored) {
-      s.first = exact_score(h, table + s.second * d, d);
-      if (bias) s.first += bias[s.second];
-    }
+    exact_scores(table, d, h, scored);
+    if (bias)
+      for (auto& s : scored) s.first += bias[s.second];
     if (stats) stats->rescored = static_cast<int64_t>(scored.size());
     const auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
       return a.first != b.first ? a.first > b.first : a.second < b.second;
@@ -187,54 +265,199 @@ class Selection {
   }
 
  private:
-  struct Candidate {
-    int32_t row;
-    float upper;
-  };
+  bool is_never(int32_t row) const { return std::binary_search(never_, never_ + n_never_, row); }
+
+#if defined(__AVX512F__)
+  // The lanes of the block at `first` that hold never-rows. Blocks come in ascending order.
+  __mmask16 never_lanes(int64_t first) {
+    next_never_ = std::lower_bound(never_ + next_never_, never_ + n_never_, first) - never_;
+    uint32_t lanes = 0;
+    for (int64_t j = next_never_; j < n_never_ && never_[j] < first + kLanes; ++j) lanes |= 1u << (never_[j] - first);
+    return static_cast<__mmask16>(lanes);
+  }
+#endif
+
+  // Adds a lower bound above θ to the k largest (the heap path).
+  void raise(float lower) {
+    if (static_cast<int64_t>(lows_.size()) < k_) {
+      lows_.push_back(lower);
+      std::push_heap(lows_.begin(), lows_.end(), std::greater<float>());
+      if (static_cast<int64_t>(lows_.size()) == k_) threshold_ = lows_.front();
+    } else {
+      std::pop_heap(lows_.begin(), lows_.end(), std::greater<float>());
+      lows_.back() = lower;
+      std::push_heap(lows_.begin(), lows_.end(), std::greater<float>());
+      threshold_ = lows_.front();
+    }
+  }
+
+  void append(int32_t row, float upper) {
+    rows_[static_cast<size_t>(size_)] = row;
+    ups_[static_cast<size_t>(size_)] = upper;
+    if (++size_ >= capacity_) compact();
+  }
+
+  // Drops the candidates θ has passed; keeps room for at least as many more as remain.
+  void compact() {
+    int64_t kept = 0;
+    for (int64_t i = 0; i < size_; ++i)
+      if (ups_[static_cast<size_t>(i)] >= threshold_) {
+        rows_[static_cast<size_t>(kept)] = rows_[static_cast<size_t>(i)];
+        ups_[static_cast<size_t>(kept++)] = ups_[static_cast<size_t>(i)];
+      }
+    size_ = kept;
+    if (2 * size_ > capacity_) {
+      capacity_ = 2 * size_;
+      rows_.resize(static_cast<size_t>(capacity_ + kLanes));
+      ups_.resize(static_cast<size_t>(capacity_ + kLanes));
+    }
+  }
+
   const int32_t* never_;
   int64_t n_never_;
   int64_t k_;
+  int64_t capacity_;
   float threshold_ = -std::numeric_limits<float>::infinity();
-  std::vector<float> lows_;  // min-heap of the k largest lower bounds
-  std::vector<Candidate> candidates_;
+#if defined(__AVX512F__)
+  __m512 best_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());  // k <= 16: the 16 largest lower bounds, descending
+  int64_t next_never_ = 0;
+#endif
+  std::vector<float> lows_;  // k > 16 (or no AVX-512): min-heap of the k largest lower bounds
+  std::vector<int32_t> rows_;  // candidates: [0, size_), room for kLanes more
+  std::vector<float> ups_;
+  int64_t size_ = 0;
 };
 
 // A chunk of L2's size: the batch's queries scan it in turn while it stays there.
 constexpr int64_t kScanChunkBytes = 256 << 10;
 
-// Offers blocks [first_block, end_block) of the table to one query's selection.
-void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
-                 int64_t first_block, int64_t end_block, Selection& selection) {
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+// Queries that scan the table together: each 64-byte load of a block feeds every one of them.
+constexpr int kQueriesPerPass = 8;
+
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
-  const __m512i offset = _mm512_set1_epi32(query.offset);
-  alignas(64) float lo[kLanes], hi[kLanes];
-  alignas(64) float last_bias[kLanes] = {};
-  for (int64_t b = first_block; b < end_block; ++b) {
-    const int64_t first = b * kLanes;
-    const uint8_t* block = qtable + b * block_bytes;
-    const int64_t lanes = std::min<int64_t>(kLanes, n - first);
-    const float* block_bias = bias ? bias + first : nullptr;
-    if (bias && lanes < kLanes) {
-      std::copy(bias + first, bias + n, last_bias);
-      block_bias = last_bias;
+// The bounds of one block's 16 lanes for Q queries at once: the block's int8 groups are
+// loaded once and multiplied with each query's (one vpdpbusd each), its metadata unpacked
+// once (BlockTerms). A accumulators per query keep vpdpbusd's latency off the critical path
+// when Q alone does not. Every loop over q and a is unrolled (GCC otherwise keeps acc in
+// memory).
+// bounds(q, upper, lower) gets query q's upper bounds and a function that computes the lower
+// ones (most blocks never need them).
+template <int Q, class Bounds>
+__attribute__((always_inline)) inline void bound_block(const uint8_t* block, int64_t d4, const float* block_bias,
+                                                       float bias_coef, const ScanQuery* const* queries,
+                                                       const int32_t* const* groups, Bounds&& bounds) {
+  constexpr int A = Q == 1 ? 4 : Q == 2 ? 2 : 1;
+  __m512i acc[Q][A];
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a) acc[q][a] = _mm512_setzero_si512();
+  int64_t g = 0;
+  for (; g + A <= d4; g += A)
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a) {
+      __m512i items = _mm512_load_si512(block + (g + a) * 64);
+      asm("" : "+v"(items));  // one load for all Q, not one folded into each vpdpbusd
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q)
+        acc[q][a] = _mm512_dpbusd_epi32(acc[q][a], items, _mm512_set1_epi32(groups[q][g + a]));
     }
-    __m512 l, u;
-    block_bounds_vnni(block_dots_vnni(block, d4, query.groups.data(), offset), block + d4 * 64, block_bias, query, l,
-                      u);
-    // Most blocks cannot reach θ: test all 16 at once, look closer at the lanes that can.
-    __mmask16 reach = _mm512_cmp_ps_mask(u, _mm512_set1_ps(selection.threshold()), _CMP_GE_OQ) &
-                      static_cast<__mmask16>((1u << lanes) - 1);
-    if (!reach) continue;
-    _mm512_store_ps(lo, l);
-    _mm512_store_ps(hi, u);
-    while (reach) {
-      const int lane = __builtin_ctz(reach);
-      reach &= reach - 1;
-      selection.offer(static_cast<int32_t>(first + lane), lo[lane], hi[lane]);
+  for (; g < d4; ++g) {
+    __m512i items = _mm512_load_si512(block + g * 64);
+    asm("" : "+v"(items));
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q) acc[q][0] = _mm512_dpbusd_epi32(acc[q][0], items, _mm512_set1_epi32(groups[q][g]));
+  }
+  const BlockTerms terms = block_terms(block + d4 * 64, block_bias, bias_coef);
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) {
+    __m512i sum = acc[q][0];
+#pragma GCC unroll 4
+    for (int a = 1; a < A; ++a) sum = _mm512_add_epi32(sum, acc[q][a]);
+    const ScanQuery& query = *queries[q];
+    const __m512 dotf = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(query.offset)));
+    const __m512 scaled = _mm512_mul_ps(terms.s, _mm512_set1_ps(query.scale));
+    const __m512 e = block_half_width(terms, query);
+    bounds(q, _mm512_fmadd_ps(dotf, scaled, _mm512_add_ps(e, terms.above)),
+           [&] { return _mm512_fmadd_ps(dotf, scaled, _mm512_sub_ps(terms.below, e)); });
+  }
+}
+
+// Offers blocks [first_block, end_block) of the table to Q queries' selections.
+template <int Q>
+void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery* const* queries,
+                      Selection* const* selections, int64_t first_block, int64_t end_block) {
+  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+  const float bias_coef = queries[0]->bias_coef;  // depends on d only
+  const int32_t* groups[Q];
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) groups[q] = queries[q]->groups.data();
+  alignas(64) float last_bias[kLanes] = {};
+  const auto bias_of = [&](int64_t first) -> const float* {
+    if (!bias) return nullptr;
+    if (n - first >= kLanes) return bias + first;
+    std::copy(bias + first, bias + n, last_bias);  // the last block: zeros past n
+    return last_bias;
+  };
+  const auto valid_lanes = [&](int64_t first) {
+    return static_cast<__mmask16>((1u << std::min<int64_t>(kLanes, n - first)) - 1);
+  };
+  if constexpr (Q == 1) {
+    // One query: a run of blocks is bounded first, then tested and offered. A branch on the
+    // test right after each block's arithmetic mispredicts on the blocks that reach θ, and
+    // each miss then waits out the block's whole ~40-cycle chain (6.7 -> 6.2 µs, recbole).
+    constexpr int kRun = 8;
+    alignas(64) float lo[kRun][kLanes], hi[kRun][kLanes];
+    for (int64_t run = first_block; run < end_block; run += kRun) {
+      const int blocks = static_cast<int>(std::min<int64_t>(kRun, end_block - run));
+      for (int j = 0; j < blocks; ++j) {
+        const int64_t first = (run + j) * kLanes;
+        bound_block<1>(qtable + (run + j) * block_bytes, d4, bias_of(first), bias_coef, queries, groups,
+                       [&](int, __m512 upper, auto lower) {
+                         _mm512_store_ps(hi[j], upper);
+                         _mm512_store_ps(lo[j], lower());
+                       });
+      }
+      for (int j = 0; j < blocks; ++j) {
+        const int64_t first = (run + j) * kLanes;
+        const __m512 upper = _mm512_load_ps(hi[j]);
+        // Most blocks cannot reach θ: test all 16 lanes at once, look closer at the ones that can.
+        const __mmask16 reach =
+            _mm512_cmp_ps_mask(upper, _mm512_set1_ps(selections[0]->threshold()), _CMP_GE_OQ) & valid_lanes(first);
+        if (reach) selections[0]->offer_block(first, reach, _mm512_load_ps(lo[j]), upper);
+      }
+    }
+  } else {
+    // Several queries: enough independent work per block to hide the test's branch.
+    alignas(64) float lo[Q][kLanes], hi[Q][kLanes];
+    for (int64_t b = first_block; b < end_block; ++b) {
+      const int64_t first = b * kLanes;
+      const __mmask16 valid = valid_lanes(first);
+      // First every query's test, then the offers: a call (offer_block) in between would make
+      // GCC keep the other queries' accumulators in memory.
+      __mmask16 reach[Q];
+      bool any = false;
+      bound_block<Q>(qtable + b * block_bytes, d4, bias_of(first), bias_coef, queries, groups,
+                     [&](int q, __m512 upper, auto lower) {
+                       reach[q] = _mm512_cmp_ps_mask(upper, _mm512_set1_ps(selections[q]->threshold()), _CMP_GE_OQ) &
+                                  valid;
+                       if (reach[q]) {
+                         _mm512_store_ps(lo[q], lower());
+                         _mm512_store_ps(hi[q], upper);
+                         any = true;
+                       }
+                     });
+      if (!any) continue;
+      for (int q = 0; q < Q; ++q)
+        if (reach[q]) selections[q]->offer_block(first, reach[q], _mm512_load_ps(lo[q]), _mm512_load_ps(hi[q]));
     }
   }
+}
 #else
+// Offers blocks [first_block, end_block) of the table to one query's selection.
+void scan_blocks_portable(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
+                          int64_t first_block, int64_t end_block, Selection& selection) {
+  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
   int32_t dots[kLanes];
   for (int64_t b = first_block; b < end_block; ++b) {
     const int64_t first = b * kLanes;
@@ -249,6 +472,27 @@ void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
       selection.offer(static_cast<int32_t>(first + lane), lo, hi);
     }
   }
+}
+#endif
+
+// Offers blocks [first_block, end_block) to up to kQueriesPerPass queries' selections.
+void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery* const* queries,
+                 Selection* const* selections, int count, int64_t first_block, int64_t end_block) {
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+  static_assert(kQueriesPerPass == 8);
+  switch (count) {
+    case 1: return scan_blocks_vnni<1>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 2: return scan_blocks_vnni<2>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 3: return scan_blocks_vnni<3>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 4: return scan_blocks_vnni<4>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 5: return scan_blocks_vnni<5>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 6: return scan_blocks_vnni<6>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 7: return scan_blocks_vnni<7>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    default: return scan_blocks_vnni<8>(qtable, n, d, bias, queries, selections, first_block, end_block);
+  }
+#else
+  for (int q = 0; q < count; ++q)
+    scan_blocks_portable(qtable, n, d, bias, *queries[q], first_block, end_block, *selections[q]);
 #endif
 }
 
@@ -365,7 +609,7 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
     if (bias) std::copy(bias + first, bias + first + lanes, padded_bias);
     __m512 l, u;
     block_bounds_vnni(block_dots_vnni(block, d4, query.groups.data(), _mm512_set1_epi32(query.offset)),
-                      block + d4 * 64, bias ? padded_bias : nullptr, query, l, u);
+                      block_terms(block + d4 * 64, bias ? padded_bias : nullptr, query.bias_coef), query, l, u);
     _mm512_storeu_ps(lo, l);
     _mm512_storeu_ps(hi, u);
 #else
@@ -407,10 +651,18 @@ void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, in
   // memory for the whole batch.
   const int64_t block_bytes = quantized_block_bytes(d), n_blocks = (n + kLanes - 1) / kLanes;
   const int64_t chunk_blocks = std::max<int64_t>(1, kScanChunkBytes / block_bytes);
+  std::vector<const ScanQuery*> scanning;
+  std::vector<Selection*> selecting;
+  for (int64_t i : active) {
+    scanning.push_back(&quantized[static_cast<size_t>(i)]);
+    selecting.push_back(&selections[static_cast<size_t>(i)]);
+  }
+  const int64_t n_active = static_cast<int64_t>(active.size());
   for (int64_t first = 0; first < n_blocks; first += chunk_blocks)
-    for (int64_t i : active)
-      scan_blocks(qtable, n, d, bias, quantized[i], first, std::min(n_blocks, first + chunk_blocks),
-                  selections[i]);
+    for (int64_t i = 0; i < n_active; i += kQueriesPerPass)
+      scan_blocks(qtable, n, d, bias, scanning.data() + i, selecting.data() + i,
+                  static_cast<int>(std::min<int64_t>(kQueriesPerPass, n_active - i)), first,
+                  std::min(n_blocks, first + chunk_blocks));
   for (int64_t i : active)
     queries[i].found = selections[i].finish(table, bias, d, queries[i].h, queries[i].rows, queries[i].scores,
                                             &queries[i].stats);
