@@ -52,14 +52,7 @@ struct SequencePlan {
   int64_t readout = 0;       // the row whose hidden state is scored
 };
 
-// Per-caller scratch memory; a worker keeps one and reuses it across batches, so the
-// request path allocates only while a batch is larger than any before it.
-struct Workspace {
-  std::vector<int32_t> item_rows;  // per computed row: item table row (0 = padding, n_items = [MASK])
-  std::vector<int32_t> positions;  // per computed row: position table row
-  std::vector<SequencePlan> plans;
-  FloatBuffer x, normed, qkv, context, projected, ffn, scores, hidden, logits;
-};
+struct Workspace;  // engine/workspace.h
 
 class Encoder {
  public:

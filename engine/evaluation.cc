@@ -14,6 +14,7 @@
 
 #include "engine/error.h"
 #include "engine/request.h"
+#include "engine/workspace.h"
 #include "kernels/gemm.h"
 #include "kernels/topk.h"
 

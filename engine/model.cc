@@ -5,6 +5,7 @@
 
 #include "engine/error.h"
 #include "kernels/gemm.h"
+#include "engine/workspace.h"
 
 namespace seqrec {
 
@@ -74,8 +75,9 @@ void Model::logits(std::span<const std::vector<int32_t>> sequences, Workspace& w
   score(hidden(sequences, ws), batch, out);
 }
 
-void Model::exact_top_k(kernels::ScanTopK* queries, int64_t n_queries) const {
-  kernels::scan_top_k(item_table_, output_bias_, quantized_table_.data(), spec_.n_items, spec_.d, queries, n_queries);
+void Model::exact_top_k(kernels::ScanTopK* queries, int64_t n_queries, kernels::ScanScratch& scratch) const {
+  kernels::scan_top_k(item_table_, output_bias_, quantized_table_.data(), spec_.n_items, spec_.d, queries, n_queries,
+                      scratch);
 }
 
 float Model::exact_score(const float* hidden, int32_t row) const {

@@ -52,7 +52,7 @@ class Model {
   // rescoring of the rows that may qualify; the table is read once for all the queries.
   // A query's `found` is -1 when its scores cannot be bounded (a hidden state not finite, or
   // huge): rank its full logits instead. Needs has_pre_scan().
-  void exact_top_k(kernels::ScanTopK* queries, int64_t n_queries) const;
+  void exact_top_k(kernels::ScanTopK* queries, int64_t n_queries, kernels::ScanScratch& scratch) const;
   // The exact score of one catalog row, as exact_top_k reports it.
   float exact_score(const float* hidden, int32_t row) const;
 

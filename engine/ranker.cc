@@ -7,26 +7,46 @@
 
 namespace seqrec {
 
-std::vector<int32_t> never_recommended_rows(const Catalog& catalog, const Request& request,
-                                            const PreparedRequest& prepared) {
-  std::vector<int32_t> rows{0};  // padding
+void append_never_recommended_rows(const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
+                                   std::vector<int32_t>& rows) {
+  const auto first = static_cast<std::ptrdiff_t>(rows.size());
+  rows.push_back(0);  // padding
   for (const std::string& id : request.exclude_ids)
     if (int32_t r = catalog.row(id); r > 0) rows.push_back(r);
   if (!request.recommend_seen) rows.insert(rows.end(), prepared.seen_rows.begin(), prepared.seen_rows.end());
-  std::sort(rows.begin(), rows.end());
-  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
-  return rows;
+  std::sort(rows.begin() + first, rows.end());
+  rows.erase(std::unique(rows.begin() + first, rows.end()), rows.end());
 }
 
 std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
                                    const Catalog& catalog, const Request& request, const PreparedRequest& prepared) {
+  RankScratch scratch;
+  return rank_items(scores, report, catalog, request, prepared, scratch);
+}
+
+std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
+                                   const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
+                                   RankScratch& scratch) {
   const int64_t n = catalog.size();
   const int64_t k = std::max<int64_t>(request.k, 0);
-  // skip[row] != 0: never recommended.
-  std::vector<uint8_t> skip(static_cast<size_t>(n), 0);
-  for (int32_t r : never_recommended_rows(catalog, request, prepared)) skip[r] = 1;
+  // skip[row] != 0: never recommended. Set for this request's rows only, and cleared again
+  // on the way out (whatever way that is).
+  std::vector<uint8_t>& skip = scratch.skip;
+  if (static_cast<int64_t>(skip.size()) < n) skip.assign(static_cast<size_t>(n), 0);
+  std::vector<int32_t>& never = scratch.never;
+  never.clear();
+  append_never_recommended_rows(catalog, request, prepared, never);
+  struct Unskip {
+    std::vector<uint8_t>& skip;
+    const std::vector<int32_t>& rows;
+    ~Unskip() {
+      for (int32_t r : rows) skip[static_cast<size_t>(r)] = 0;
+    }
+  } unskip{skip, never};
+  for (int32_t r : never) skip[static_cast<size_t>(r)] = 1;
 
-  std::vector<int32_t> best(static_cast<size_t>(std::min(k, n)));
+  std::vector<int32_t>& best = scratch.best;
+  best.resize(static_cast<size_t>(std::min(k, n)));
   std::vector<ScoredItem> unknown;  // candidates the model does not know: score 0, in request order
   int64_t found = 0;
   if (!request.candidate_ids) {
@@ -52,6 +72,7 @@ std::vector<ScoredItem> rank_items(const float* scores, const std::function<floa
   std::vector<ScoredItem> out;
   out.reserve(static_cast<size_t>(found) + unknown.size());
   for (int64_t i = 0; i < found; ++i) out.push_back({catalog.id(best[i]), best[i], report(scores[best[i]])});
+  if (unknown.empty()) return out;
   // Known items keep their order; an unknown candidate (score 0) goes after every known
   // item scoring >= 0 and before those below.
   std::vector<ScoredItem> merged;

@@ -19,9 +19,9 @@ struct ScoredItem {
 };
 
 // The rows a request can never get back, sorted, without duplicates: row 0 (padding), its
-// exclusions, and the rows it has seen unless recommend_seen.
-std::vector<int32_t> never_recommended_rows(const Catalog& catalog, const Request& request,
-                                            const PreparedRequest& prepared);
+// exclusions, and the rows it has seen unless recommend_seen. Appended to `rows`.
+void append_never_recommended_rows(const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
+                                   std::vector<int32_t>& rows);
 
 // Ranks one request over `scores` ([catalog.size()], higher is better; row 0 is never
 // returned). `report` maps a raw score to the reported one (monotonic non-decreasing);
@@ -29,5 +29,15 @@ std::vector<int32_t> never_recommended_rows(const Catalog& catalog, const Reques
 // Returns at most request.k items.
 std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
                                    const Catalog& catalog, const Request& request, const PreparedRequest& prepared);
+
+// rank_items's working memory, kept by a worker (Workspace::rank) so that ranking a request
+// allocates only its answer.
+struct RankScratch {
+  std::vector<uint8_t> skip;  // [catalog size], all 0 between calls
+  std::vector<int32_t> never, best;
+};
+std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
+                                   const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
+                                   RankScratch& scratch);
 
 }  // namespace seqrec

@@ -60,22 +60,26 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   const ModelSpec& spec = model_.spec();
   const std::vector<uint64_t>& counts =
       popularity && static_cast<int64_t>(popularity->size()) == spec.n_items ? *popularity : popularity_;
-  std::vector<PreparedRequest> prepared;
-  prepared.reserve(requests.size());
-  for (const Request& r : requests) prepared.push_back(prepare_request(r, catalog_, rating_threshold_, spec.max_len));
+  std::vector<PreparedRequest>& prepared = ws.prepared;
+  if (prepared.size() < requests.size()) prepared.resize(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i)
+    prepare_request(requests[i], catalog_, rating_threshold_, spec.max_len, prepared[i], ws.prepare);
 
   // Cold start (no known positive) is answered by popularity when there is any; everything
-  // else goes through the model together, as one batch. The sequences move into the batch:
-  // after this only whether one was empty matters.
-  std::vector<bool> cold(requests.size());
-  std::vector<size_t> model_batch;
-  std::vector<std::vector<int32_t>> sequences;
+  // else goes through the model together, as one batch (its sequences copied into the
+  // workspace's, whose memory stays for the next batch).
+  std::vector<bool>& cold = ws.cold;
+  std::vector<size_t>& model_batch = ws.model_batch;
+  cold.assign(requests.size(), false);
+  model_batch.clear();
   for (size_t i = 0; i < requests.size(); ++i) {
     cold[i] = prepared[i].sequence.empty();
     if (cold[i] && !counts.empty()) continue;
     model_batch.push_back(i);
-    sequences.push_back(std::move(prepared[i].sequence));
+    if (ws.sequences.size() < model_batch.size()) ws.sequences.resize(model_batch.size());
+    ws.sequences[model_batch.size() - 1].assign(prepared[i].sequence.begin(), prepared[i].sequence.end());
   }
+  const std::span<const std::vector<int32_t>> sequences(ws.sequences.data(), model_batch.size());
   std::vector<Response> out(requests.size());
   for (size_t i = 0; i < requests.size(); ++i)
     if (cold[i] && !counts.empty()) out[i] = popular(requests[i], prepared[i], counts);
@@ -94,7 +98,8 @@ std::vector<Response> Recommender::recommend(std::span<const Request> requests, 
   model_.score(hidden, static_cast<int64_t>(model_batch.size()), ws.logits.data());
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const size_t i = model_batch[b];
-    out[i] = answer(requests[i], prepared[i], cold[i], rank_logits(requests[i], prepared[i], ws.logits.data() + b * n));
+    out[i] = answer(requests[i], prepared[i], cold[i],
+                    rank_logits(requests[i], prepared[i], ws.logits.data() + b * n, ws.rank));
   }
   return out;
 }
@@ -107,53 +112,67 @@ void Recommender::answer_with_pre_scan(std::span<const Request> requests, const 
   // Requests over the whole catalog: one pre-scan for all of them (it reads the int8 table
   // once per batch). Candidate lists: only the candidates are scored, exactly.
   const std::function<float(float)> report = spec.score == ScoreKind::sigmoid ? sigmoid : identity;
-  std::vector<std::vector<int32_t>> never(model_batch.size()), rows(model_batch.size());
-  std::vector<std::vector<float>> scores(model_batch.size());
-  std::vector<kernels::ScanTopK> scans;
-  std::vector<size_t> scan_of(model_batch.size(), SIZE_MAX);
+  // Flat lists in the workspace: request b's never-rows are never_rows[never_at[b] ..
+  // never_at[b + 1]), its top-k rows and scores start at top_at[b].
+  ws.never_rows.clear();
+  ws.never_at.assign(model_batch.size() + 1, 0);
+  ws.top_at.assign(model_batch.size() + 1, 0);
+  ws.scan_of.assign(model_batch.size(), SIZE_MAX);
+  ws.scans.clear();
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const Request& r = requests[model_batch[b]];
-    if (r.candidate_ids) continue;
-    never[b] = never_recommended_rows(catalog_, r, prepared[model_batch[b]]);
-    const size_t k = static_cast<size_t>(std::clamp<int64_t>(r.k, 0, spec.n_items));
-    rows[b].resize(k);
-    scores[b].resize(k);
-    kernels::ScanTopK scan;
-    scan.h = hidden + b * d;
-    scan.never = never[b].data();
-    scan.n_never = static_cast<int64_t>(never[b].size());
-    scan.k = static_cast<int64_t>(k);
-    scan.rows = rows[b].data();
-    scan.scores = scores[b].data();
-    scan_of[b] = scans.size();
-    scans.push_back(scan);
+    size_t k = 0;
+    if (!r.candidate_ids) {
+      append_never_recommended_rows(catalog_, r, prepared[model_batch[b]], ws.never_rows);
+      k = static_cast<size_t>(std::clamp<int64_t>(r.k, 0, spec.n_items));
+      kernels::ScanTopK scan;
+      scan.h = hidden + b * d;
+      scan.k = static_cast<int64_t>(k);
+      ws.scan_of[b] = ws.scans.size();
+      ws.scans.push_back(scan);
+    }
+    ws.never_at[b + 1] = ws.never_rows.size();
+    ws.top_at[b + 1] = ws.top_at[b] + k;
   }
-  model_.exact_top_k(scans.data(), static_cast<int64_t>(scans.size()));
+  if (ws.top_rows.size() < ws.top_at.back()) {
+    ws.top_rows.resize(ws.top_at.back());
+    ws.top_scores.resize(ws.top_at.back());
+  }
+  for (size_t b = 0; b < model_batch.size(); ++b) {  // the lists are complete: point into them
+    if (ws.scan_of[b] == SIZE_MAX) continue;
+    kernels::ScanTopK& scan = ws.scans[ws.scan_of[b]];
+    scan.never = ws.never_rows.data() + ws.never_at[b];
+    scan.n_never = static_cast<int64_t>(ws.never_at[b + 1] - ws.never_at[b]);
+    scan.rows = ws.top_rows.data() + ws.top_at[b];
+    scan.scores = ws.top_scores.data() + ws.top_at[b];
+  }
+  model_.exact_top_k(ws.scans.data(), static_cast<int64_t>(ws.scans.size()), ws.scan);
   for (size_t b = 0; b < model_batch.size(); ++b) {
     const size_t i = model_batch[b];
     const float* h = hidden + b * d;
     std::vector<ScoredItem> ranked;
-    if (scan_of[b] == SIZE_MAX) {
+    if (ws.scan_of[b] == SIZE_MAX) {
       if (ws.logits.size() < n) ws.logits.resize(n);
       for (const std::string& id : *requests[i].candidate_ids)
         if (const int32_t r = catalog_.row(id); r > 0) ws.logits[r] = model_.exact_score(h, r);
-      ranked = rank_items(ws.logits.data(), report, catalog_, requests[i], prepared[i]);  // reads only candidates
-    } else if (const int64_t found = scans[scan_of[b]].found; found < 0) {
+      ranked = rank_items(ws.logits.data(), report, catalog_, requests[i], prepared[i], ws.rank);  // reads only candidates
+    } else if (const int64_t found = ws.scans[ws.scan_of[b]].found; found < 0) {
       // A hidden state beyond the bounds (not finite, or huge): rank its full logits.
       if (ws.logits.size() < n) ws.logits.resize(n);
       model_.score(h, 1, ws.logits.data());
-      ranked = rank_logits(requests[i], prepared[i], ws.logits.data());
+      ranked = rank_logits(requests[i], prepared[i], ws.logits.data(), ws.rank);
     } else {
       ranked.reserve(static_cast<size_t>(found));
-      for (int64_t j = 0; j < found; ++j)
-        ranked.push_back({catalog_.id(rows[b][j]), rows[b][j], report(scores[b][j])});
+      const int32_t* rows = ws.top_rows.data() + ws.top_at[b];
+      const float* scores = ws.top_scores.data() + ws.top_at[b];
+      for (int64_t j = 0; j < found; ++j) ranked.push_back({catalog_.id(rows[j]), rows[j], report(scores[j])});
     }
     out[i] = answer(requests[i], prepared[i], cold[i], std::move(ranked));
   }
 }
 
 std::vector<ScoredItem> Recommender::rank_logits(const Request& request, const PreparedRequest& prepared,
-                                                 const float* logits) const {
+                                                 const float* logits, RankScratch& scratch) const {
   const ModelSpec& spec = model_.spec();
   std::function<float(float)> report = identity;
   switch (spec.score) {
@@ -169,7 +188,7 @@ std::vector<ScoredItem> Recommender::rank_logits(const Request& request, const P
       break;
     }
   }
-  return rank_items(logits, report, catalog_, request, prepared);
+  return rank_items(logits, report, catalog_, request, prepared, scratch);
 }
 
 Response Recommender::answer(const Request& request, const PreparedRequest& prepared, bool empty_history,

@@ -15,6 +15,7 @@
 #include "engine/model.h"
 #include "engine/ranker.h"
 #include "engine/request.h"
+#include "engine/workspace.h"
 
 namespace seqrec {
 
@@ -44,7 +45,7 @@ class Recommender {
  private:
   // The ranked items of one request from its full logits [n_items].
   std::vector<ScoredItem> rank_logits(const Request& request, const PreparedRequest& prepared,
-                                      const float* logits) const;
+                                      const float* logits, RankScratch& scratch) const;
   // Answers the model batch's requests (rows of `hidden`) of a model with the pre-scan.
   void answer_with_pre_scan(std::span<const Request> requests, const std::vector<PreparedRequest>& prepared,
                             const std::vector<bool>& cold, const std::vector<size_t>& model_batch,

@@ -43,6 +43,20 @@ struct TimedRow {
 // input order (kept or not), i.e. keeps its place.
 std::vector<int32_t> rows_in_time_order(const std::vector<TimedRow>& entries);
 
+// Working memory of the two functions below, kept by a worker so that they allocate only
+// while a history is longer than any before.
+struct PrepareScratch {
+  struct Kept {
+    int64_t time;
+    int32_t order;  // place in the input: equal times keep it
+    int32_t row;
+  };
+  std::vector<TimedRow> entries;
+  std::vector<Kept> kept;
+};
+// rows_in_time_order into `rows` (replacing its contents).
+void rows_in_time_order(const std::vector<TimedRow>& entries, std::vector<int32_t>& rows, PrepareScratch& scratch);
+
 // The sequence-building rules of product.md:
 //  - positive = no rating, or rating >= threshold (no threshold: all positive);
 //  - positives sorted by timestamp ascending, stable (ties keep input order); an
@@ -51,5 +65,8 @@ std::vector<int32_t> rows_in_time_order(const std::vector<TimedRow>& entries);
 //  - the most recent max_len known positives are kept.
 PreparedRequest prepare_request(const Request& request, const Catalog& catalog,
                                 std::optional<double> rating_threshold, int64_t max_len);
+// The same into `out` (replacing its contents, reusing its memory).
+void prepare_request(const Request& request, const Catalog& catalog, std::optional<double> rating_threshold,
+                     int64_t max_len, PreparedRequest& out, PrepareScratch& scratch);
 
 }  // namespace seqrec

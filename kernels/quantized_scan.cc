@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 
 #if defined(__AVX512F__) || defined(__SSE__)
 #include <immintrin.h>
@@ -181,14 +182,22 @@ void exact_scores(const float* table, int64_t d, const float* h, std::vector<std
 
 class Selection {
  public:
-  Selection(const int32_t* never, int64_t n_never, int64_t k)
-      : never_(never), n_never_(n_never), k_(k), capacity_(std::max<int64_t>(64, 4 * k)) {
-    rows_.resize(static_cast<size_t>(capacity_ + kLanes));
-    ups_.resize(static_cast<size_t>(capacity_ + kLanes));
+  // A fresh selection for one query; the buffers of an earlier one are kept (a worker's
+  // ScanScratch reuses its selections from batch to batch).
+  void reset(const int32_t* never, int64_t n_never, int64_t k) {
+    never_ = never;
+    n_never_ = n_never;
+    k_ = k;
+    capacity_ = std::max<int64_t>(64, 4 * k);
+    rows_.resize(std::max(rows_.size(), static_cast<size_t>(capacity_ + kLanes)));
+    ups_.resize(rows_.size());
+    size_ = 0;
+    threshold_ = -std::numeric_limits<float>::infinity();
+    lows_.clear();
 #if defined(__AVX512F__)
-    if (k_ <= kLanes) return;
+    best_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    next_never_ = 0;
 #endif
-    lows_.reserve(static_cast<size_t>(std::max<int64_t>(k, 0)));
   }
 
   // θ so far: the k-th largest lower bound of the eligible rows offered (−∞ until k were).
@@ -240,7 +249,8 @@ class Selection {
   // Rescores every candidate that can still reach θ and writes the k best.
   int64_t finish(const float* table, const float* bias, int64_t d, const float* h, int32_t* rows, float* scores,
                  TopKStats* stats) {
-    std::vector<std::pair<float, int32_t>> scored;  // (exact score, row)
+    std::vector<std::pair<float, int32_t>>& scored = scored_;  // (exact score, row)
+    scored.clear();
     for (int64_t i = 0; i < size_; ++i)
       if (ups_[static_cast<size_t>(i)] >= threshold_) scored.push_back({0.0f, rows_[static_cast<size_t>(i)]});
 #if defined(__SSE__)
@@ -308,15 +318,15 @@ class Selection {
     size_ = kept;
     if (2 * size_ > capacity_) {
       capacity_ = 2 * size_;
-      rows_.resize(static_cast<size_t>(capacity_ + kLanes));
-      ups_.resize(static_cast<size_t>(capacity_ + kLanes));
+      rows_.resize(std::max(rows_.size(), static_cast<size_t>(capacity_ + kLanes)));
+      ups_.resize(rows_.size());
     }
   }
 
-  const int32_t* never_;
-  int64_t n_never_;
-  int64_t k_;
-  int64_t capacity_;
+  const int32_t* never_ = nullptr;
+  int64_t n_never_ = 0;
+  int64_t k_ = 0;
+  int64_t capacity_ = 0;
   float threshold_ = -std::numeric_limits<float>::infinity();
 #if defined(__AVX512F__)
   __m512 best_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());  // k <= 16: the 16 largest lower bounds, descending
@@ -326,6 +336,7 @@ class Selection {
   std::vector<int32_t> rows_;  // candidates: [0, size_), room for kLanes more
   std::vector<float> ups_;
   int64_t size_ = 0;
+  std::vector<std::pair<float, int32_t>> scored_;  // finish()'s
 };
 
 // A chunk of L2's size: the batch's queries scan it in turn while it stays there.
@@ -634,38 +645,57 @@ float exact_score(const float* h, const float* w, int64_t d) {
   return acc;
 }
 
-void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
-                int64_t n_queries) {
-  std::vector<ScanQuery> quantized(static_cast<size_t>(n_queries));
+struct ScanScratch::State {
+  std::vector<ScanQuery> quantized;
   std::vector<Selection> selections;
   std::vector<int64_t> active;  // queries that scan: bounded, k > 0
-  selections.reserve(static_cast<size_t>(n_queries));
+  std::vector<const ScanQuery*> scanning;
+  std::vector<Selection*> selecting;
+};
+
+ScanScratch::ScanScratch() : state(std::make_unique<State>()) {}
+ScanScratch::~ScanScratch() = default;
+ScanScratch::ScanScratch(ScanScratch&&) noexcept = default;
+ScanScratch& ScanScratch::operator=(ScanScratch&&) noexcept = default;
+
+void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
+                int64_t n_queries, ScanScratch& scratch) {
+  ScanScratch::State& st = *scratch.state;
+  const size_t count = static_cast<size_t>(n_queries);
+  if (st.quantized.size() < count) st.quantized.resize(count);
+  if (st.selections.size() < count) st.selections.resize(count);
+  st.active.clear();
+  st.scanning.clear();
+  st.selecting.clear();
   for (int64_t i = 0; i < n_queries; ++i) {
     ScanTopK& q = queries[i];
     q.stats = {};
-    q.found = quantize_query(q.h, d, quantized[i]) ? 0 : -1;
-    selections.emplace_back(q.never, q.n_never, q.k);
-    if (q.found == 0 && q.k > 0) active.push_back(i);
+    q.found = quantize_query(q.h, d, st.quantized[static_cast<size_t>(i)]) ? 0 : -1;
+    if (q.found != 0 || q.k <= 0) continue;
+    st.selections[static_cast<size_t>(i)].reset(q.never, q.n_never, q.k);
+    st.active.push_back(i);
+    st.scanning.push_back(&st.quantized[static_cast<size_t>(i)]);
+    st.selecting.push_back(&st.selections[static_cast<size_t>(i)]);
   }
   // The table is read in chunks that stay in L2 while every query scans them: one read from
   // memory for the whole batch.
   const int64_t block_bytes = quantized_block_bytes(d), n_blocks = (n + kLanes - 1) / kLanes;
   const int64_t chunk_blocks = std::max<int64_t>(1, kScanChunkBytes / block_bytes);
-  std::vector<const ScanQuery*> scanning;
-  std::vector<Selection*> selecting;
-  for (int64_t i : active) {
-    scanning.push_back(&quantized[static_cast<size_t>(i)]);
-    selecting.push_back(&selections[static_cast<size_t>(i)]);
-  }
-  const int64_t n_active = static_cast<int64_t>(active.size());
+  const int64_t n_active = static_cast<int64_t>(st.active.size());
   for (int64_t first = 0; first < n_blocks; first += chunk_blocks)
     for (int64_t i = 0; i < n_active; i += kQueriesPerPass)
-      scan_blocks(qtable, n, d, bias, scanning.data() + i, selecting.data() + i,
+      scan_blocks(qtable, n, d, bias, st.scanning.data() + i, st.selecting.data() + i,
                   static_cast<int>(std::min<int64_t>(kQueriesPerPass, n_active - i)), first,
                   std::min(n_blocks, first + chunk_blocks));
-  for (int64_t i : active)
-    queries[i].found = selections[i].finish(table, bias, d, queries[i].h, queries[i].rows, queries[i].scores,
-                                            &queries[i].stats);
+  for (int64_t i : st.active)
+    queries[i].found = st.selections[static_cast<size_t>(i)].finish(table, bias, d, queries[i].h, queries[i].rows,
+                                                                    queries[i].scores, &queries[i].stats);
+}
+
+void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
+                int64_t n_queries) {
+  ScanScratch scratch;
+  scan_top_k(table, bias, qtable, n, d, queries, n_queries, scratch);
 }
 
 int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, const float* h,

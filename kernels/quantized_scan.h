@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace seqrec::kernels {
@@ -116,5 +117,20 @@ struct ScanTopK {
 };
 void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
                 int64_t n_queries);
+
+// The scan's working memory (quantized queries, selections, candidates), kept by a worker
+// so that a batch allocates nothing once the buffers have grown to its size.
+class ScanScratch {
+ public:
+  ScanScratch();
+  ~ScanScratch();
+  ScanScratch(ScanScratch&&) noexcept;
+  ScanScratch& operator=(ScanScratch&&) noexcept;
+  struct State;
+  std::unique_ptr<State> state;
+};
+// The same, with the working memory of `scratch`.
+void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
+                int64_t n_queries, ScanScratch& scratch);
 
 }  // namespace seqrec::kernels

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -27,23 +26,22 @@ template <class IndexAt>
 int64_t select(const float* scores, int64_t n, IndexAt index_at, const uint8_t* skip, int64_t k, int32_t* out) {
   if (k <= 0) return 0;
   Better better{scores};
-  std::vector<int32_t> heap;
-  heap.reserve(static_cast<size_t>(std::min(k, n)));
+  int32_t* heap = out;  // the heap lives in `out`: it never holds more than min(k, n)
+  int64_t size = 0;
   auto offer = [&](int32_t idx) {
     if (skip && skip[idx]) return;
-    if (static_cast<int64_t>(heap.size()) < k) {
-      heap.push_back(idx);
-      std::push_heap(heap.begin(), heap.end(), better);
-    } else if (better(idx, heap.front())) {
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = idx;
-      std::push_heap(heap.begin(), heap.end(), better);
+    if (size < k) {
+      heap[size++] = idx;
+      std::push_heap(heap, heap + size, better);
+    } else if (better(idx, heap[0])) {
+      std::pop_heap(heap, heap + size, better);
+      heap[size - 1] = idx;
+      std::push_heap(heap, heap + size, better);
     }
   };
   for (int64_t i = 0; i < n; ++i) offer(index_at(i));
-  std::sort(heap.begin(), heap.end(), better);
-  std::copy(heap.begin(), heap.end(), out);
-  return static_cast<int64_t>(heap.size());
+  std::sort(heap, heap + size, better);
+  return size;
 }
 
 }  // namespace
@@ -54,23 +52,23 @@ int64_t top_k(const float* scores, int64_t n, const uint8_t* skip, int64_t k, in
   // closer only at lanes that beat it (strictly: a later equal score ranks lower).
   if (k > 0 && n > 4 * k) {
     Better better{scores};
-    std::vector<int32_t> heap;
-    heap.reserve(static_cast<size_t>(k));
+    int32_t* heap = out;  // as in select()
+    int64_t size = 0;
     int64_t i = 0;
-    for (; i < n && static_cast<int64_t>(heap.size()) < k; ++i) {
+    for (; i < n && size < k; ++i) {
       if (skip && skip[i]) continue;
-      heap.push_back(static_cast<int32_t>(i));
-      std::push_heap(heap.begin(), heap.end(), better);
+      heap[size++] = static_cast<int32_t>(i);
+      std::push_heap(heap, heap + size, better);
     }
     auto offer = [&](int64_t idx) {
-      if ((skip && skip[idx]) || !better(static_cast<int32_t>(idx), heap.front())) return;
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = static_cast<int32_t>(idx);
-      std::push_heap(heap.begin(), heap.end(), better);
+      if ((skip && skip[idx]) || !better(static_cast<int32_t>(idx), heap[0])) return;
+      std::pop_heap(heap, heap + size, better);
+      heap[size - 1] = static_cast<int32_t>(idx);
+      std::push_heap(heap, heap + size, better);
     };
     for (; i < n && (i & 15); ++i) offer(i);
     for (; i + 16 <= n; i += 16) {
-      const float weakest = Better::key(scores[heap.front()]);
+      const float weakest = Better::key(scores[heap[0]]);
       __mmask16 beats = _mm512_cmp_ps_mask(_mm512_loadu_ps(scores + i), _mm512_set1_ps(weakest), _CMP_GT_OQ);
       while (beats) {
         const int lane = __builtin_ctz(beats);
@@ -79,9 +77,8 @@ int64_t top_k(const float* scores, int64_t n, const uint8_t* skip, int64_t k, in
       }
     }
     for (; i < n; ++i) offer(i);
-    std::sort(heap.begin(), heap.end(), better);
-    std::copy(heap.begin(), heap.end(), out);
-    return static_cast<int64_t>(heap.size());
+    std::sort(heap, heap + size, better);
+    return size;
   }
 #endif
   return select(scores, n, [](int64_t i) { return static_cast<int32_t>(i); }, skip, k, out);
