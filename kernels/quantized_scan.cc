@@ -416,7 +416,10 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
   if constexpr (Q == 1) {
     // One query: a run of blocks is bounded first, then tested and offered. A branch on the
     // test right after each block's arithmetic mispredicts on the blocks that reach θ, and
-    // each miss then waits out the block's whole ~40-cycle chain (6.7 -> 6.2 µs, recbole).
+    // each miss then waits out the block's whole ~40-cycle chain. kernels_bench, batch 1,
+    // against testing each block at once (medians, alternating builds): recbole 7.5-7.7 ->
+    // 6.7-7.1 µs, ml1m 2.86-2.93 -> 2.79-2.87 µs; catalog1m, which streams from memory,
+    // 1.70 -> 1.81-1.90 ms (the stores of the run's bounds cost there, the stall is hidden).
     constexpr int kRun = 8;
     alignas(64) float lo[kRun][kLanes], hi[kRun][kLanes];
     for (int64_t run = first_block; run < end_block; run += kRun) {
