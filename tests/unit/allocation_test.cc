@@ -58,7 +58,7 @@ std::vector<Request> traffic(int64_t n_items, unsigned seed) {
 // The claim holds where the layers run on the panel kernel (AVX-512); the oneDNN fallback
 // wraps its operands in dnnl::memory objects on every call.
 constexpr const char* kNoPanelKernel =
-    "no AVX-512 panel kernel on this CPU: the oneDNN GEMM path allocates its memory objects per call";
+    "no AVX-512 panel kernel in this build or on this CPU: the oneDNN GEMM path allocates its memory objects per call";
 
 // Allocations of one recommend() call on a workspace that has seen the same batch before.
 long allocations_of_repeat(const Recommender& rec, std::span<const Request> batch) {
