@@ -49,6 +49,20 @@ uint32_t fixed_point_up(double x) {
   return static_cast<uint32_t>(std::clamp(scaled, 0.0, 255.0));
 }
 
+// max |v_j| and ||v||₂ of d floats (the norm rounded up, in double); false when a value is
+// not finite or the norm exceeds kMaxScanNorm (no bound is computed then).
+bool measure(const float* v, int64_t d, double& max_abs, double& norm) {
+  max_abs = 0;
+  double squares = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    if (!std::isfinite(v[j])) return false;
+    max_abs = std::max(max_abs, std::abs(static_cast<double>(v[j])));
+    squares += static_cast<double>(v[j]) * v[j];
+  }
+  norm = std::sqrt(squares) * (1.0 + 1e-12);
+  return norm <= kMaxScanNorm;
+}
+
 // Whether flush-to-zero or denormals-are-zero is on: the bounds assume gradual underflow.
 bool flushes_denormals() {
 #if defined(__SSE__)
@@ -97,22 +111,6 @@ bool flushes_denormals() {
 }
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
-__m512i block_dots_vnni(const uint8_t* block, int64_t d4, const int32_t* groups, __m512i offset) {
-  // Four accumulators: vpdpbusd's latency would otherwise chain all d4 steps.
-  __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-  int64_t g = 0;
-  for (; g + 4 <= d4; g += 4) {
-    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_load_si512(block + g * 64), _mm512_set1_epi32(groups[g]));
-    acc1 = _mm512_dpbusd_epi32(acc1, _mm512_load_si512(block + g * 64 + 64), _mm512_set1_epi32(groups[g + 1]));
-    acc2 = _mm512_dpbusd_epi32(acc2, _mm512_load_si512(block + g * 64 + 128), _mm512_set1_epi32(groups[g + 2]));
-    acc3 = _mm512_dpbusd_epi32(acc3, _mm512_load_si512(block + g * 64 + 192), _mm512_set1_epi32(groups[g + 3]));
-  }
-  for (; g < d4; ++g)
-    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_load_si512(block + g * 64), _mm512_set1_epi32(groups[g]));
-  const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3));
-  return _mm512_sub_epi32(sum, offset);
-}
-
 // What one block's 16 lanes share whichever query scans them (item_bounds_portable's s·ν,
 // s·ρ, s and b ± bias_coef·|b|).
 struct BlockTerms {
@@ -141,13 +139,6 @@ inline __m512 block_half_width(const BlockTerms& t, const ScanQuery& q) {
                          _mm512_fmadd_ps(t.s_rho, _mm512_set1_ps(q.residual_coef), _mm512_set1_ps(q.floor)));
 }
 
-// The same arithmetic as item_bounds_portable, 16 lanes at once.
-void block_bounds_vnni(__m512i dots, const BlockTerms& t, const ScanQuery& q, __m512& lower, __m512& upper) {
-  const __m512 e = block_half_width(t, q);
-  const __m512 dotf = _mm512_cvtepi32_ps(dots), scaled = _mm512_mul_ps(t.s, _mm512_set1_ps(q.scale));
-  upper = _mm512_fmadd_ps(dotf, scaled, _mm512_add_ps(e, t.above));
-  lower = _mm512_fmadd_ps(dotf, scaled, _mm512_sub_ps(t.below, e));
-}
 #endif
 
 // scored[i].first = exact_score(h, table + scored[i].second · d, d) for every i. Eight rows at
@@ -346,17 +337,14 @@ constexpr int64_t kScanChunkBytes = 256 << 10;
 constexpr int kQueriesPerPass = 8;
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
-// The bounds of one block's 16 lanes for Q queries at once: the block's int8 groups are
-// loaded once and multiplied with each query's (one vpdpbusd each), its metadata unpacked
-// once (BlockTerms). A accumulators per query keep vpdpbusd's latency off the critical path
+// The integer dot products q_h · q_i (offset removed) of one block's 16 lanes for Q queries
+// at once: the block's int8 groups are loaded once and multiplied with each query's (one
+// vpdpbusd each). A accumulators per query keep vpdpbusd's latency off the critical path
 // when Q alone does not. Every loop over q and a is unrolled (GCC otherwise keeps acc in
 // memory).
-// bounds(q, upper, lower) gets query q's upper bounds and a function that computes the lower
-// ones (most blocks never need them).
-template <int Q, class Bounds>
-__attribute__((always_inline)) inline void bound_block(const uint8_t* block, int64_t d4, const float* block_bias,
-                                                       float bias_coef, const ScanQuery* const* queries,
-                                                       const int32_t* const* groups, Bounds&& bounds) {
+template <int Q>
+__attribute__((always_inline)) inline void block_dots(const uint8_t* block, int64_t d4, const ScanQuery* const* queries,
+                                                      const int32_t* const* groups, __m512i (&dots)[Q]) {
   constexpr int A = Q == 1 ? 4 : Q == 2 ? 2 : 1;
   __m512i acc[Q][A];
 #pragma GCC unroll 8
@@ -386,14 +374,30 @@ __attribute__((always_inline)) inline void bound_block(const uint8_t* block, int
 #pragma GCC unroll 8
     for (int q = 0; q < Q; ++q) acc[q][0] = _mm512_dpbusd_epi32(acc[q][0], items, _mm512_set1_epi32(groups[q][g]));
   }
-  const BlockTerms terms = block_terms(block + d4 * 64, block_bias, bias_coef);
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q) {
     __m512i sum = acc[q][0];
 #pragma GCC unroll 4
     for (int a = 1; a < A; ++a) sum = _mm512_add_epi32(sum, acc[q][a]);
+    dots[q] = _mm512_sub_epi32(sum, _mm512_set1_epi32(queries[q]->offset));
+  }
+}
+
+// The bounds of one block's 16 lanes for Q queries (item_bounds_portable's arithmetic, 16
+// lanes at once): block_dots, then the block's metadata unpacked once (BlockTerms).
+// bounds(q, upper, lower) gets query q's upper bounds and a function that computes the lower
+// ones (most blocks never need them).
+template <int Q, class Bounds>
+__attribute__((always_inline)) inline void bound_block(const uint8_t* block, int64_t d4, const float* block_bias,
+                                                       float bias_coef, const ScanQuery* const* queries,
+                                                       const int32_t* const* groups, Bounds&& bounds) {
+  __m512i dots[Q];
+  block_dots<Q>(block, d4, queries, groups, dots);
+  const BlockTerms terms = block_terms(block + d4 * 64, block_bias, bias_coef);
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) {
     const ScanQuery& query = *queries[q];
-    const __m512 dotf = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(query.offset)));
+    const __m512 dotf = _mm512_cvtepi32_ps(dots[q]);
     const __m512 scaled = _mm512_mul_ps(terms.s, _mm512_set1_ps(query.scale));
     const __m512 e = block_half_width(terms, query);
     bounds(q, _mm512_fmadd_ps(dotf, scaled, _mm512_add_ps(e, terms.above)),
@@ -532,14 +536,8 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
     const float* w = table + i * d;
     uint8_t* block = out + (i / kLanes) * block_bytes;
     const int64_t lane = i % kLanes;
-    double max_abs = 0, sum_squares = 0;
-    for (int64_t j = 0; j < d; ++j) {
-      if (!std::isfinite(w[j])) return false;
-      max_abs = std::max(max_abs, std::abs(static_cast<double>(w[j])));
-      sum_squares += static_cast<double>(w[j]) * w[j];
-    }
-    const double norm = std::sqrt(sum_squares) * (1.0 + 1e-12);
-    if (norm > kMaxScanNorm) return false;
+    double max_abs, norm;
+    if (!measure(w, d, max_abs, norm)) return false;
     uint32_t meta = 0;
     if (max_abs > 0) {
       const float s = bfloat16_up(max_abs / 127.0);
@@ -564,14 +562,8 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
 
 bool quantize_query(const float* h, int64_t d, ScanQuery& out) {
   if (d > kMaxScanDim || flushes_denormals()) return false;
-  double max_abs = 0, norm_squares = 0;
-  for (int64_t j = 0; j < d; ++j) {
-    if (!std::isfinite(h[j])) return false;
-    max_abs = std::max(max_abs, std::abs(static_cast<double>(h[j])));
-    norm_squares += static_cast<double>(h[j]) * h[j];
-  }
-  const double norm = std::sqrt(norm_squares) * (1.0 + 1e-12);
-  if (norm > kMaxScanNorm) return false;
+  double max_abs, norm;
+  if (!measure(h, d, max_abs, norm)) return false;
   const float s = max_abs > 0 ? float_up(max_abs / 127.0) : 0.0f;
   out.groups.assign(static_cast<size_t>(groups_of(d)), 0);
   double error_squares = 0, quantized_squares = 0;
@@ -610,7 +602,11 @@ void quantized_dots(const uint8_t* qtable, int64_t n, int64_t d, const ScanQuery
   for (int64_t first = 0; first < n; first += kLanes) {
     const uint8_t* block = qtable + first / kLanes * block_bytes;
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
-    _mm512_storeu_si512(dots, block_dots_vnni(block, d4, query.groups.data(), _mm512_set1_epi32(query.offset)));
+    const ScanQuery* queries[1] = {&query};
+    const int32_t* groups[1] = {query.groups.data()};
+    __m512i block_dot[1];
+    block_dots<1>(block, d4, queries, groups, block_dot);
+    _mm512_storeu_si512(dots, block_dot[0]);
 #else
     block_dots_portable(block, d4, query, dots);
 #endif
@@ -628,11 +624,13 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
     float padded_bias[kLanes] = {};
     if (bias) std::copy(bias + first, bias + first + lanes, padded_bias);
-    __m512 l, u;
-    block_bounds_vnni(block_dots_vnni(block, d4, query.groups.data(), _mm512_set1_epi32(query.offset)),
-                      block_terms(block + d4 * 64, bias ? padded_bias : nullptr, query.bias_coef), query, l, u);
-    _mm512_storeu_ps(lo, l);
-    _mm512_storeu_ps(hi, u);
+    const ScanQuery* queries[1] = {&query};
+    const int32_t* groups[1] = {query.groups.data()};
+    bound_block<1>(block, d4, bias ? padded_bias : nullptr, query.bias_coef, queries, groups,
+                   [&](int, __m512 u, auto l) {
+                     _mm512_storeu_ps(hi, u);
+                     _mm512_storeu_ps(lo, l());
+                   });
 #else
     int32_t dots[kLanes];
     block_dots_portable(block, d4, query, dots);
