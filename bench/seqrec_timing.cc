@@ -114,10 +114,10 @@ class Timer {
     // The clock starts once every worker is running: waking a thread that slept between
     // passes (here, a 2-vCPU VM whose other vCPU may be halted) took up to a whole short
     // pass, which then ran on one thread — a server's workers under load are awake.
+    auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
     auto work = [&](size_t w) {
       seqrec::Workspace& ws = *workspaces_[w];
       for (;;) {
-        auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
         if (budget_s > 0 && elapsed() > budget_s) break;
         const size_t begin = next.fetch_add(b);
         size_t until = limit.load();

@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "engine/error.h"
-#include "kernels/gemm.h"
 #include "engine/workspace.h"
+#include "kernels/gemm.h"
 
 namespace seqrec {
 

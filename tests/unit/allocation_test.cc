@@ -71,18 +71,21 @@ long allocations_of_repeat(const Recommender& rec, std::span<const Request> batc
   return used;
 }
 
+// Batches of 1, 8 and all of `requests` allocate at most their answers: the response list,
+// and each response's list of items (ids short enough for the string's own buffer).
+void expect_only_answers_allocated(const Recommender& rec, const std::vector<Request>& requests) {
+  for (size_t batch : {size_t{1}, size_t{8}, requests.size()})
+    EXPECT_LE(allocations_of_repeat(rec, std::span<const Request>(requests.data(), batch)),
+              static_cast<long>(1 + batch))
+        << "batch " << batch;
+}
+
 TEST(RequestPath, APreScannedBatchAllocatesOnlyItsAnswers) {
   if (!kernels::panel_gemm_available()) GTEST_SKIP() << kNoPanelKernel;
   const ModelSpec spec = testing::small_spec(3000, 50, 64, 2);  // past the pre-scan threshold
   const Recommender rec(spec, testing::random_weights(spec), testing::offset_ids(spec.n_items), {}, std::nullopt);
   ASSERT_TRUE(rec.model().has_pre_scan());
-  const std::vector<Request> requests = traffic(spec.n_items, 3);
-  for (size_t batch : {size_t{1}, size_t{8}, requests.size()}) {
-    const std::span<const Request> part(requests.data(), batch);
-    // The response list, and each response's list of items (ids short enough for the
-    // string's own buffer).
-    EXPECT_LE(allocations_of_repeat(rec, part), static_cast<long>(1 + batch)) << "batch " << batch;
-  }
+  expect_only_answers_allocated(rec, traffic(spec.n_items, 3));
 }
 
 // Small catalogs (and softmax models) rank the full logits instead: the same holds.
@@ -93,11 +96,7 @@ TEST(RequestPath, AFullyScoredBatchAllocatesOnlyItsAnswers) {
     spec.score = score;
     const Recommender rec(spec, testing::random_weights(spec), testing::offset_ids(spec.n_items), {}, std::nullopt);
     ASSERT_FALSE(rec.model().has_pre_scan());
-    const std::vector<Request> requests = traffic(spec.n_items, 5);
-    for (size_t batch : {size_t{1}, size_t{8}, requests.size()}) {
-      const std::span<const Request> part(requests.data(), batch);
-      EXPECT_LE(allocations_of_repeat(rec, part), static_cast<long>(1 + batch)) << "batch " << batch;
-    }
+    expect_only_answers_allocated(rec, traffic(spec.n_items, 5));
   }
 }
 
