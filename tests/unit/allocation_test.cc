@@ -1,8 +1,10 @@
 // The request path allocates nothing once a worker's Workspace has grown to a batch's size,
 // apart from the answers it hands back (the response list and each response's items).
 //
-// This binary replaces the global allocation functions with counting ones, so it is built
-// apart from seqrec_unit_tests (and not under the sanitizers, whose allocator it would hide).
+// This binary replaces the global allocation functions with counting ones — operator new,
+// and aligned_alloc, which the engine's 64-byte-aligned buffers (FloatBuffer) call — so it
+// is built apart from seqrec_unit_tests (and not under the sanitizers, whose allocator it
+// would hide). glibc's own entry points do the allocating.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -14,13 +16,16 @@
 #include "kernels/panel_gemm.h"
 #include "test_models.h"
 
+extern "C" void* __libc_malloc(std::size_t);
+extern "C" void* __libc_memalign(std::size_t, std::size_t);
+
 namespace {
 std::atomic<long> allocations{0};
 
 void* counted(std::size_t n, std::size_t alignment) {
   ++allocations;
-  const std::size_t size = (std::max<std::size_t>(n, 1) + alignment - 1) / alignment * alignment;
-  void* p = alignment <= alignof(std::max_align_t) ? std::malloc(size) : std::aligned_alloc(alignment, size);
+  const std::size_t size = std::max<std::size_t>(n, 1);
+  void* p = alignment <= alignof(std::max_align_t) ? __libc_malloc(size) : __libc_memalign(alignment, size);
   if (!p) throw std::bad_alloc();
   return p;
 }
@@ -32,6 +37,10 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+extern "C" void* aligned_alloc(std::size_t alignment, std::size_t n) {
+  ++allocations;
+  return __libc_memalign(alignment, n);
+}
 
 namespace seqrec {
 namespace {
@@ -109,6 +118,14 @@ TEST(RequestPath, TheCounterCountsAFreshWorkspace) {
   const long before = allocations.load();
   rec.recommend(requests, ws);
   EXPECT_GT(allocations.load() - before, static_cast<long>(3 * requests.size()));
+}
+
+// ... and the engine's aligned buffers, which do not go through operator new.
+TEST(RequestPath, TheCounterCountsAlignedBuffers) {
+  const long before = allocations.load();
+  FloatBuffer buffer(1000);
+  buffer[999] = 1.0f;
+  EXPECT_EQ(allocations.load() - before, 1);
 }
 
 }  // namespace
