@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# Installs seqrec's build and test dependencies from Debian packages (run as root or via sudo).
+# Installs seqrec's build and test dependencies from Debian packages (run as root or via sudo);
+# enough on a brand-new minimal Debian 12 or 13 (scripts/check-fresh-machine.sh proves it).
 #   scripts/install-deps.sh          build + run dependencies
 #   scripts/install-deps.sh --test   also what the test suite needs (PyTorch for parity, Redis)
+#   scripts/install-deps.sh --deb    also what building the Debian package needs (dpkg-shlibdeps)
 #   scripts/install-deps.sh --bench  also what bench/ runs against: PyTorch, wrk, Node.js + npm,
 #                                    and onnxruntime-node (npm, into bench/node_modules)
 set -euo pipefail
 
-packages=(cmake g++ make pkg-config libdnnl-dev libopenblas-dev libcereal-dev libboost-dev
+# ocl-icd-opencl-dev: Debian's oneDNN is built with its OpenCL GPU runtime, and its
+# dnnl-config.cmake refuses to configure without OpenCL (only a Recommends of libdnnl-dev).
+packages=(cmake g++ make pkg-config libdnnl-dev ocl-icd-opencl-dev libopenblas-dev libcereal-dev libboost-dev
           libsimdjson-dev libcli11-dev liblmdb-dev libhiredis-dev libgtest-dev libgmock-dev libbenchmark-dev)
-if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3 python3-torch python3-numpy redis-server)
-fi
-if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(python3 python3-torch python3-numpy wrk)
-  # Node.js may come from another apt source that bundles npm; add Debian's only if missing.
-  command -v node >/dev/null || packages+=(nodejs)
-  command -v npm >/dev/null || packages+=(npm)
-fi
+case "${1:-}" in
+  "") ;;
+  --test) packages+=(python3 python3-torch python3-numpy redis-server) ;;
+  --deb) packages+=(dpkg-dev file) ;;
+  --bench)
+    packages+=(python3 python3-torch python3-numpy wrk)
+    # Node.js may come from another apt source that bundles npm; add Debian's only if missing.
+    command -v node >/dev/null || packages+=(nodejs)
+    command -v npm >/dev/null || packages+=(npm)
+    ;;
+  *) echo "install-deps: error: unknown option '$1' (expected --test, --deb or --bench)" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
