@@ -24,7 +24,6 @@
 
 #include "engine/recommender.h"
 #include "engine/tensor.h"
-#include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
@@ -111,6 +110,17 @@ FloatBuffer rows_buffer(int64_t rows, int64_t width, uint32_t seed) {
 
 k::Epilogue activation_of(const Shape& s) { return s.relu ? k::Epilogue::relu : k::Epilogue::gelu_erf; }
 
+// The OpenBLAS reference's epilogue, as plain loops: y[r, :] = act(y[r, :] + bias).
+void add_bias(float* y, int64_t rows, int64_t dim, const float* bias, k::Epilogue act = k::Epilogue::none) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < dim; ++i) {
+      float v = y[r * dim + i] + bias[i];
+      if (act == k::Epilogue::relu) v = v > 0.0f ? v : 0.0f;
+      if (act == k::Epilogue::gelu_erf) v = 0.5f * v * (1.0f + std::erf(v * 0.70710678f));
+      y[r * dim + i] = v;
+    }
+}
+
 // FFN: inner GEMM + bias + activation, outer GEMM + bias.
 void ffn(benchmark::State& state, Shape s, int64_t rows, bool openblas) {
   k::set_gemm_threads(1);
@@ -122,13 +132,9 @@ void ffn(benchmark::State& state, Shape s, int64_t rows, bool openblas) {
   for (auto _ : state) {
     if (openblas) {
       k::sgemm(false, true, rows, s.ffn, s.d, 1.0f, x.data(), s.d, w1.data(), s.d, 0.0f, hidden.data(), s.ffn);
-      k::add_bias(hidden.data(), rows, s.ffn, b1.data());
-      if (s.relu)
-        k::relu(hidden.data(), rows * s.ffn);
-      else
-        k::gelu_erf(hidden.data(), rows * s.ffn);
+      add_bias(hidden.data(), rows, s.ffn, b1.data(), activation_of(s));
       k::sgemm(false, true, rows, s.d, s.ffn, 1.0f, hidden.data(), s.ffn, w2.data(), s.ffn, 0.0f, y.data(), s.d);
-      k::add_bias(y.data(), rows, s.d, b2.data());
+      add_bias(y.data(), rows, s.d, b2.data());
     } else {
       inner.apply(x.data(), s.d, rows, hidden.data());
       outer.apply(hidden.data(), s.ffn, rows, y.data());
@@ -148,7 +154,7 @@ void projection(benchmark::State& state, Shape s, int64_t rows, bool openblas) {
   for (auto _ : state) {
     if (openblas) {
       k::sgemm(false, true, rows, 3 * s.d, s.d, 1.0f, x.data(), s.d, w.data(), s.d, 0.0f, y.data(), 3 * s.d);
-      k::add_bias(y.data(), rows, 3 * s.d, b.data());
+      add_bias(y.data(), rows, 3 * s.d, b.data());
     } else {
       qkv.apply(x.data(), s.d, rows, y.data());
     }
@@ -253,20 +259,6 @@ void int8_scan_top_k(benchmark::State& state, Shape s, int64_t batch) {
   state.SetItemsProcessed(state.iterations() * batch);  // items_per_second = queries/s
 }
 
-// ---- activations over one FFN's hidden buffer ----------------------------------------------
-
-void activation(benchmark::State& state, Shape s) {
-  FloatBuffer x = random_buffer(s.slots * s.ffn, 21);
-  for (auto _ : state) {
-    if (s.relu)
-      k::relu(x.data(), s.slots * s.ffn);
-    else
-      k::gelu_erf(x.data(), s.slots * s.ffn);
-    benchmark::DoNotOptimize(x.data());
-  }
-  state.SetBytesProcessed(state.iterations() * s.slots * s.ffn * 2 * static_cast<int64_t>(sizeof(float)));
-}
-
 // ---- the engine: Recommender::recommend on a random ml1m-shaped model -----------------------
 
 std::shared_ptr<seqrec::Recommender> ml1m_recommender() {
@@ -339,7 +331,6 @@ void register_all() {
         benchmark::RegisterBenchmark((p + "/ffn/all_slots" + lib).c_str(), ffn, s, s.slots, openblas);
         benchmark::RegisterBenchmark((p + "/ffn/readout_slot" + lib).c_str(), ffn, s, int64_t{1}, openblas);
       }
-      benchmark::RegisterBenchmark((p + "/activation").c_str(), activation, s);
     }
     benchmark::RegisterBenchmark((p + "/gather").c_str(), gather, s);
     for (int64_t batch : {int64_t{1}, int64_t{64}})

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "cli/commands.h"
+#include "engine/platform.h"
 #include "weights/seqrec_file.h"
 
 namespace seqrec::cli {
@@ -39,6 +40,8 @@ Action add_inspect(CLI::App& app) {
       std::printf("threshold     rating >= %g is positive\n", *p.rating_threshold);
     else
       std::printf("threshold     none (every interaction is positive)\n");
+    std::printf("cpu path      %s on %s (this binary runs here: %s)\n", kernel_path().c_str(), cpu_model().c_str(),
+                supported_kernel_paths().c_str());
     return 0;
   };
 }

@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "engine/error.h"
+#include "engine/platform.h"
 #include "engine/text.h"
 
 int main(int argc, char** argv) {
@@ -36,6 +37,10 @@ int main(int argc, char** argv) {
     std::cerr << "seqrec: error: unknown command '" << seqrec::printable(argv[1]) << "' (expected " << known << ")\n";
     return 2;
   }
+  if (const auto error = seqrec::check_kernel_path_request()) {
+    std::cerr << "seqrec: error: " << seqrec::printable(*error) << "\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -59,6 +64,14 @@ int main(int argc, char** argv) {
       return 1;
     } catch (const std::bad_alloc&) {
       std::cerr << "seqrec " << sub->get_name() << ": error: out of memory\n";
+      return 1;
+    } catch (const std::exception& e) {
+      // Anything else that escapes (a library's own exception, e.g. oneDNN's): still one line
+      // and a non-zero exit, never std::terminate.
+      std::cerr << "seqrec " << sub->get_name() << ": error: " << seqrec::printable(e.what()) << "\n";
+      return 1;
+    } catch (...) {
+      std::cerr << "seqrec " << sub->get_name() << ": error: unexpected failure\n";
       return 1;
     }
   }

@@ -7,14 +7,14 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__)
 #include <immintrin.h>
-// GCC 12 warns inside its own _mm512_reduce_* helpers (an undefined vector it fills on purpose).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
-namespace seqrec::kernels {
+#include "kernels/isa.h"
+
+SEQREC_ISA_BEGIN
+namespace seqrec::kernels::SEQREC_ISA_NS {
 
 namespace {
 
@@ -34,7 +34,8 @@ KeyRange visible_keys(int64_t row, int64_t n_kv, int64_t key_begin, int64_t key_
 // returns nothing, leaves s[j] = w_j·exp(s_j − max) / Σ.
 void softmax_in_place(float* s, int64_t begin, int64_t end, float first_key_weight);
 
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
+SEQREC_INTRINSIC_WARNINGS_OFF
 
 using simd::exp16;
 using simd::tail_mask;
@@ -266,6 +267,7 @@ void attention_one_row(const float* q, int64_t q_row, const float* k, const floa
   weighted_values<1, BLOCKS>(s, 0, v, ld_kv, d_h, range.begin, range.end, &inv_sum, out, 0);
 }
 
+SEQREC_INTRINSIC_WARNINGS_ON
 #else
 
 void softmax_in_place(float* s, int64_t begin, int64_t end, float first_key_weight) {
@@ -315,7 +317,8 @@ void attention_rows(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, 
 void attention_head(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, const float* k, const float* v,
                     int64_t ld_kv, int64_t n_kv, int64_t d_h, int64_t key_begin, int64_t key_end, bool causal,
                     float first_key_weight, float scale, float* out, int64_t ld_out, float* scratch) {
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
+SEQREC_INTRINSIC_WARNINGS_OFF
   if (d_h <= kMaxBlocks * 16 && n_q == 1) {
     auto one_row = [&](auto blocks) {
       attention_one_row<decltype(blocks)::value>(q, q_begin, k, v, ld_kv, n_kv, d_h, key_begin, key_end, causal,
@@ -349,9 +352,11 @@ void attention_head(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, 
     }
     return;
   }
+SEQREC_INTRINSIC_WARNINGS_ON
 #endif
   attention_rows(q, ld_q, q_begin, n_q, k, v, ld_kv, n_kv, d_h, key_begin, key_end, causal, first_key_weight, scale,
                  out, ld_out, scratch);
 }
 
-}  // namespace seqrec::kernels
+}  // namespace seqrec::kernels::SEQREC_ISA_NS
+SEQREC_ISA_END

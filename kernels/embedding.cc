@@ -1,6 +1,9 @@
 #include "kernels/embedding.h"
 
-namespace seqrec::kernels {
+#include "kernels/isa.h"
+
+SEQREC_ISA_BEGIN
+namespace seqrec::kernels::SEQREC_ISA_NS {
 
 void gather_rows(const float* table, int64_t dim, const int32_t* rows, int64_t n, float scale, float* out,
                  int64_t ld_out) {
@@ -19,4 +22,5 @@ void gather_add_rows(const float* table, int64_t dim, const int32_t* rows, int64
   }
 }
 
-}  // namespace seqrec::kernels
+}  // namespace seqrec::kernels::SEQREC_ISA_NS
+SEQREC_ISA_END

@@ -1,5 +1,6 @@
 #include "kernels/gemm.h"
 
+#include "kernels/cpu_isa.h"
 #include "kernels/layer_norm.h"
 #include "kernels/panel_gemm.h"
 
@@ -19,9 +20,43 @@ namespace {
 // Weights up to this size (16 MB) are packed for panel_gemm.
 constexpr int64_t kMaxPanelFloats = int64_t{4} << 20;
 
+// oneDNN picks its own instructions; it gets no more than the path the kernels run (forcing
+// SEQREC_CPU_ISA then tests what a CPU of that class would run). Must precede its first use.
+void cap_onednn_isa() {
+  try {
+    switch (cpu_isa()) {
+      case CpuIsa::portable: dnnl::set_max_cpu_isa(dnnl::cpu_isa::sse41); break;
+      case CpuIsa::avx2: dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2); break;
+      case CpuIsa::avx512: dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core); break;
+      case CpuIsa::avx512_vnni: break;  // everything it finds
+    }
+  } catch (const dnnl::error&) {
+    // oneDNN was used before (its ISA is fixed by then): it keeps what it chose.
+  }
+}
+
 dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine engine = [] {
+    cap_onednn_isa();
+    return dnnl::engine(dnnl::engine::kind::cpu, 0);
+  }();
   return engine;
+}
+
+using MemoryDesc = dnnl::memory::desc;
+
+// A matmul primitive descriptor: oneDNN 3 takes the memory descriptors directly, oneDNN 2
+// through matmul::desc (removed in 3.0).
+dnnl::matmul::primitive_desc matmul_primitive_desc(const MemoryDesc& src, const MemoryDesc& weights,
+                                                   const MemoryDesc* bias, const MemoryDesc& dst,
+                                                   const dnnl::primitive_attr& attr) {
+#if DNNL_VERSION_MAJOR >= 3
+  return bias ? dnnl::matmul::primitive_desc(cpu_engine(), src, weights, *bias, dst, attr)
+              : dnnl::matmul::primitive_desc(cpu_engine(), src, weights, dst, attr);
+#else
+  const auto desc = bias ? dnnl::matmul::desc(src, weights, *bias, dst) : dnnl::matmul::desc(src, weights, dst);
+  return dnnl::matmul::primitive_desc(desc, attr, cpu_engine());
+#endif
 }
 
 // One in-order stream per thread: oneDNN primitives may execute concurrently, streams may not.
@@ -59,10 +94,7 @@ struct Compiled {
   dnnl::memory::desc scratchpad;
 };
 
-Compiled compile(const dnnl::matmul::desc& desc, const dnnl::primitive_attr& attr) {
-  const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
-  return Compiled{dnnl::matmul(pd), pd.scratchpad_desc()};
-}
+Compiled compile(const dnnl::matmul::primitive_desc& pd) { return Compiled{dnnl::matmul(pd), pd.scratchpad_desc()}; }
 
 struct PackedLinear::Impl {
   // Packed weights up to kMaxPanelFloats run panel_gemm (where it is native); the rest oneDNN.
@@ -87,11 +119,27 @@ struct PackedLinear::Impl {
     using dt = dnnl::memory::data_type;
     const dnnl::memory::desc src({rows, in}, dt::f32, {ld_x, 1});
     const dnnl::memory::desc dst({rows, out}, dt::f32, {out, 1});
-    const auto desc = has_bias ? dnnl::matmul::desc(src, weights.get_desc(), bias.get_desc(), dst)
-                               : dnnl::matmul::desc(src, weights.get_desc(), dst);
-    return fixed.emplace(key, compile(desc, attr)).first->second;
+    const MemoryDesc bias_desc = has_bias ? bias.get_desc() : MemoryDesc();
+    return fixed
+        .emplace(key, compile(matmul_primitive_desc(src, weights.get_desc(), has_bias ? &bias_desc : nullptr, dst, attr)))
+        .first->second;
   }
 };
+
+WeightPanels pack_panels(const float* weight, const float* bias, int64_t out, int64_t in) {
+  WeightPanels w;
+  w.out = out;
+  w.in = in;
+  const int64_t n_panels = (out + kPanelWidth - 1) / kPanelWidth;
+  w.panels.assign(static_cast<size_t>(n_panels * in * kPanelWidth), 0.0f);
+  w.bias.assign(static_cast<size_t>(n_panels * kPanelWidth), 0.0f);
+  for (int64_t o = 0; o < out; ++o) {
+    float* column = w.panels.data() + (o / kPanelWidth) * in * kPanelWidth + o % kPanelWidth;
+    for (int64_t c = 0; c < in; ++c) column[c * kPanelWidth] = weight[o * in + c];
+    if (bias) w.bias[static_cast<size_t>(o)] = bias[o];
+  }
+  return w;
+}
 
 PackedLinear::PackedLinear() = default;
 PackedLinear::~PackedLinear() = default;
@@ -102,7 +150,7 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
                            bool pack, Rows rows)
     : impl_(std::make_unique<Impl>()), out_(out), in_(in) {
   impl_->rows = rows;
-  if (pack && out * in <= kMaxPanelFloats && panel_gemm_available()) {
+  if (pack && out * in <= kMaxPanelFloats) {
     impl_->use_panels = true;
     impl_->panels = pack_panels(weight, bias, out, in);
     impl_->epilogue = epilogue;
@@ -123,13 +171,17 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t out, 
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (epilogue != Epilogue::none) {
     dnnl::post_ops ops;
-    ops.append_eltwise(1.0f, eltwise(epilogue), epilogue == Epilogue::swish ? 1.0f : 0.0f, 0.0f);
+    const float alpha = epilogue == Epilogue::swish ? 1.0f : 0.0f;
+#if DNNL_VERSION_MAJOR >= 3
+    ops.append_eltwise(eltwise(epilogue), alpha, 0.0f);
+#else
+    ops.append_eltwise(1.0f, eltwise(epilogue), alpha, 0.0f);
+#endif
     attr.set_post_ops(ops);
   }
   impl_->has_bias = bias != nullptr;
-  const auto desc = impl_->has_bias ? dnnl::matmul::desc(src, weights_any, bias_desc, dst)
-                                    : dnnl::matmul::desc(src, weights_any, dst);
-  const dnnl::matmul::primitive_desc pd(desc, attr, engine);
+  const dnnl::matmul::primitive_desc pd =
+      matmul_primitive_desc(src, weights_any, impl_->has_bias ? &bias_desc : nullptr, dst, attr);
   impl_->any_rows = Compiled{dnnl::matmul(pd), pd.scratchpad_desc()};
   dnnl::memory user_weights(plain_weights, engine, const_cast<float*>(weight));
   if (pd.weights_desc() == plain_weights) {

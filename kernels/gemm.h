@@ -1,10 +1,10 @@
 // The one place the GEMM backends are chosen:
 //  - PackedLinear: y = x·Wᵀ + b (+ activation) for weights known at load, packed once.
-//    Weights up to 16 MB run panel_gemm (kernels/panel_gemm.h, AVX-512): a register-tiled
-//    kernel with no per-call setup — the encoder's products are small (tens to hundreds of
-//    rows, K = d), and oneDNN's fixed cost per call (descriptors, memory objects, dispatch,
-//    ~1.5 µs) was a third of a short request. Larger tables (or CPUs without AVX-512) use a
-//    oneDNN matmul primitive created once, with W reordered once into oneDNN's preferred
+//    Weights up to 16 MB run panel_gemm (kernels/panel_gemm.h): a register-tiled kernel with
+//    no per-call setup — the encoder's products are small (tens to hundreds of rows, K = d),
+//    and oneDNN's fixed cost per call (descriptors, memory objects, dispatch, ~1.5 µs) was a
+//    third of a short request. Larger tables (a big catalog's scoring) use a oneDNN matmul
+//    primitive created once, with W reordered once into oneDNN's preferred
 //    layout and the row count M left to run time; per call only `execute` (the oneDNN
 //    examples' pattern). Either way a row's result does not depend on the other rows of
 //    the call, and each call computes on the calling thread only: parallelism comes from

@@ -4,14 +4,14 @@
 
 #include "kernels/simd_math.h"
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__)
 #include <immintrin.h>
-// GCC 12 warns inside its own _mm512_reduce_* helpers (an undefined vector it fills on purpose).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
-namespace seqrec::kernels {
+#include "kernels/isa.h"
+
+SEQREC_ISA_BEGIN
+namespace seqrec::kernels::SEQREC_ISA_NS {
 
 namespace {
 
@@ -29,7 +29,8 @@ float lane_sum(const float* x, int64_t n, F f) {
   return sum;
 }
 
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
+SEQREC_INTRINSIC_WARNINGS_OFF
 // A row of up to 16·BLOCKS floats held in registers: one read and one write per row (y may
 // alias x: the row is read whole before it is written).
 template <int BLOCKS>
@@ -68,13 +69,15 @@ void layer_norm_rows(const float* x, int64_t ld_x, int64_t rows, int64_t dim, co
       simd::store_first(yr + 16 * k, _mm512_fmadd_ps(_mm512_mul_ps(v[k], inv_std), g[k], b[k]), dim - 16 * k);
   }
 }
+SEQREC_INTRINSIC_WARNINGS_ON
 #endif
 
 }  // namespace
 
 void layer_norm(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const float* gamma, const float* beta,
                 float eps, float* y, int64_t ld_y) {
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
+SEQREC_INTRINSIC_WARNINGS_OFF
   switch ((dim + 15) / 16) {
     case 1: return layer_norm_rows<1>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
     case 2: return layer_norm_rows<2>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
@@ -82,6 +85,7 @@ void layer_norm(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const f
     case 4: return layer_norm_rows<4>(x, ld_x, rows, dim, gamma, beta, eps, y, ld_y);
     default: break;  // wider rows: the generic loop
   }
+SEQREC_INTRINSIC_WARNINGS_ON
 #endif
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ld_x;
@@ -93,4 +97,5 @@ void layer_norm(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const f
   }
 }
 
-}  // namespace seqrec::kernels
+}  // namespace seqrec::kernels::SEQREC_ISA_NS
+SEQREC_ISA_END

@@ -3,8 +3,9 @@
 // memory objects, dispatch: ~1.5 µs) is larger than the product itself.
 //
 // Every row is computed the same way whatever the number of rows: y[r, o] = Σ_c x[r, c]·W[o, c]
-// accumulated in c order with FMAs, then + bias, then the activation. So a request's result
-// does not depend on its batch-mates.
+// accumulated in c order with kernels/multiply_add.h, then + bias, then the activation. So a
+// request's result does not depend on its batch-mates. Register-tiled AVX-512 on the AVX-512
+// paths; the same lanes, vectorized by the compiler, on AVX2 (same bits) and portable.
 #pragma once
 
 #include <cstdint>
@@ -28,13 +29,9 @@ struct WeightPanels {
 // weight: [out, in] row-major (torch Linear); bias: [out] or null.
 WeightPanels pack_panels(const float* weight, const float* bias, int64_t out, int64_t in);
 
-// Whether panel_gemm runs natively here (AVX-512). Elsewhere it is a plain loop with the
-// same results (to rounding of the activations), kept for tests: PackedLinear uses oneDNN.
-bool panel_gemm_available();
-
 // y: [rows, out] (row stride out) = epilogue(x: [rows, in] (row stride ld_x) · Wᵀ + bias)
 // (+ residual: [rows, out], row stride out, which y may alias — the transformer's residual
-// add, fused). The activations are kernels/simd_math.h's (absolute error <= ~2e-7).
+// add, fused). The AVX-512 activations are kernels/simd_math.h's (absolute error <= ~2e-7).
 void panel_gemm(const WeightPanels& w, const float* x, int64_t ld_x, int64_t rows, Epilogue epilogue, float* y,
                 const float* residual = nullptr);
 

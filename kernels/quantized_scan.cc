@@ -7,70 +7,21 @@
 #include <limits>
 #include <memory>
 
-#if defined(__AVX512F__) || defined(__SSE__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-#if defined(__AVX512F__)
-// GCC 12 warns inside its own intrinsics (an undefined vector they fill on purpose).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
-namespace seqrec::kernels {
+#include "kernels/isa.h"
+#include "kernels/multiply_add.h"
+
+SEQREC_ISA_BEGIN
+namespace seqrec::kernels::SEQREC_ISA_NS {
 
 namespace {
 
-constexpr int kLanes = 16;              // items per block
-constexpr double kUnitRoundoff = 0x1p-24;  // fp32, round to nearest
+constexpr int kLanes = static_cast<int>(kQuantizedLanes);  // items per block
 
-int64_t groups_of(int64_t d) { return (d + 3) / 4; }
-
-// The smallest fp32 >= x (x >= 0, finite).
-float float_up(double x) {
-  float f = static_cast<float>(x);
-  if (static_cast<double>(f) < x) f = std::nextafter(f, std::numeric_limits<float>::infinity());
-  return f;
-}
-
-// The smallest bfloat16 >= x (x >= 0), as the fp32 it stands for (low 16 bits zero).
-float bfloat16_up(double x) {
-  const float f = float_up(x);
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  if (bits & 0xFFFFu) bits = (bits & 0xFFFF0000u) + 0x10000u;  // monotonic for positive values
-  float out;
-  std::memcpy(&out, &bits, sizeof out);
-  return out;
-}
-
-// ceil(x · 255) as a byte, x in [0, 1], with margin for the double arithmetic that gave x.
-uint32_t fixed_point_up(double x) {
-  const double scaled = std::ceil(x * 255.0 * (1.0 + 1e-12) + 1e-9);
-  return static_cast<uint32_t>(std::clamp(scaled, 0.0, 255.0));
-}
-
-// max |v_j| and ||v||₂ of d floats (the norm rounded up, in double); false when a value is
-// not finite or the norm exceeds kMaxScanNorm (no bound is computed then).
-bool measure(const float* v, int64_t d, double& max_abs, double& norm) {
-  max_abs = 0;
-  double squares = 0;
-  for (int64_t j = 0; j < d; ++j) {
-    if (!std::isfinite(v[j])) return false;
-    max_abs = std::max(max_abs, std::abs(static_cast<double>(v[j])));
-    squares += static_cast<double>(v[j]) * v[j];
-  }
-  norm = std::sqrt(squares) * (1.0 + 1e-12);
-  return norm <= kMaxScanNorm;
-}
-
-// Whether flush-to-zero or denormals-are-zero is on: the bounds assume gradual underflow.
-bool flushes_denormals() {
-#if defined(__SSE__)
-  return (_mm_getcsr() & 0x8040u) != 0;
-#else
-  return false;
-#endif
-}
+int64_t groups_of(int64_t d) { return quantized_groups(d); }
 
 // ---- one block: the 16 integer dot products and the 16 bounds -----------------------------
 
@@ -110,7 +61,8 @@ bool flushes_denormals() {
   lower = std::fma(dotf, scaled, below - e);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if SEQREC_HAVE_VNNI
+SEQREC_INTRINSIC_WARNINGS_OFF
 // What one block's 16 lanes share whichever query scans them (item_bounds_portable's s·ν,
 // s·ρ, s and b ± bias_coef·|b|).
 struct BlockTerms {
@@ -139,6 +91,7 @@ inline __m512 block_half_width(const BlockTerms& t, const ScanQuery& q) {
                          _mm512_fmadd_ps(t.s_rho, _mm512_set1_ps(q.residual_coef), _mm512_set1_ps(q.floor)));
 }
 
+SEQREC_INTRINSIC_WARNINGS_ON
 #endif
 
 // scored[i].first = exact_score(h, table + scored[i].second · d, d) for every i. Eight rows at
@@ -157,7 +110,7 @@ void exact_scores(const float* table, int64_t d, const float* h, std::vector<std
     }
     for (int64_t j = 0; j < d; ++j)
 #pragma GCC unroll 8
-      for (size_t r = 0; r < kChains; ++r) acc[r] = std::fma(h[j], w[r][j], acc[r]);
+      for (size_t r = 0; r < kChains; ++r) acc[r] = multiply_add(h[j], w[r][j], acc[r]);
     for (size_t r = 0; r < rows; ++r) scored[i + r].first = acc[r];
   }
 }
@@ -185,8 +138,8 @@ class Selection {
     size_ = 0;
     threshold_ = -std::numeric_limits<float>::infinity();
     lows_.clear();
-#if defined(__AVX512F__)
-    best_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+#if SEQREC_HAVE_AVX512
+    std::fill(std::begin(best_), std::end(best_), -std::numeric_limits<float>::infinity());
     next_never_ = 0;
 #endif
   }
@@ -201,7 +154,8 @@ class Selection {
     if (upper >= threshold_) append(row, upper);
   }
 
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
+SEQREC_INTRINSIC_WARNINGS_OFF
   // The lanes of `reach` of the block whose lane 0 is row `first`, with their bounds.
   void offer_block(int64_t first, __mmask16 reach, __m512 lower, __m512 upper) {
     if (n_never_ > 0) reach &= ~never_lanes(first);
@@ -210,15 +164,17 @@ class Selection {
       alignas(64) float lows[kLanes];
       _mm512_store_ps(lows, lower);
       const __m512i previous = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14);
+      __m512 best = _mm512_load_ps(best_);
       for (; raising; raising &= raising - 1) {
-        // best_ is sorted descending: the lanes > v are a prefix; v goes right after them and
+        // best is sorted descending: the lanes > v are a prefix; v goes right after them and
         // the rest move one lane down (the last one falls off).
         const __m512 v = _mm512_set1_ps(lows[__builtin_ctz(raising)]);
-        const __mmask16 above = _mm512_cmp_ps_mask(best_, v, _CMP_GT_OQ);
-        const __m512 shifted = _mm512_mask_mov_ps(_mm512_permutexvar_ps(previous, best_), above, best_);
-        best_ = _mm512_mask_mov_ps(shifted, static_cast<__mmask16>((above + 1u) & ~above), v);
+        const __mmask16 above = _mm512_cmp_ps_mask(best, v, _CMP_GT_OQ);
+        const __m512 shifted = _mm512_mask_mov_ps(_mm512_permutexvar_ps(previous, best), above, best);
+        best = _mm512_mask_mov_ps(shifted, static_cast<__mmask16>((above + 1u) & ~above), v);
       }
-      threshold_ = _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int32_t>(k_ - 1)), best_));
+      _mm512_store_ps(best_, best);
+      threshold_ = best_[k_ - 1];
     } else if (raising) {
       alignas(64) float lows[kLanes];
       _mm512_store_ps(lows, lower);
@@ -235,6 +191,7 @@ class Selection {
     size_ += __builtin_popcount(keep);
     if (size_ >= capacity_) compact();
   }
+SEQREC_INTRINSIC_WARNINGS_ON
 #endif
 
   // Rescores every candidate that can still reach θ and writes the k best.
@@ -244,7 +201,7 @@ class Selection {
     scored.clear();
     for (int64_t i = 0; i < size_; ++i)
       if (ups_[static_cast<size_t>(i)] >= threshold_) scored.push_back({0.0f, rows_[static_cast<size_t>(i)]});
-#if defined(__SSE__)
+#if defined(__x86_64__)
     for (const auto& s : scored)  // the rows are scattered over the table: ask for them all first
       for (int64_t off = 0; off < d; off += 16)
         _mm_prefetch(reinterpret_cast<const char*>(table + s.second * d + off), _MM_HINT_T0);
@@ -268,7 +225,7 @@ class Selection {
  private:
   bool is_never(int32_t row) const { return std::binary_search(never_, never_ + n_never_, row); }
 
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
   // The lanes of the block at `first` that hold never-rows. Blocks come in ascending order.
   __mmask16 never_lanes(int64_t first) {
     next_never_ = std::lower_bound(never_ + next_never_, never_ + n_never_, first) - never_;
@@ -319,8 +276,11 @@ class Selection {
   int64_t k_ = 0;
   int64_t capacity_ = 0;
   float threshold_ = -std::numeric_limits<float>::infinity();
-#if defined(__AVX512F__)
-  __m512 best_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());  // k <= 16: the 16 largest lower bounds, descending
+#if SEQREC_HAVE_AVX512
+  // k <= 16: the 16 largest lower bounds, descending. Kept as floats, not an __m512 member:
+  // this class is also laid out by code outside the AVX-512 target region (std::vector's),
+  // where a vector member's alignment would differ.
+  alignas(64) float best_[kLanes];
   int64_t next_never_ = 0;
 #endif
   std::vector<float> lows_;  // k > 16 (or no AVX-512): min-heap of the k largest lower bounds
@@ -336,7 +296,8 @@ constexpr int64_t kScanChunkBytes = 256 << 10;
 // Queries that scan the table together: each 64-byte load of a block feeds every one of them.
 constexpr int kQueriesPerPass = 8;
 
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if SEQREC_HAVE_VNNI
+SEQREC_INTRINSIC_WARNINGS_OFF
 // The integer dot products q_h · q_i (offset removed) of one block's 16 lanes for Q queries
 // at once: the block's int8 groups are loaded once and multiplied with each query's (one
 // vpdpbusd each). A accumulators per query keep vpdpbusd's latency off the critical path
@@ -478,6 +439,7 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
     }
   }
 }
+SEQREC_INTRINSIC_WARNINGS_ON
 #else
 // Offers blocks [first_block, end_block) of the table to one query's selection.
 void scan_blocks_portable(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
@@ -503,7 +465,7 @@ void scan_blocks_portable(const uint8_t* qtable, int64_t n, int64_t d, const flo
 // Offers blocks [first_block, end_block) to up to kQueriesPerPass queries' selections.
 void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery* const* queries,
                  Selection* const* selections, int count, int64_t first_block, int64_t end_block) {
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if SEQREC_HAVE_VNNI
   static_assert(kQueriesPerPass == 8);
   switch (count) {
     case 1: return scan_blocks_vnni<1>(qtable, n, d, bias, queries, selections, first_block, end_block);
@@ -523,90 +485,19 @@ void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
 
 }  // namespace
 
-int64_t quantized_block_bytes(int64_t d) { return groups_of(d) * 64 + kLanes * 4; }
-
-int64_t quantized_table_bytes(int64_t n, int64_t d) { return (n + kLanes - 1) / kLanes * quantized_block_bytes(d); }
-
-bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
-  if (d > kMaxScanDim) return false;
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
-  const double root_d = std::sqrt(static_cast<double>(d));
-  std::memset(out, 128, static_cast<size_t>(quantized_table_bytes(n, d)));
-  for (int64_t i = 0; i < n; ++i) {
-    const float* w = table + i * d;
-    uint8_t* block = out + (i / kLanes) * block_bytes;
-    const int64_t lane = i % kLanes;
-    double max_abs, norm;
-    if (!measure(w, d, max_abs, norm)) return false;
-    uint32_t meta = 0;
-    if (max_abs > 0) {
-      const float s = bfloat16_up(max_abs / 127.0);
-      double residual_squares = 0;
-      for (int64_t j = 0; j < d; ++j) {
-        const double x = static_cast<double>(w[j]) / s;
-        const double q = std::clamp(std::nearbyint(x), -127.0, 127.0);
-        residual_squares += (x - q) * (x - q);
-        block[(j / 4) * 64 + lane * 4 + j % 4] = static_cast<uint8_t>(static_cast<int>(q) + 128);
-      }
-      // ν: ||w|| / (s·127√d) <= 1; ρ: ||w/s − q|| / (√d/2) <= 1 (each |w/s − q| <= 1/2).
-      const uint32_t nu = fixed_point_up(norm / (static_cast<double>(s) * 127.0 * root_d));
-      const uint32_t rho = fixed_point_up(std::sqrt(residual_squares) / (root_d / 2));
-      uint32_t scale_bits;
-      std::memcpy(&scale_bits, &s, sizeof scale_bits);
-      meta = (scale_bits & 0xFFFF0000u) | nu << 8 | rho;
-    }
-    std::memcpy(block + d4 * 64 + lane * 4, &meta, sizeof meta);
-  }
-  return true;
-}
-
-bool quantize_query(const float* h, int64_t d, ScanQuery& out) {
-  if (d > kMaxScanDim || flushes_denormals()) return false;
-  double max_abs, norm;
-  if (!measure(h, d, max_abs, norm)) return false;
-  const float s = max_abs > 0 ? float_up(max_abs / 127.0) : 0.0f;
-  out.groups.assign(static_cast<size_t>(groups_of(d)), 0);
-  double error_squares = 0, quantized_squares = 0;
-  int32_t q_sum = 0;
-  for (int64_t j = 0; j < d; ++j) {
-    const double q = s > 0 ? std::clamp(std::nearbyint(static_cast<double>(h[j]) / s), -127.0, 127.0) : 0.0;
-    const double h_hat = q * s;  // exact in double
-    error_squares += (h[j] - h_hat) * (h[j] - h_hat);
-    quantized_squares += h_hat * h_hat;
-    q_sum += static_cast<int32_t>(q);
-    const uint32_t byte = static_cast<uint8_t>(static_cast<int8_t>(q));
-    out.groups[static_cast<size_t>(j / 4)] |= static_cast<int32_t>(byte << (8 * (j % 4)));
-  }
-  const double error = std::sqrt(error_squares) * (1.0 + 1e-12), quantized = std::sqrt(quantized_squares) * (1.0 + 1e-12);
-  // τ: four times the fp32 roundings the bound must cover, per unit of H·(||w|| + r):
-  // γ_d (the exact score) + ~10u (a_i, the bias additions, e_i, l_i and u_i); see the header.
-  const double dd = static_cast<double>(d);
-  const double tau = 4.0 * (dd + 32.0) * kUnitRoundoff;
-  const double big_h = norm + error;
-  const double root_d = std::sqrt(dd);
-  const double computing_e = 1.0 + 0x1p-16;  // e_i's own few fp32 roundings, relative
-  out.scale = s;
-  out.offset = 128 * q_sum;
-  out.norm_coef = float_up((error + tau * big_h) * 127.0 * root_d / 255.0 * computing_e);
-  out.residual_coef = float_up((quantized + tau * big_h) * (root_d / 2.0) / 255.0 * computing_e);
-  out.bias_coef = float_up(tau * computing_e);
-  // Products that underflow lose up to 2^-150 each, and a_i's scale product loses that
-  // times the dot product (<= 127²·d).
-  out.floor = float_up(127.0 * 127.0 * (dd + 16.0) * 0x1p-146);
-  return true;
-}
-
 void quantized_dots(const uint8_t* qtable, int64_t n, int64_t d, const ScanQuery& query, int32_t* out) {
   const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
   int32_t dots[kLanes];
   for (int64_t first = 0; first < n; first += kLanes) {
     const uint8_t* block = qtable + first / kLanes * block_bytes;
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if SEQREC_HAVE_VNNI
+SEQREC_INTRINSIC_WARNINGS_OFF
     const ScanQuery* queries[1] = {&query};
     const int32_t* groups[1] = {query.groups.data()};
     __m512i block_dot[1];
     block_dots<1>(block, d4, queries, groups, block_dot);
     _mm512_storeu_si512(dots, block_dot[0]);
+SEQREC_INTRINSIC_WARNINGS_ON
 #else
     block_dots_portable(block, d4, query, dots);
 #endif
@@ -621,7 +512,8 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
     const uint8_t* block = qtable + first / kLanes * block_bytes;
     const int64_t lanes = std::min<int64_t>(kLanes, n - first);
     float lo[kLanes], hi[kLanes];
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if SEQREC_HAVE_VNNI
+SEQREC_INTRINSIC_WARNINGS_OFF
     float padded_bias[kLanes] = {};
     if (bias) std::copy(bias + first, bias + first + lanes, padded_bias);
     const ScanQuery* queries[1] = {&query};
@@ -631,6 +523,7 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
                      _mm512_storeu_ps(hi, u);
                      _mm512_storeu_ps(lo, l());
                    });
+SEQREC_INTRINSIC_WARNINGS_ON
 #else
     int32_t dots[kLanes];
     block_dots_portable(block, d4, query, dots);
@@ -646,29 +539,29 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
 }
 
 float exact_score(const float* h, const float* w, int64_t d) {
-  // One FMA per dimension in order from 0: bit for bit what a lane of kernels::panel_gemm
-  // computes, so scores found here equal the full scoring product's.
+  // One multiply_add per dimension in order from 0: bit for bit what a lane of
+  // kernels::panel_gemm computes, so scores found here equal the full scoring product's.
   float acc = 0.0f;
-  for (int64_t j = 0; j < d; ++j) acc = std::fma(h[j], w[j], acc);
+  for (int64_t j = 0; j < d; ++j) acc = multiply_add(h[j], w[j], acc);
   return acc;
 }
 
-struct ScanScratch::State {
+namespace {
+// This path's working memory in a ScanScratch: made on first use (again if the scratch holds
+// another path's, which only tests that switch paths in one process would do).
+struct ScanState final : ScanScratch::State {
   std::vector<ScanQuery> quantized;
   std::vector<Selection> selections;
   std::vector<int64_t> active;  // queries that scan: bounded, k > 0
   std::vector<const ScanQuery*> scanning;
   std::vector<Selection*> selecting;
 };
-
-ScanScratch::ScanScratch() : state(std::make_unique<State>()) {}
-ScanScratch::~ScanScratch() = default;
-ScanScratch::ScanScratch(ScanScratch&&) noexcept = default;
-ScanScratch& ScanScratch::operator=(ScanScratch&&) noexcept = default;
+}  // namespace
 
 void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
                 int64_t n_queries, ScanScratch& scratch) {
-  ScanScratch::State& st = *scratch.state;
+  if (!dynamic_cast<ScanState*>(scratch.state.get())) scratch.state = std::make_unique<ScanState>();
+  ScanState& st = static_cast<ScanState&>(*scratch.state);
   const size_t count = static_cast<size_t>(n_queries);
   if (st.quantized.size() < count) st.quantized.resize(count);
   if (st.selections.size() < count) st.selections.resize(count);
@@ -700,24 +593,5 @@ void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, in
                                                                     queries[i].scores, &queries[i].stats);
 }
 
-void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
-                int64_t n_queries) {
-  ScanScratch scratch;
-  scan_top_k(table, bias, qtable, n, d, queries, n_queries, scratch);
-}
-
-int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, const float* h,
-                   const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores, TopKStats* stats) {
-  ScanTopK query;
-  query.h = h;
-  query.never = never;
-  query.n_never = n_never;
-  query.k = k;
-  query.rows = rows;
-  query.scores = scores;
-  scan_top_k(table, bias, qtable, n, d, &query, 1);
-  if (stats) *stats = query.stats;
-  return query.found;
-}
-
-}  // namespace seqrec::kernels
+}  // namespace seqrec::kernels::SEQREC_ISA_NS
+SEQREC_ISA_END

@@ -34,8 +34,12 @@ namespace seqrec::kernels {
 //                       bits 15..8 ν_i, bits 7..0 ρ_i (fixed point, rounded up):
 //                         ||w_i||₂           <= s_i · 127·√d · ν_i / 255
 //                         ||w_i − s_i q_i||₂ <= s_i · (√d / 2) · ρ_i / 255
-int64_t quantized_block_bytes(int64_t d);
-int64_t quantized_table_bytes(int64_t n, int64_t d);
+inline constexpr int64_t kQuantizedLanes = 16;  // items per block
+inline int64_t quantized_groups(int64_t d) { return (d + 3) / 4; }
+inline int64_t quantized_block_bytes(int64_t d) { return quantized_groups(d) * 64 + kQuantizedLanes * 4; }
+inline int64_t quantized_table_bytes(int64_t n, int64_t d) {
+  return (n + kQuantizedLanes - 1) / kQuantizedLanes * quantized_block_bytes(d);
+}
 
 // Rows, queries and biases beyond these are not scanned (scores could overflow fp32); the
 // caller scores them in full.
@@ -80,9 +84,9 @@ void quantized_dots(const uint8_t* qtable, int64_t n, int64_t d, const ScanQuery
 void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
                  float* lower, float* upper);
 
-// The exact score h · w (d floats each): acc = fma(h_j, w_j, acc) for j = 0 .. d−1 from 0 —
-// the order of a kernels::panel_gemm lane, so the two give the same bits (the bounds cover
-// γ_d for any summation order).
+// The exact score h · w (d floats each): acc = multiply_add(h_j, w_j, acc) for j = 0 .. d−1
+// from 0 (kernels/multiply_add.h) — the order and rounding of a kernels::panel_gemm lane on
+// the same path, so the two give the same bits (the bounds cover γ_d for any summation order).
 float exact_score(const float* h, const float* w, int64_t d);
 
 // ---- exact top-k ---------------------------------------------------------------------------
@@ -122,11 +126,10 @@ void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, in
 // so that a batch allocates nothing once the buffers have grown to its size.
 class ScanScratch {
  public:
-  ScanScratch();
-  ~ScanScratch();
-  ScanScratch(ScanScratch&&) noexcept;
-  ScanScratch& operator=(ScanScratch&&) noexcept;
-  struct State;
+  // The memory of the scan of the path in use (kernels/cpu_isa.h), made on first use.
+  struct State {
+    virtual ~State() = default;
+  };
   std::unique_ptr<State> state;
 };
 // The same, with the working memory of `scratch`.

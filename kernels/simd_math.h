@@ -1,13 +1,18 @@
 // Vector (16 x fp32, AVX-512) math shared by the kernels: exp and the activations fused into
 // GEMM epilogues. Accuracy is stated per function; all are far inside the 1e-4 parity budget.
+// For the per-path kernel sources (kernels/isa.h): the functions exist in the AVX-512 copies.
 #pragma once
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
 
 #include <cstdint>
 
-namespace seqrec::kernels::simd {
+#include "kernels/isa.h"
+
+#if SEQREC_HAVE_AVX512
+#include <immintrin.h>
+
+SEQREC_ISA_BEGIN
+SEQREC_INTRINSIC_WARNINGS_OFF
+namespace seqrec::kernels::SEQREC_ISA_NS::simd {
 
 // Lanes [0, min(remaining, 16)) set.
 inline __mmask16 tail_mask(int64_t remaining) {
@@ -96,6 +101,8 @@ inline __m512 gelu_tanh16(__m512 x) {
   return _mm512_fmadd_ps(half_x, tanh16(inner), half_x);
 }
 
-}  // namespace seqrec::kernels::simd
+}  // namespace seqrec::kernels::SEQREC_ISA_NS::simd
+SEQREC_INTRINSIC_WARNINGS_ON
+SEQREC_ISA_END
 
 #endif

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cmath>
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
-namespace seqrec::kernels {
+#include "kernels/isa.h"
+
+SEQREC_ISA_BEGIN
+namespace seqrec::kernels::SEQREC_ISA_NS {
 
 namespace {
 
@@ -47,7 +50,8 @@ int64_t select(const float* scores, int64_t n, IndexAt index_at, const uint8_t* 
 }  // namespace
 
 int64_t top_k(const float* scores, int64_t n, const uint8_t* skip, int64_t k, int32_t* out) {
-#if defined(__AVX512F__)
+#if SEQREC_HAVE_AVX512
+SEQREC_INTRINSIC_WARNINGS_OFF
   // Most scores lose to the weakest kept one: compare 16 at a time against it and look
   // closer only at lanes that beat it (strictly: a later equal score ranks lower).
   if (k > 0 && n > 4 * k) {
@@ -83,6 +87,7 @@ int64_t top_k(const float* scores, int64_t n, const uint8_t* skip, int64_t k, in
     std::sort(heap, heap + size, better);
     return size;
   }
+SEQREC_INTRINSIC_WARNINGS_ON
 #endif
   return select(scores, n, [](int64_t i) { return static_cast<int32_t>(i); }, skip, k, out);
 }
@@ -92,4 +97,5 @@ int64_t top_k_of(const float* scores, const int32_t* indices, int64_t n_indices,
   return select(scores, n_indices, [indices](int64_t i) { return indices[i]; }, skip, k, out);
 }
 
-}  // namespace seqrec::kernels
+}  // namespace seqrec::kernels::SEQREC_ISA_NS
+SEQREC_ISA_END

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "engine/platform.h"
+
 namespace seqrec::server {
 
 namespace {
@@ -87,6 +89,9 @@ std::string Metrics::render() const {
   out += "# TYPE seqrec_model_reloads_total counter\n";
   out += "seqrec_model_reloads_total{result=\"ok\"} " + std::to_string(reloads_ok_.load()) + "\n";
   out += "seqrec_model_reloads_total{result=\"failed\"} " + std::to_string(reloads_failed_.load()) + "\n";
+  out += "# HELP seqrec_build_info The running binary: its version and the kernels' CPU path.\n";
+  out += "# TYPE seqrec_build_info gauge\n";
+  out += "seqrec_build_info{version=\"" SEQREC_VERSION "\",cpu_path=\"" + kernel_path() + "\"} 1\n";
   out += "# HELP seqrec_model_info The model being served.\n";
   out += "# TYPE seqrec_model_info gauge\n";
   out += "seqrec_model_info{" + (model_labels ? model_labels() : std::string()) + "} 1\n";

@@ -3,6 +3,8 @@
 #include <boost/asio/post.hpp>
 #include <chrono>
 
+#include "engine/platform.h"
+
 namespace seqrec::server {
 
 namespace http = boost::beast::http;
@@ -360,7 +362,8 @@ std::string Service::model_json() const {
   out += field("catalog_size", std::to_string(s.n_items - 1)) + ", ";
   out += field("score", text(to_string(s.score))) + ", ";
   out += field("rating_threshold", threshold ? std::to_string(*threshold) : "null") + ", ";
-  out += field("history", api::quote(store_.describe()));
+  out += field("history", api::quote(store_.describe())) + ", ";
+  out += field("cpu_path", api::quote(kernel_path()));
   return out + "}";
 }
 

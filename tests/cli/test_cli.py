@@ -33,15 +33,16 @@ class Cli:
         self.binary = binary
         self.workdir = workdir
 
-    def run(self, *args, stdin=None):
-        proc = subprocess.run([self.binary, *args], input=stdin, capture_output=True, text=True, timeout=120)
+    def run(self, *args, stdin=None, env=None):
+        proc = subprocess.run([self.binary, *args], input=stdin, capture_output=True, text=True, timeout=120,
+                              env=env)
         check(proc.returncode >= 0 and proc.returncode < 128,
               f"seqrec {' '.join(args)} died with signal/code {proc.returncode}: {proc.stderr[-2000:]}")
         return proc
 
-    def expect_error(self, *args, stdin=None, mentions=()):
+    def expect_error(self, *args, stdin=None, mentions=(), env=None):
         """A clean failure: non-zero exit, exactly one line on stderr, nothing on stdout."""
-        proc = self.run(*args, stdin=stdin)
+        proc = self.run(*args, stdin=stdin, env=env)
         check(proc.returncode != 0, f"expected failure for {args} {stdin!r:.200}, got success: {proc.stdout[:300]}")
         lines = proc.stderr.strip().splitlines()
         check(len(lines) == 1, f"expected one stderr line for {args} {stdin!r:.200}, got: {proc.stderr!r}")
@@ -252,7 +253,41 @@ def test_hostile_model_files(cli, model):
         cli.expect_error("inspect", path, mentions=["hostile.seqrec"])
 
 
-TESTS = [test_convert_and_inspect, test_dict_and_list_forms_agree, test_order_comes_from_timestamps,
+def with_kernel_path(path):
+    env = dict(os.environ)
+    env["SEQREC_CPU_ISA"] = path
+    return env
+
+
+def test_every_kernel_path_answers_alike(cli, model):
+    """One binary, every kernel path this machine runs (kernels/cpu_isa.h), forced in turn:
+    inspect names the path, and the answers agree (same top-20, scores within 1e-5)."""
+    proc = cli.run("inspect", model)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("cpu path")), "")
+    check(line, f"inspect should name the cpu path:\n{proc.stdout}")
+    supported = line.split("this binary runs here: ")[1].rstrip(")").split(", ")
+    check(supported[0] == "portable", line)
+    check(line.split()[2] == supported[-1], f"without SEQREC_CPU_ISA the best path runs: {line}")
+    ids = item_ids()
+    request = {"user_interactions": [{"item_id": i, "timestamp": t} for t, i in enumerate(ids[100:160])], "k": 20}
+    reference = cli.recommend(model, request)
+    for path in supported:
+        env = with_kernel_path(path)
+        proc = cli.run("inspect", model, env=env)
+        check(proc.returncode == 0 and f"cpu path      {path} on" in proc.stdout, f"{path}: {proc.stdout}{proc.stderr}")
+        proc = cli.run("recommend", "--model", model, stdin=json.dumps(request), env=env)
+        check(proc.returncode == 0, f"{path}: {proc.stderr}")
+        got = json.loads(proc.stdout)
+        check(ids_of(got) == ids_of(reference), f"{path}: top-20 differs from {supported[-1]}'s")
+        worst = max(abs(a["score"] - b["score"]) for a, b in zip(got["recommendations"], reference["recommendations"]))
+        check(worst <= 1e-5, f"{path}: scores differ by {worst}")
+    for bad, mentions in (("avx9000", ("SEQREC_CPU_ISA", "unknown value 'avx9000'")),
+                          ("AVX2", ("SEQREC_CPU_ISA", "portable|avx2|avx512|avx512_vnni"))):
+        line = cli.expect_error("inspect", model, mentions=mentions, env=with_kernel_path(bad))
+        check("avx9000" in line or "AVX2" in line, line)
+
+
+TESTS = [test_convert_and_inspect, test_every_kernel_path_answers_alike, test_dict_and_list_forms_agree, test_order_comes_from_timestamps,
          test_threshold_negatives_are_seen_not_input, test_unknown_ids_are_skipped_and_reported,
          test_candidates_exclusions_and_k, test_empty_history_falls_back, test_request_errors_are_one_line,
          test_bad_flags_and_files, test_hostile_checkpoints, test_hostile_model_files]

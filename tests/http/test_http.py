@@ -346,8 +346,11 @@ def test_metrics_count_requests(ctx):
         m = re.search(r"^seqrec_batch_size_count (\d+)$", text, re.M)
         check(m and int(m.group(1)) >= 1, "batch size histogram")
         check("seqrec_queue_depth " in text and "seqrec_model_info{" in text, text)
+        build = re.search(r'^seqrec_build_info\{version="([^"]+)",cpu_path="([a-z0-9_]+)"\} 1$', text, re.M)
+        check(build and build.group(2) in ("portable", "avx2", "avx512", "avx512_vnni"), "seqrec_build_info")
         status, model = server.get("/model")
         check(status == 200 and model["catalog_size"] == len(item_ids()) and model["source"] == "pmixer", model)
+        check(model["cpu_path"] == build.group(2), f"/model and /metrics disagree on the cpu path: {model}")
         status, ready = server.get("/readyz")
         check(status == 200, ready)
     finally:

@@ -2,7 +2,9 @@
 ranking, and the comparison of its response with the reference scores."""
 
 import json
+import os
 import subprocess
+import sys
 
 import numpy as np
 
@@ -27,6 +29,19 @@ class Results:
 def run(command, stdin_text=None):
     return subprocess.run(command, input=stdin_text, capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT_SECONDS)
+
+
+def require_kernel_path(seqrec):
+    """Under SEQREC_CPU_ISA (CTest's isa.* tests), exit 77 (skipped) when this machine cannot
+    run that kernel path: the binary refuses it with a one-line error."""
+    path = os.environ.get("SEQREC_CPU_ISA")
+    if not path:
+        return
+    done = run([seqrec, "--version"])
+    if done.returncode != 0:
+        print(f"SKIP: kernel path {path}: {one_line(done.stderr)}")
+        sys.exit(77)
+    print(f"kernel path forced: {path}")
 
 
 def one_line(text):

@@ -31,7 +31,7 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sasrec_pytorch  # noqa: E402  (needs the path above)
-from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length,  # noqa: E402
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length, require_kernel_path,  # noqa: E402
                            one_line, recommend_all, run)
 
 
@@ -271,6 +271,7 @@ def main():
         print(f"FAIL: no executable seqrec binary at {args.seqrec}")
         return 1
     seqrec = os.path.abspath(args.seqrec)
+    require_kernel_path(seqrec)
     os.makedirs(args.workdir, exist_ok=True)
 
     results = Results()

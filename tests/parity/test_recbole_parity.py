@@ -44,7 +44,7 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recbole_reference as rb  # noqa: E402  (needs the path above)
-from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length,  # noqa: E402
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length, require_kernel_path,  # noqa: E402
                            one_line, recommend_all, run)
 
 MODEL_FAMILIES = ("sasrec", "bert4rec", "bert4rec_v11", "bert4rec_v10")
@@ -574,6 +574,7 @@ def main():
         print(f"FAIL: no executable seqrec binary at {args.seqrec}")
         return 1
     seqrec = os.path.abspath(args.seqrec)
+    require_kernel_path(seqrec)
     os.makedirs(args.workdir, exist_ok=True)
 
     results = Results()

@@ -64,11 +64,6 @@ std::vector<Request> traffic(int64_t n_items, unsigned seed) {
   return out;
 }
 
-// The claim holds where the layers run on the panel kernel (AVX-512); the oneDNN fallback
-// wraps its operands in dnnl::memory objects on every call.
-constexpr const char* kNoPanelKernel =
-    "no AVX-512 panel kernel in this build or on this CPU: the oneDNN GEMM path allocates its memory objects per call";
-
 // Allocations of one recommend() call on a workspace that has seen the same batch before.
 long allocations_of_repeat(const Recommender& rec, std::span<const Request> batch) {
   Workspace ws;
@@ -90,7 +85,6 @@ void expect_only_answers_allocated(const Recommender& rec, const std::vector<Req
 }
 
 TEST(RequestPath, APreScannedBatchAllocatesOnlyItsAnswers) {
-  if (!kernels::panel_gemm_available()) GTEST_SKIP() << kNoPanelKernel;
   const ModelSpec spec = testing::small_spec(3000, 50, 64, 2);  // past the pre-scan threshold
   const Recommender rec(spec, testing::random_weights(spec), testing::offset_ids(spec.n_items), {}, std::nullopt);
   ASSERT_TRUE(rec.model().has_pre_scan());
@@ -99,7 +93,6 @@ TEST(RequestPath, APreScannedBatchAllocatesOnlyItsAnswers) {
 
 // Small catalogs (and softmax models) rank the full logits instead: the same holds.
 TEST(RequestPath, AFullyScoredBatchAllocatesOnlyItsAnswers) {
-  if (!kernels::panel_gemm_available()) GTEST_SKIP() << kNoPanelKernel;
   for (ScoreKind score : {ScoreKind::raw, ScoreKind::softmax}) {
     ModelSpec spec = testing::small_spec(400, 50, 32, 2);  // below the pre-scan threshold
     spec.score = score;

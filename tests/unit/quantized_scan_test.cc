@@ -2,6 +2,7 @@
 // a scalar reference, its bounds against exact scores on random and hostile tables, and its
 // top-k against a full exact scan; then the engine end to end: a Recommender whose model has
 // the pre-scan answers as one scoring every row in full.
+#include "kernels/cpu_isa.h"
 #include "kernels/quantized_scan.h"
 
 #include <gtest/gtest.h>
@@ -52,10 +53,19 @@ std::vector<int> decode_item(const Bytes& q, int64_t d, int64_t i, float* scale)
   return out;
 }
 
-// The exact score as documented: 16 lanes of fma in order of j, then added pairwise.
+// The exact score as documented (kernels/multiply_add.h): in order of j, one fused rounding
+// per term on the paths with FMA, a product and a sum on the portable one.
 float reference_exact_score(const float* h, const float* w, int64_t d) {
+  const bool fused = cpu_isa() >= CpuIsa::avx2;
   float acc = 0.0f;
-  for (int64_t j = 0; j < d; ++j) acc = std::fma(h[j], w[j], acc);
+  for (int64_t j = 0; j < d; ++j) {
+    if (fused) {
+      acc = std::fma(h[j], w[j], acc);
+    } else {
+      volatile float product = h[j] * w[j];  // rounded on its own, never contracted
+      acc = acc + product;
+    }
+  }
   return acc;
 }
 

@@ -1,0 +1,142 @@
+// The int8 copy of an item table and the quantized queries (kernels/quantized_scan.h): plain
+// double-precision arithmetic, compiled once for every path, so the copy and each query's
+// bounds are the same bits whichever path then scans them.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/quantized_scan.h"
+
+namespace seqrec::kernels {
+
+namespace {
+
+constexpr int64_t kLanes = kQuantizedLanes;
+constexpr double kUnitRoundoff = 0x1p-24;  // fp32, round to nearest
+
+int64_t groups_of(int64_t d) { return quantized_groups(d); }
+
+// The smallest fp32 >= x (x >= 0, finite).
+float float_up(double x) {
+  float f = static_cast<float>(x);
+  if (static_cast<double>(f) < x) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  return f;
+}
+
+// The smallest bfloat16 >= x (x >= 0), as the fp32 it stands for (low 16 bits zero).
+float bfloat16_up(double x) {
+  const float f = float_up(x);
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if (bits & 0xFFFFu) bits = (bits & 0xFFFF0000u) + 0x10000u;  // monotonic for positive values
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// ceil(x · 255) as a byte, x in [0, 1], with margin for the double arithmetic that gave x.
+uint32_t fixed_point_up(double x) {
+  const double scaled = std::ceil(x * 255.0 * (1.0 + 1e-12) + 1e-9);
+  return static_cast<uint32_t>(std::clamp(scaled, 0.0, 255.0));
+}
+
+// max |v_j| and ||v||₂ of d floats (the norm rounded up, in double); false when a value is
+// not finite or the norm exceeds kMaxScanNorm (no bound is computed then).
+bool measure(const float* v, int64_t d, double& max_abs, double& norm) {
+  max_abs = 0;
+  double squares = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    if (!std::isfinite(v[j])) return false;
+    max_abs = std::max(max_abs, std::abs(static_cast<double>(v[j])));
+    squares += static_cast<double>(v[j]) * v[j];
+  }
+  norm = std::sqrt(squares) * (1.0 + 1e-12);
+  return norm <= kMaxScanNorm;
+}
+
+// Whether flush-to-zero or denormals-are-zero is on: the bounds assume gradual underflow.
+bool flushes_denormals() {
+#if defined(__x86_64__)
+  return (_mm_getcsr() & 0x8040u) != 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
+  if (d > kMaxScanDim) return false;
+  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+  const double root_d = std::sqrt(static_cast<double>(d));
+  std::memset(out, 128, static_cast<size_t>(quantized_table_bytes(n, d)));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* w = table + i * d;
+    uint8_t* block = out + (i / kLanes) * block_bytes;
+    const int64_t lane = i % kLanes;
+    double max_abs, norm;
+    if (!measure(w, d, max_abs, norm)) return false;
+    uint32_t meta = 0;
+    if (max_abs > 0) {
+      const float s = bfloat16_up(max_abs / 127.0);
+      double residual_squares = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const double x = static_cast<double>(w[j]) / s;
+        const double q = std::clamp(std::nearbyint(x), -127.0, 127.0);
+        residual_squares += (x - q) * (x - q);
+        block[(j / 4) * 64 + lane * 4 + j % 4] = static_cast<uint8_t>(static_cast<int>(q) + 128);
+      }
+      // ν: ||w|| / (s·127√d) <= 1; ρ: ||w/s − q|| / (√d/2) <= 1 (each |w/s − q| <= 1/2).
+      const uint32_t nu = fixed_point_up(norm / (static_cast<double>(s) * 127.0 * root_d));
+      const uint32_t rho = fixed_point_up(std::sqrt(residual_squares) / (root_d / 2));
+      uint32_t scale_bits;
+      std::memcpy(&scale_bits, &s, sizeof scale_bits);
+      meta = (scale_bits & 0xFFFF0000u) | nu << 8 | rho;
+    }
+    std::memcpy(block + d4 * 64 + lane * 4, &meta, sizeof meta);
+  }
+  return true;
+}
+
+bool quantize_query(const float* h, int64_t d, ScanQuery& out) {
+  if (d > kMaxScanDim || flushes_denormals()) return false;
+  double max_abs, norm;
+  if (!measure(h, d, max_abs, norm)) return false;
+  const float s = max_abs > 0 ? float_up(max_abs / 127.0) : 0.0f;
+  out.groups.assign(static_cast<size_t>(groups_of(d)), 0);
+  double error_squares = 0, quantized_squares = 0;
+  int32_t q_sum = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double q = s > 0 ? std::clamp(std::nearbyint(static_cast<double>(h[j]) / s), -127.0, 127.0) : 0.0;
+    const double h_hat = q * s;  // exact in double
+    error_squares += (h[j] - h_hat) * (h[j] - h_hat);
+    quantized_squares += h_hat * h_hat;
+    q_sum += static_cast<int32_t>(q);
+    const uint32_t byte = static_cast<uint8_t>(static_cast<int8_t>(q));
+    out.groups[static_cast<size_t>(j / 4)] |= static_cast<int32_t>(byte << (8 * (j % 4)));
+  }
+  const double error = std::sqrt(error_squares) * (1.0 + 1e-12), quantized = std::sqrt(quantized_squares) * (1.0 + 1e-12);
+  // τ: four times the fp32 roundings the bound must cover, per unit of H·(||w|| + r):
+  // γ_d (the exact score) + ~10u (a_i, the bias additions, e_i, l_i and u_i); see the header.
+  const double dd = static_cast<double>(d);
+  const double tau = 4.0 * (dd + 32.0) * kUnitRoundoff;
+  const double big_h = norm + error;
+  const double root_d = std::sqrt(dd);
+  const double computing_e = 1.0 + 0x1p-16;  // e_i's own few fp32 roundings, relative
+  out.scale = s;
+  out.offset = 128 * q_sum;
+  out.norm_coef = float_up((error + tau * big_h) * 127.0 * root_d / 255.0 * computing_e);
+  out.residual_coef = float_up((quantized + tau * big_h) * (root_d / 2.0) / 255.0 * computing_e);
+  out.bias_coef = float_up(tau * computing_e);
+  // Products that underflow lose up to 2^-150 each, and a_i's scale product loses that
+  // times the dot product (<= 127²·d).
+  out.floor = float_up(127.0 * 127.0 * (dd + 16.0) * 0x1p-146);
+  return true;
+}
+
+}  // namespace seqrec::kernels
