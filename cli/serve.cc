@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "engine/error.h"
+#include "engine/platform.h"
 #include "server/history/store.h"
 #include "server/http_server.h"
 #include "server/routes.h"
@@ -47,11 +48,12 @@ Action add_serve(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   f->workers.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--model", f->model, "The .seqrec model file")->required();
+  app.add_option("--model", f->model, "The .seqrec model file")->required()->envname("SEQREC_MODEL");
   app.add_option("--history", f->history, "History store: lmdb:PATH | redis://HOST:PORT[/DB] | memory")
-      ->capture_default_str();
-  app.add_option("--bind", f->http.bind, "Address to listen on")->capture_default_str();
-  app.add_option("--port", f->http.port, "Port to listen on (0: any free port)")->capture_default_str();
+      ->capture_default_str()
+      ->envname("SEQREC_HISTORY");
+  app.add_option("--bind", f->http.bind, "Address to listen on")->capture_default_str()->envname("SEQREC_BIND");
+  app.add_option("--port", f->http.port, "Port to listen on (0: any free port)")->capture_default_str()->envname("SEQREC_PORT");
   app.add_option("--threads", f->workers.threads, "Inference workers (default: one per core)")->capture_default_str();
   app.add_option("--io-threads", f->io_threads, "HTTP I/O threads")->capture_default_str();
   app.add_option("--max-batch", f->workers.max_batch, "Most requests answered by one forward pass")->capture_default_str();
@@ -71,7 +73,8 @@ Action add_serve(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--rating-threshold", f->rating_threshold, "Override the model file's rating threshold");
   app.add_option("--api-key-file", f->api_key_file,
-                 "File whose first line is the API key that write and admin routes require (or set SEQREC_API_KEY)");
+                 "File whose first line is the API key that write and admin routes require (or set SEQREC_API_KEY)")
+      ->envname("SEQREC_API_KEY_FILE");
 
   return [f] {
     auto require_positive = [](const char* flag, int64_t v) {
@@ -165,6 +168,8 @@ Action add_serve(CLI::App& app) {
     const ModelSpec& s = model.recommender->model().spec();
     log("serving " + f->model + " (" + std::to_string(s.n_items - 1) + " items) with history " + store->describe() +
         ", " + std::to_string(f->workers.threads) + " inference worker(s)");
+    log("kernels: " + kernel_path() + " path on " + cpu_model() + " (SEQREC_CPU_ISA may force a lower one: " +
+        supported_kernel_paths() + ")");
     log("listening on http://" + f->http.bind + ":" + std::to_string(http.port()));
 
     std::vector<std::thread> io_threads;
