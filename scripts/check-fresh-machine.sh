@@ -172,7 +172,7 @@ fi
 if has_check deb; then
   step "Debian package: cpack in the build root"
   in_root "$build_root" "cd /project && scripts/build-deb.sh"
-  deb=$(ls "$build_root"/project/build-deb/seqrec_*_amd64.deb)
+  deb=$(ls "$build_root"/project/build/seqrec_*_amd64.deb)
   cp "$deb" "$work/"
   log "built $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB)"
   step "installing it with apt-get in a second fresh root (no build dependencies)"
