@@ -263,19 +263,19 @@ void int8_scan_top_k(benchmark::State& state, Shape s, int64_t batch) {
 
 std::shared_ptr<seqrec::Recommender> ml1m_recommender() {
   seqrec::ModelSpec spec;  // SASRec.pytorch current generation, post_ln, as `convert --from pmixer` maps it
-  spec.block = seqrec::Block::post_ln;
-  spec.attention = seqrec::AttentionKind::causal;
-  spec.embed_scale = true;
-  spec.positions = seqrec::Positions::slot_or_zero;
-  spec.padding = seqrec::Padding::left;
-  spec.activation = seqrec::Activation::relu;
-  spec.final_norm = true;
-  spec.score = seqrec::ScoreKind::raw;
+  spec.blocks.kind = seqrec::BlockKind::post_ln;
+  spec.blocks.attention = seqrec::AttentionKind::causal;
+  spec.input.embed_scale = true;
+  spec.input.positions = seqrec::Positions::slot_or_zero;
+  spec.input.padding = seqrec::Padding::left;
+  spec.blocks.activation = seqrec::Activation::relu;
+  spec.readout.final_norm = true;
+  spec.scorer.score = seqrec::ScoreKind::raw;
   spec.max_len = kMl1m.slots;
   spec.d = kMl1m.d;
-  spec.heads = kMl1m.heads;
-  spec.ffn_dim = kMl1m.ffn;
-  spec.n_layers = 2;
+  spec.blocks.heads = kMl1m.heads;
+  spec.blocks.ffn_dim = kMl1m.ffn;
+  spec.blocks.n_layers = 2;
   spec.n_items = kMl1m.items;
   seqrec::WeightMap weights;
   uint32_t seed = 100;

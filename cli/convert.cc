@@ -18,7 +18,8 @@ Action add_convert(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--from", f->from,
-                 "Source: pmixer (SASRec.pytorch), recbole (RecBole SASRec / BERT4Rec), safetensors (seqrec's names)")
+                 "Source: pmixer (SASRec.pytorch), recbole (RecBole SASRec / BERT4Rec), tisasrec (TiSASRec.pytorch), "
+                 "gsasrec (gSASRec-pytorch), hstu (generative-recommenders), safetensors (seqrec's names)")
       ->required();
   app.add_option("checkpoint", f->checkpoint, "The checkpoint file (torch.save, or .safetensors)")->required();
   app.add_option("--out", f->out, "The .seqrec file to write")->required();
@@ -33,10 +34,20 @@ Action add_convert(CLI::App& app) {
                  "recbole: FFN activation relu|gelu|gelu_tanh|swish|tanh|sigmoid (default: config hidden_act)");
   app.add_option("--ln-eps", f->recbole.ln_eps, "recbole: LayerNorm epsilon (default: config layer_norm_eps)");
   app.add_option("--model", f->recbole.model, "recbole: sasrec|bert4rec (default: config model)");
-  app.add_option("--variant", f->options.variant, "SASRec.pytorch generation: pre_ln|post_ln|original (default post_ln)");
+  app.add_option("--variant", f->options.variant,
+                 "pmixer: the SASRec.pytorch generation pre_ln|post_ln|original (default post_ln); gsasrec: "
+                 "relu|no_ffn_relu (default relu)");
   app.add_option("--rating-threshold", f->options.rating_threshold,
                  "Interactions with rating >= X are positives (default: every interaction is)");
   app.add_option("--score", f->score, "What `score` reports: sigmoid|softmax|raw (default: the source's loss)");
+  app.add_option("--time-span", f->options.time_span,
+                 "tisasrec: time_span (default: from time_matrix_V_emb; another value is an error)");
+  app.add_option("--ffn-activation", f->options.ffn_activation,
+                 "tisasrec: FFN activation none|relu (default: none for the 2020-09 layout, else relu)");
+  app.add_option("--attention-dim", f->options.attention_dim, "hstu: q/k width per head (gin hstu_encoder.dqk)");
+  app.add_option("--linear-dim", f->options.linear_dim, "hstu: u/v width per head (gin hstu_encoder.dv)");
+  app.add_option("--temperature", f->options.temperature,
+                 "hstu: softmax temperature of --score softmax (gin train_fn.temperature; default 0.05)");
 
   return [f] {
     if (!f->score.empty()) f->options.score = parse_score("--score", f->score);
@@ -47,22 +58,37 @@ Action add_convert(CLI::App& app) {
                                                                         : f->recbole.model ? "--model" : nullptr;
       if (recbole_only) throw Error(std::string(recbole_only) + ": applies to --from recbole only");
     }
+    if (f->from != "tisasrec" && (f->options.time_span || f->options.ffn_activation))
+      throw Error(std::string(f->options.time_span ? "--time-span" : "--ffn-activation") + ": applies to --from tisasrec only");
+    if (f->from != "hstu" && (f->options.attention_dim || f->options.linear_dim || f->options.temperature))
+      throw Error(std::string(f->options.attention_dim ? "--attention-dim"
+                              : f->options.linear_dim  ? "--linear-dim"
+                                                       : "--temperature") +
+                  ": applies to --from hstu only");
     ModelFile model;
     if (f->from == "pmixer")
       model = convert_pmixer(f->options);
     else if (f->from == "recbole")
       model = convert_recbole(f->options, f->recbole);
+    else if (f->from == "tisasrec")
+      model = convert_tisasrec(f->options);
+    else if (f->from == "gsasrec")
+      model = convert_gsasrec(f->options);
+    else if (f->from == "hstu")
+      model = convert_hstu(f->options);
     else if (f->from == "safetensors")
       model = convert_safetensors(f->options);
     else
-      throw Error("--from: unknown source '" + f->from + "' (expected pmixer|recbole|safetensors)");
+      throw Error("--from: unknown source '" + f->from + "' (expected pmixer|recbole|tisasrec|gsasrec|hstu|safetensors)");
+    // An empty line of --item-ids marks a row that is not an item: gone from the model.
+    drop_non_item_rows(model);
     model.provenance.converter_version = SEQREC_VERSION;
     validate_model_file(model, f->out);
     save_model_file(model, f->out);
     const ModelSpec& s = model.spec;
-    std::cerr << "wrote " << f->out << ": " << s.n_items - 1 << " items, d=" << s.d << ", " << s.n_layers
-              << " block(s), " << s.heads << " head(s), L=" << s.max_len << ", block " << to_string(s.block)
-              << ", score " << to_string(s.score) << "\n";
+    std::cerr << "wrote " << f->out << ": " << s.n_items - 1 << " items, d=" << s.d << ", " << s.blocks.n_layers
+              << " block(s) " << to_string(s.blocks.kind) << ", " << s.blocks.heads << " head(s), L=" << s.max_len
+              << ", score " << to_string(s.scorer.score) << "\n";
     return 0;
   };
 }

@@ -97,11 +97,8 @@ Action add_serve(CLI::App& app) {
       f->service.api_key = std::string(env);
 
     const std::optional<double> threshold = f->rating_threshold;
-    server::ModelLoader loader = [threshold](const std::string& path) {
-      LoadedModel loaded = load_recommender(path, threshold);
-      return server::ServedModel{loaded.recommender, path, loaded.provenance.source, loaded.provenance.source_detail};
-    };
-    server::ServedModel model = loader(f->model);
+    server::ModelLoader loader = [threshold](const std::string& path) { return load_recommender(path, threshold); };
+    LoadedModel model = loader(f->model);
     std::unique_ptr<history::HistoryStore> store = history::open_store(f->history, f->store);
 
     server::Metrics metrics;
@@ -112,8 +109,9 @@ Action add_serve(CLI::App& app) {
     server::Service service(f->service, workers, *store, metrics, blocking, loader, model);
     metrics.model_labels = [&service, &workers] {
       const ModelSpec& s = workers.recommender()->model().spec();
-      return "n_items=\"" + std::to_string(s.n_items - 1) + "\",d=\"" + std::to_string(s.d) + "\",layers=\"" +
-             std::to_string(s.n_layers) + "\",score=\"" + to_string(s.score) + "\"";
+      return "block=\"" + std::string(to_string(s.blocks.kind)) + "\",n_items=\"" + std::to_string(s.n_items - 1) +
+             "\",d=\"" + std::to_string(s.d) + "\",layers=\"" + std::to_string(s.blocks.n_layers) + "\",score=\"" +
+             to_string(s.scorer.score) + "\"";
     };
 
     boost::asio::io_context ioc(f->io_threads);

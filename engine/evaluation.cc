@@ -36,12 +36,15 @@ uint64_t fnv1a64(std::string_view text) {
   return h;
 }
 
-std::vector<int32_t> ordered_positives(const EvalUser& user) {
+std::vector<int32_t> ordered_positives(const EvalUser& user, std::vector<int64_t>* times) {
   // The request rule (engine/request.h), without the max_len cut.
   std::vector<TimedRow> entries;
   entries.reserve(user.interactions.size());
   for (const EvalInteraction& it : user.interactions) entries.push_back({it.timestamp, it.row, it.positive && it.row > 0});
-  return rows_in_time_order(entries);
+  std::vector<int32_t> rows;
+  PrepareScratch scratch;
+  rows_in_time_order(entries, rows, times, scratch);
+  return rows;
 }
 
 namespace {
@@ -125,6 +128,8 @@ struct Case {
   size_t user;
   int32_t target;
   std::vector<int32_t> input;       // oldest first, at most max_len
+  std::vector<int64_t> input_times;  // their timestamps (models that read time)
+  int64_t now = 0;                   // the target's timestamp: when it is recommended
   std::vector<int32_t> interacted;  // sorted, distinct, known rows; includes the target
 };
 
@@ -156,18 +161,28 @@ EvalResult evaluate(const Model& model, std::span<const EvalUser> users, const E
       if (it.row >= n_rows)
         throw Error("evaluation: user " + users[u].id + ": row " + std::to_string(it.row) + " outside the catalog (" +
                     std::to_string(n_rows) + " rows)");
-    const std::vector<int32_t> positives = ordered_positives(users[u]);
+    std::vector<int64_t> times;
+    const std::vector<int32_t> positives = ordered_positives(users[u], &times);
     if (positives.size() < 3) {
       ++result.users_skipped;
       continue;
     }
+    if (spec.uses_time())
+      for (const EvalInteraction& it : users[u].interactions)
+        if (it.positive && it.row > 0 && !it.timestamp)
+          throw Error("evaluation: user " + users[u].id + ": an interaction without a timestamp, and this model (" +
+                      to_string(spec.blocks.kind) + ") reads the time of every interaction");
     Case c;
     c.user = u;
     const size_t target_at = positives.size() - held_out;
     c.target = positives[target_at];
-    const size_t first = target_at > static_cast<size_t>(spec.max_len) ? target_at - static_cast<size_t>(spec.max_len) : 0;
-    c.input.assign(positives.begin() + static_cast<std::ptrdiff_t>(first),
-                   positives.begin() + static_cast<std::ptrdiff_t>(target_at));
+    // The model reads the whole input history (TiSASRec normalises time over all of it) and keeps
+    // its last max_len; `now` is the held-out item's time, as HSTU's own evaluation does.
+    c.input.assign(positives.begin(), positives.begin() + static_cast<std::ptrdiff_t>(target_at));
+    if (spec.uses_time()) {
+      c.input_times.assign(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(target_at));
+      c.now = times[target_at];
+    }
     for (const EvalInteraction& it : users[u].interactions)
       if (it.row > 0) c.interacted.push_back(it.row);
     std::sort(c.interacted.begin(), c.interacted.end());
@@ -204,7 +219,7 @@ EvalResult evaluate(const Model& model, std::span<const EvalUser> users, const E
       std::vector<uint8_t> skip(static_cast<size_t>(n_rows), 0);
       std::vector<int32_t> top(static_cast<size_t>(std::max<int64_t>(k_max, 1)));
       std::vector<int32_t> excluded;
-      std::vector<std::vector<int32_t>> inputs;
+      std::vector<SequenceInput> inputs;
       for (;;) {
         if (failed.load()) return;
         const size_t batch = next_batch.fetch_add(1);
@@ -212,7 +227,7 @@ EvalResult evaluate(const Model& model, std::span<const EvalUser> users, const E
         const size_t begin = batch * static_cast<size_t>(batch_size);
         const size_t end = std::min(cases.size(), begin + static_cast<size_t>(batch_size));
         inputs.clear();
-        for (size_t i = begin; i < end; ++i) inputs.push_back(cases[i].input);
+        for (size_t i = begin; i < end; ++i) inputs.push_back(SequenceInput{cases[i].input, cases[i].input_times, cases[i].now});
         model.logits(inputs, ws, logits.data());
         for (size_t i = begin; i < end; ++i) {
           const Case& c = cases[i];

@@ -12,7 +12,8 @@
 //    dropped first: they can be neither input nor target.
 //  * Split. With n known positives p_1..p_n: users with n < 3 are skipped (counted).
 //    split last: target p_n, input p_1..p_{n-1};  split valid: target p_{n-1}, input
-//    p_1..p_{n-2}. The input is truncated to the model's max_len most recent items.
+//    p_1..p_{n-2}. The model keeps the input's max_len most recent items. Models that read
+//    time get every input item's timestamp and, as `now`, the target's (HSTU's evaluation).
 //  * Interacted. Every row the user has any interaction with in the data, positive or not,
 //    before or after the target, known to the model. The target itself is never excluded.
 //  * full: the target is ranked against every catalog row (1 .. n_items-1; row 0 is
@@ -105,8 +106,9 @@ EvalResult evaluate(const Model& model, std::span<const EvalUser> users, const E
 
 // ---- the pieces, public so that they can be tested on their own ----------------------------
 
-// The user's known positive rows, in the order above (prepare_request's, without max_len).
-std::vector<int32_t> ordered_positives(const EvalUser& user);
+// The user's known positive rows, in the order above (prepare_request's, without max_len);
+// `times` (if not null) gets their timestamps.
+std::vector<int32_t> ordered_positives(const EvalUser& user, std::vector<int64_t>* times = nullptr);
 
 // 0-based rank of `target` among the `candidates` rows (the target, if listed, and duplicates
 // are ignored): the number of distinct candidates that beat it (see "Rank" above).

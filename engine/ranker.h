@@ -1,9 +1,8 @@
-// Top-k with the request's filters: seen items, candidate restriction (unknown candidates
-// score 0), exclusions; ties by catalog order.
+// The select stage: a request's best catalog rows from their scores — top-k with the
+// request's filters (seen items, candidate restriction, exclusions), ties by catalog order.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -12,32 +11,27 @@
 
 namespace seqrec {
 
-struct ScoredItem {
-  std::string id;
-  int32_t row = -1;  // -1: a candidate id the model does not know (score 0)
-  float score = 0.0f;
-};
-
 // The rows a request can never get back, sorted, without duplicates: row 0 (padding), its
 // exclusions, and the rows it has seen unless recommend_seen. Appended to `rows`.
 void append_never_recommended_rows(const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
                                    std::vector<int32_t>& rows);
 
-// Ranks one request over `scores` ([catalog.size()], higher is better; row 0 is never
-// returned). `report` maps a raw score to the reported one (monotonic non-decreasing);
-// candidates unknown to the catalog are reported with score 0 and ranked by it.
-// Returns at most request.k items.
-std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
-                                   const Catalog& catalog, const Request& request, const PreparedRequest& prepared);
-
-// rank_items's working memory, kept by a worker (Workspace::rank) so that ranking a request
-// allocates only its answer.
+// select_rows's working memory, kept by a worker (Workspace::rank) so that selecting
+// allocates nothing once it has grown.
 struct RankScratch {
   std::vector<uint8_t> skip;  // [catalog size], all 0 between calls
-  std::vector<int32_t> never, best;
+  std::vector<int32_t> never, candidates;
 };
-std::vector<ScoredItem> rank_items(const float* scores, const std::function<float(float)>& report,
-                                   const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
-                                   RankScratch& scratch);
+
+// The request's k best eligible rows of `scores` ([catalog.size()], higher is better; row 0 is
+// never returned), best first, ties by lower row: over the whole catalog, or over its
+// candidate_ids the model knows. Writes at most request.k rows to `rows`; returns how many.
+int64_t select_rows(const float* scores, const Catalog& catalog, const Request& request,
+                    const PreparedRequest& prepared, RankScratch& scratch, std::vector<int32_t>& rows);
+
+// The request's candidate ids the model does not know, which are answered with score 0, in
+// request order, once each, except those it excludes or has interacted with (unless
+// recommend_seen); at most k.
+std::vector<std::string> unknown_candidates(const Catalog& catalog, const Request& request);
 
 }  // namespace seqrec

@@ -1,8 +1,12 @@
-// The engine's front door: a model, its catalog and serving defaults. Takes a batch of
-// requests, runs every one that needs the model through ONE forward pass, and ranks each
-// with its own filters. Scoring: one GEMM over the catalog for the batch or, for a model with
-// the int8 pre-scan (large catalogs), one pre-scan for the batch that finds each request's
-// exact top-k (Model::exact_top_k).
+// The engine's front door: a model, its catalog and serving defaults. A batch of requests
+// takes one road, each stage in one place:
+//
+//   prepare  (request.cc)  interactions → the input sequence, seen rows, unknown ids, errors
+//   encode   (model.cc)    every request that needs the model, in ONE forward pass
+//   score    (scorer.cc)   the int8 pre-scan for the batch (large catalogs), exact scores of
+//                          candidate lists, or one scoring product for the batch
+//   select   (ranker.cc)   each request's top-k with its own filters
+//   answer   (answer.cc)   ids, reported scores, the message
 #pragma once
 
 #include <memory>
@@ -11,18 +15,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/answer.h"
 #include "engine/catalog.h"
 #include "engine/model.h"
-#include "engine/ranker.h"
 #include "engine/request.h"
 #include "engine/workspace.h"
 
 namespace seqrec {
-
-struct Response {
-  std::vector<ScoredItem> recommendations;
-  std::optional<std::string> message;  // none: nothing needs saying
-};
 
 class Recommender {
  public:
@@ -33,7 +32,7 @@ class Recommender {
 
   const Model& model() const { return model_; }
   const Catalog& catalog() const { return catalog_; }
-  std::optional<double> rating_threshold() const { return rating_threshold_; }
+  std::optional<double> rating_threshold() const { return rules_.rating_threshold; }
 
   // One response per request, in order. `ws` is the calling worker's scratch memory.
   // `popularity` (one count per catalog row, e.g. from the history store) replaces the
@@ -43,22 +42,14 @@ class Recommender {
                                   const std::vector<uint64_t>* popularity = nullptr) const;
 
  private:
-  // The ranked items of one request from its full logits [n_items].
-  std::vector<ScoredItem> rank_logits(const Request& request, const PreparedRequest& prepared,
-                                      const float* logits, RankScratch& scratch) const;
-  // Answers the model batch's requests (rows of `hidden`) of a model with the pre-scan.
-  void answer_with_pre_scan(std::span<const Request> requests, const std::vector<PreparedRequest>& prepared,
-                            const std::vector<bool>& cold, const std::vector<size_t>& model_batch,
-                            const float* hidden, Workspace& ws, std::vector<Response>& out) const;
-  Response answer(const Request& request, const PreparedRequest& prepared, bool empty_history,
-                  std::vector<ScoredItem> ranked) const;
-  Response popular(const Request& request, const PreparedRequest& prepared,
-                   const std::vector<uint64_t>& popularity) const;
+  // score + select for the model batch: each request's best rows and raw scores into
+  // ws.top_rows / ws.top_scores (top_count[b] of them from top_at[b]), and ws.reports[b].
+  void score_and_select(std::span<const Request> requests, const float* hidden, Workspace& ws) const;
 
   Model model_;
   Catalog catalog_;
   std::vector<uint64_t> popularity_;
-  std::optional<double> rating_threshold_;
+  PrepareRules rules_;
 };
 
 }  // namespace seqrec

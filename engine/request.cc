@@ -1,11 +1,13 @@
 #include "engine/request.h"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 
 namespace seqrec {
 
-void rows_in_time_order(const std::vector<TimedRow>& entries, std::vector<int32_t>& rows, PrepareScratch& scratch) {
+void rows_in_time_order(const std::vector<TimedRow>& entries, std::vector<int32_t>& rows, std::vector<int64_t>* times,
+                        PrepareScratch& scratch) {
   std::vector<PrepareScratch::Kept>& kept = scratch.kept;
   kept.clear();
   int64_t previous_time = std::numeric_limits<int64_t>::min();
@@ -24,39 +26,78 @@ void rows_in_time_order(const std::vector<TimedRow>& entries, std::vector<int32_
   rows.clear();
   rows.reserve(kept.size());
   for (const PrepareScratch::Kept& k : kept) rows.push_back(k.row);
+  if (times) {
+    times->clear();
+    times->reserve(kept.size());
+    for (const PrepareScratch::Kept& k : kept) times->push_back(k.time);
+  }
 }
 
 std::vector<int32_t> rows_in_time_order(const std::vector<TimedRow>& entries) {
   std::vector<int32_t> rows;
   PrepareScratch scratch;
-  rows_in_time_order(entries, rows, scratch);
+  rows_in_time_order(entries, rows, nullptr, scratch);
   return rows;
 }
 
-void prepare_request(const Request& request, const Catalog& catalog, std::optional<double> rating_threshold,
-                     int64_t max_len, PreparedRequest& out, PrepareScratch& scratch) {
-  out.seen_rows.clear();
-  out.unknown_ids.clear();
-  std::vector<TimedRow>& entries = scratch.entries;
-  entries.clear();
-  for (const Interaction& it : request.interactions) {
-    const int32_t row = catalog.row(it.item_id);
-    const bool positive = !it.rating || !rating_threshold || *it.rating >= *rating_threshold;
-    if (row > 0) out.seen_rows.push_back(row);
-    if (positive && row <= 0) out.unknown_ids.push_back(it.item_id);
-    entries.push_back({it.timestamp, row, positive && row > 0});
-  }
-  rows_in_time_order(entries, out.sequence, scratch);
-  // The most recent max_len are the model's input.
-  const size_t keep = std::min(out.sequence.size(), static_cast<size_t>(std::max<int64_t>(max_len, 0)));
-  out.sequence.erase(out.sequence.begin(), out.sequence.end() - static_cast<std::ptrdiff_t>(keep));
+PrepareRules prepare_rules(const ModelSpec& spec, std::optional<double> rating_threshold) {
+  PrepareRules rules;
+  rules.rating_threshold = rating_threshold;
+  rules.uses_time = spec.uses_time();
+  rules.uses_now = spec.uses_now();
+  rules.model_kind = to_string(spec.blocks.kind);
+  return rules;
 }
 
-PreparedRequest prepare_request(const Request& request, const Catalog& catalog,
-                                std::optional<double> rating_threshold, int64_t max_len) {
+namespace {
+// Timestamps past this many seconds (year 5138) are taken for milliseconds in the clock note.
+constexpr int64_t kLooksLikeMilliseconds = int64_t{100'000'000'000};
+}  // namespace
+
+void prepare_request(const Request& request, const Catalog& catalog, const PrepareRules& rules, PreparedRequest& out,
+                     PrepareScratch& scratch) {
+  out.seen_rows.clear();
+  out.unknown_ids.clear();
+  out.notes.clear();
+  out.error.reset();
+  std::vector<TimedRow>& entries = scratch.entries;
+  entries.clear();
+  for (size_t i = 0; i < request.interactions.size(); ++i) {
+    const Interaction& it = request.interactions[i];
+    const int32_t row = catalog.row(it.item_id);
+    const bool positive = !it.rating || !rules.rating_threshold || *it.rating >= *rules.rating_threshold;
+    if (row > 0) out.seen_rows.push_back(row);
+    if (positive && row <= 0) out.unknown_ids.push_back(it.item_id);
+    if (positive && row > 0 && rules.uses_time && !it.timestamp && !out.error) {
+      std::string shown = it.item_id.size() > 40 ? it.item_id.substr(0, 37) + "..." : it.item_id;
+      out.error = RequestError{"invalid_request", "interaction " + std::to_string(i) + " (item '" + shown +
+                                                      "'): no timestamp, and this model (" + rules.model_kind +
+                                                      ") reads the time of every interaction"};
+    }
+    entries.push_back({it.timestamp, row, positive && row > 0});
+  }
+  rows_in_time_order(entries, out.sequence, rules.uses_time ? &out.times : nullptr, scratch);
+  if (!rules.uses_time) out.times.clear();
+  out.now = 0;
+  if (rules.uses_now) {
+    if (request.now) {
+      out.now = *request.now;
+    } else {
+      out.now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+      const bool looks_like_ms = !out.times.empty() && out.times.back() >= kLooksLikeMilliseconds;
+      if (looks_like_ms)
+        out.notes.push_back("No \"now\" given: the server clock in Unix seconds (" + std::to_string(out.now) +
+                            ") was used, but the interactions' timestamps look like milliseconds; send \"now\" in "
+                            "the timestamps' unit.");
+    }
+  }
+}
+
+PreparedRequest prepare_request(const Request& request, const Catalog& catalog, const PrepareRules& rules) {
   PreparedRequest out;
   PrepareScratch scratch;
-  prepare_request(request, catalog, rating_threshold, max_len, out, scratch);
+  prepare_request(request, catalog, rules, out, scratch);
   return out;
 }
 

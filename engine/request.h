@@ -1,5 +1,7 @@
 // A recommendation request as the engine sees it (already parsed and validated by the
-// caller), and the rules that turn its interactions into the model's input sequence.
+// caller), and the first stage of answering it: prepare — the rules that turn its
+// interactions into the model's input sequence (recommender.h has the road: prepare →
+// encode → score → select → answer).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +10,7 @@
 #include <vector>
 
 #include "engine/catalog.h"
+#include "engine/model_spec.h"
 
 namespace seqrec {
 
@@ -23,13 +26,27 @@ struct Request {
   bool recommend_seen = false;
   std::optional<std::vector<std::string>> candidate_ids;  // none: the whole catalog
   std::vector<std::string> exclude_ids;
+  // When the recommendation is asked for, in the unit of the timestamps (models that read it:
+  // HSTU); none: the server's clock, in Unix seconds.
+  std::optional<int64_t> now;
+};
+
+// Why a request cannot be answered (it is not the request's JSON that is wrong, but what the
+// model needs of it): the API answers 400 with this code and message.
+struct RequestError {
+  std::string code;
+  std::string message;
 };
 
 // What the model and the ranker need from a request.
 struct PreparedRequest {
-  std::vector<int32_t> sequence;         // item rows, oldest first, at most max_len
+  std::vector<int32_t> sequence;         // item rows of the known positives, oldest first (all of them)
+  std::vector<int64_t> times;            // their timestamps, for models that read time (else empty)
+  int64_t now = 0;                       // the time the recommendation is for, for models that read it
   std::vector<int32_t> seen_rows;        // rows of every known interacted item, positive or not
   std::vector<std::string> unknown_ids;  // positives the model does not know, skipped, in input order
+  std::vector<std::string> notes;        // sentences for the response's message
+  std::optional<RequestError> error;     // set: answer with this error instead
 };
 
 // One interaction as the time order sees it.
@@ -43,8 +60,8 @@ struct TimedRow {
 // input order (kept or not), i.e. keeps its place.
 std::vector<int32_t> rows_in_time_order(const std::vector<TimedRow>& entries);
 
-// Working memory of the two functions below, kept by a worker so that they allocate only
-// while a history is longer than any before.
+// Working memory of the functions below, kept by a worker so that they allocate only while a
+// history is longer than any before.
 struct PrepareScratch {
   struct Kept {
     int64_t time;
@@ -54,19 +71,31 @@ struct PrepareScratch {
   std::vector<TimedRow> entries;
   std::vector<Kept> kept;
 };
-// rows_in_time_order into `rows` (replacing its contents).
-void rows_in_time_order(const std::vector<TimedRow>& entries, std::vector<int32_t>& rows, PrepareScratch& scratch);
+// rows_in_time_order into `rows` (replacing its contents); `times` (if not null) gets each
+// kept row's time (the inherited one for an entry without a timestamp).
+void rows_in_time_order(const std::vector<TimedRow>& entries, std::vector<int32_t>& rows, std::vector<int64_t>* times,
+                        PrepareScratch& scratch);
+
+// The serving rules a request is prepared by: the model file's, overridable at serve.
+struct PrepareRules {
+  std::optional<double> rating_threshold;  // positives: rating >= threshold (none: all positive)
+  bool uses_time = false;                  // the model reads timestamps: every known positive needs one
+  bool uses_now = false;                   // the model reads "now"
+  const char* model_kind = "";             // named in errors ("hstu")
+};
+PrepareRules prepare_rules(const ModelSpec& spec, std::optional<double> rating_threshold);
 
 // The sequence-building rules of product.md:
 //  - positive = no rating, or rating >= threshold (no threshold: all positive);
 //  - positives sorted by timestamp ascending, stable (ties keep input order); an
 //    interaction without a timestamp keeps its place after the one before it in input order;
 //  - ids unknown to the catalog are skipped (and reported);
-//  - the most recent max_len known positives are kept.
-PreparedRequest prepare_request(const Request& request, const Catalog& catalog,
-                                std::optional<double> rating_threshold, int64_t max_len);
-// The same into `out` (replacing its contents, reusing its memory).
-void prepare_request(const Request& request, const Catalog& catalog, std::optional<double> rating_threshold,
-                     int64_t max_len, PreparedRequest& out, PrepareScratch& scratch);
+//  - the model keeps the most recent max_len known positives (Model::encode cuts).
+// For a model that reads time, a known positive without a timestamp is an error, and `now`
+// defaults to the clock (Unix seconds; a note when the timestamps look like milliseconds).
+// Reusing `out`'s memory.
+void prepare_request(const Request& request, const Catalog& catalog, const PrepareRules& rules, PreparedRequest& out,
+                     PrepareScratch& scratch);
+PreparedRequest prepare_request(const Request& request, const Catalog& catalog, const PrepareRules& rules);
 
 }  // namespace seqrec

@@ -1,10 +1,13 @@
-// Tensor: an fp32 buffer, 64-byte aligned, plus its shape (row-major, contiguous).
+// Tensor: fp32 values, 64-byte aligned, plus their shape (row-major, contiguous). Either it
+// owns its values (`data`), or it views values held elsewhere — a model file's bytes, loaded
+// once and used in place (weights/seqrec_file.h) — which `backing` keeps alive.
 // The engine computes in fp32 only; readers convert other dtypes when they load.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -38,20 +41,31 @@ using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
 
 struct Tensor {
   std::vector<int64_t> shape;
-  FloatBuffer data;
+  FloatBuffer data;                      // owned values (empty for a view)
+  const float* view = nullptr;           // or: values held by `backing`
+  std::shared_ptr<const void> backing;
 
   Tensor() = default;
   explicit Tensor(std::vector<int64_t> s) : shape(std::move(s)), data(count(shape), 0.0f) {}
+  // A view of `values` (count(shape) floats) that keeps `owner` alive.
+  static Tensor view_of(std::vector<int64_t> s, const float* values, std::shared_ptr<const void> owner) {
+    Tensor t;
+    t.shape = std::move(s);
+    t.view = values;
+    t.backing = std::move(owner);
+    return t;
+  }
 
   static std::size_t count(const std::vector<int64_t>& s) {
     std::size_t n = 1;
     for (int64_t d : s) n *= static_cast<std::size_t>(d);
     return n;
   }
-  std::size_t numel() const { return data.size(); }
+  std::size_t numel() const { return count(shape); }
   int64_t dim(std::size_t i) const { return shape.at(i); }
+  // Values of an owned tensor, to fill (a view is read-only).
   float* ptr() { return data.data(); }
-  const float* ptr() const { return data.data(); }
+  const float* ptr() const { return view ? view : data.data(); }
 };
 
 // "[3, 50]" — used in every shape error message.

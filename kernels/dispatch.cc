@@ -7,6 +7,7 @@
 #include "kernels/layer_norm.h"
 #include "kernels/panel_gemm.h"
 #include "kernels/quantized_scan.h"
+#include "kernels/relative_attention.h"
 #include "kernels/topk.h"
 
 namespace seqrec::kernels {
@@ -20,6 +21,8 @@ using ScanTopKBatch = void(const float*, const float*, const uint8_t*, int64_t, 
 // The kernels every path defines, with the public declarations' signatures.
 #define SEQREC_PATH_KERNELS(X) \
   X(attention_head)            \
+  X(relation_attention_head)   \
+  X(silu_attention_head)       \
   X(layer_norm)                \
   X(panel_gemm)                \
   X(top_k)                     \
@@ -87,6 +90,21 @@ void attention_head(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, 
                     float first_key_weight, float scale, float* out, int64_t ld_out, float* scratch) {
   active().attention_head(q, ld_q, q_begin, n_q, k, v, ld_kv, n_kv, d_h, key_begin, key_end, causal, first_key_weight,
                         scale, out, ld_out, scratch);
+}
+
+void relation_attention_head(const float* q, int64_t ld_q, int64_t n_q, const float* k, const float* v, int64_t ld_kv,
+                             int64_t n_kv, int64_t d_h, const float* rk, const float* rv, int64_t ld_r, int64_t n_rel,
+                             const int32_t* rel, int64_t ld_rel, int64_t first_visible, float scale, float* out,
+                             int64_t ld_out, float* scratch) {
+  active().relation_attention_head(q, ld_q, n_q, k, v, ld_kv, n_kv, d_h, rk, rv, ld_r, n_rel, rel, ld_rel,
+                                   first_visible, scale, out, ld_out, scratch);
+}
+
+void silu_attention_head(const float* q, int64_t ld_q, int64_t n_q, const float* k, int64_t ld_k, const float* v,
+                         int64_t ld_v, int64_t n_kv, int64_t d_qk, int64_t d_v, const float* bias, int64_t ld_bias,
+                         int64_t first_visible, float divisor, float* out, int64_t ld_out, float* scratch) {
+  active().silu_attention_head(q, ld_q, n_q, k, ld_k, v, ld_v, n_kv, d_qk, d_v, bias, ld_bias, first_visible, divisor,
+                               out, ld_out, scratch);
 }
 
 void layer_norm(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const float* gamma, const float* beta,

@@ -42,8 +42,8 @@ void layer_norm_rows(const float* x, int64_t ld_x, int64_t rows, int64_t dim, co
   for (int k = 0; k < BLOCKS; ++k) {
     const int64_t left = dim - 16 * k;
     mask[k] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-    g[k] = _mm512_maskz_loadu_ps(mask[k], gamma + 16 * k);
-    b[k] = _mm512_maskz_loadu_ps(mask[k], beta + 16 * k);
+    g[k] = gamma ? _mm512_maskz_loadu_ps(mask[k], gamma + 16 * k) : _mm512_set1_ps(1.0f);
+    b[k] = beta ? _mm512_maskz_loadu_ps(mask[k], beta + 16 * k) : _mm512_setzero_ps();
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ld_x;
@@ -93,7 +93,7 @@ SEQREC_INTRINSIC_WARNINGS_ON
     const float mean = lane_sum(xr, dim, [](float v) { return v; }) / static_cast<float>(dim);
     const float var = lane_sum(xr, dim, [mean](float v) { return (v - mean) * (v - mean); }) / static_cast<float>(dim);
     const float inv_std = 1.0f / std::sqrt(var + eps);
-    for (int64_t i = 0; i < dim; ++i) yr[i] = (xr[i] - mean) * inv_std * gamma[i] + beta[i];
+    for (int64_t i = 0; i < dim; ++i) yr[i] = (xr[i] - mean) * inv_std * (gamma ? gamma[i] : 1.0f) + (beta ? beta[i] : 0.0f);
   }
 }
 

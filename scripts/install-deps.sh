@@ -11,7 +11,7 @@ set -euo pipefail
 # ocl-icd-opencl-dev: Debian's oneDNN is built with its OpenCL GPU runtime, and its
 # dnnl-config.cmake refuses to configure without OpenCL (only a Recommends of libdnnl-dev).
 packages=(cmake g++ make pkg-config libdnnl-dev ocl-icd-opencl-dev libopenblas-dev libcereal-dev libboost-dev
-          libsimdjson-dev libcli11-dev liblmdb-dev libhiredis-dev libgtest-dev libgmock-dev libbenchmark-dev)
+          libsimdjson-dev libcli11-dev libxxhash-dev liblmdb-dev libhiredis-dev libgtest-dev libgmock-dev libbenchmark-dev)
 case "${1:-}" in
   "") ;;
   --test) packages+=(python3 python3-torch python3-numpy redis-server) ;;

@@ -251,6 +251,9 @@ RecommendRequest read_recommend_request(const element& root, const std::string& 
       out.request.candidate_ids = read_id_list("candidate_ids", value, limits.max_candidates);
     } else if (key == "exclude_ids") {
       out.request.exclude_ids = read_id_list("exclude_ids", value, limits.max_candidates);
+    } else if (key == "now") {
+      if (value.type() != element_type::INT64) wrong_type("now", "an integer time (the timestamps' unit)", value);
+      out.request.now = int64_t(value.get_int64().value_unsafe());
     } else {
       invalid("unknown field '" + std::string(key) + "'");
     }

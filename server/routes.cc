@@ -65,7 +65,7 @@ struct Service::Call {
 };
 
 Service::Service(ServiceOptions options, WorkerPool& workers, history::HistoryStore& store, Metrics& metrics,
-                 boost::asio::thread_pool& blocking, ModelLoader loader, ServedModel model)
+                 boost::asio::thread_pool& blocking, ModelLoader loader, LoadedModel model)
     : options_(std::move(options)),
       workers_(workers),
       store_(store),
@@ -74,7 +74,7 @@ Service::Service(ServiceOptions options, WorkerPool& workers, history::HistorySt
       loader_(std::move(loader)),
       model_(std::move(model)) {}
 
-ServedModel Service::current_model() const {
+LoadedModel Service::current_model() const {
   std::lock_guard lock(model_mutex_);
   return model_;
 }
@@ -300,7 +300,7 @@ void Service::reload(std::optional<std::string> path, std::function<void(std::op
     std::lock_guard one_at_a_time(reload_mutex_);
     const std::string file = path.value_or(current_model().path);
     try {
-      ServedModel loaded = loader_(file);
+      LoadedModel loaded = loader_(file);
       workers_.set_recommender(loaded.recommender);
       {
         std::lock_guard lock(model_mutex_);
@@ -340,7 +340,7 @@ void Service::load_popularity() {
 }
 
 std::string Service::model_json() const {
-  const ServedModel m = current_model();
+  const LoadedModel m = current_model();
   const ModelSpec& s = m.recommender->model().spec();
   const auto threshold = m.recommender->rating_threshold();
   auto field = [](const char* name, const std::string& json) { return std::string("\"") + name + "\": " + json; };
@@ -349,18 +349,26 @@ std::string Service::model_json() const {
   out += field("path", api::quote(m.path)) + ", ";
   out += field("source", api::quote(m.source)) + ", ";
   out += field("source_detail", api::quote(m.source_detail)) + ", ";
-  out += field("architecture", "{" + field("block", text(to_string(s.block))) + ", " +
-                                   field("attention", text(to_string(s.attention))) + ", " +
-                                   field("positions", text(to_string(s.positions))) + ", " +
-                                   field("padding", text(to_string(s.padding))) + ", " +
-                                   field("readout", text(to_string(s.readout))) + ", " +
-                                   field("activation", text(to_string(s.activation))) + "}") + ", ";
-  out += field("sizes", "{" + field("d", std::to_string(s.d)) + ", " + field("heads", std::to_string(s.heads)) + ", " +
-                            field("ffn_dim", std::to_string(s.ffn_dim)) + ", " +
-                            field("layers", std::to_string(s.n_layers)) + ", " +
+  // The whole spec, field by field as the .seqrec file stores it; then the usual summaries.
+  std::string spec = "{";
+  for (const auto& [name, value] : spec_fields(s)) spec += (spec.size() > 1 ? ", " : "") + api::quote(name) + ": " + api::quote(value);
+  out += field("spec", spec + "}") + ", ";
+  out += field("architecture", "{" + field("block", text(to_string(s.blocks.kind))) + ", " +
+                                   field("attention", text(to_string(s.blocks.attention))) + ", " +
+                                   field("positions", text(to_string(s.input.positions))) + ", " +
+                                   field("padding", text(to_string(s.input.padding))) + ", " +
+                                   field("readout", text(to_string(s.readout.slot))) + ", " +
+                                   field("activation", text(to_string(s.blocks.activation))) + "}") + ", ";
+  out += field("sizes", "{" + field("d", std::to_string(s.d)) + ", " + field("heads", std::to_string(s.blocks.heads)) +
+                            ", " + field("ffn_dim", std::to_string(s.blocks.ffn_dim)) + ", " +
+                            field("layers", std::to_string(s.blocks.n_layers)) + ", " +
                             field("max_len", std::to_string(s.max_len)) + "}") + ", ";
+  out += field("uses_time", s.uses_time() ? "true" : "false") + ", ";
+  out += field("uses_now", s.uses_now() ? "true" : "false") + ", ";
+  out += field("format_version", std::to_string(m.format_version)) + ", ";
+  out += field("load_seconds", std::to_string(m.load_seconds)) + ", ";
   out += field("catalog_size", std::to_string(s.n_items - 1)) + ", ";
-  out += field("score", text(to_string(s.score))) + ", ";
+  out += field("score", text(to_string(s.scorer.score))) + ", ";
   out += field("rating_threshold", threshold ? std::to_string(*threshold) : "null") + ", ";
   out += field("history", api::quote(store_.describe())) + ", ";
   out += field("cpu_path", api::quote(kernel_path()));

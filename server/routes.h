@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "engine/loaded_model.h"
 #include "engine/worker_pool.h"
 #include "server/history/store.h"
 #include "server/http_server.h"
@@ -18,15 +19,8 @@
 
 namespace seqrec::server {
 
-// The model being served and where it came from (GET /model, metrics, reload).
-struct ServedModel {
-  std::shared_ptr<const Recommender> recommender;
-  std::string path;
-  std::string source;
-  std::string source_detail;
-};
 // Loads a model file (throws seqrec::Error with the loader's message).
-using ModelLoader = std::function<ServedModel(const std::string& path)>;
+using ModelLoader = std::function<LoadedModel(const std::string& path)>;
 
 struct ServiceOptions {
   api::Limits limits;
@@ -37,7 +31,7 @@ struct ServiceOptions {
 class Service {
  public:
   Service(ServiceOptions options, WorkerPool& workers, history::HistoryStore& store, Metrics& metrics,
-          boost::asio::thread_pool& blocking, ModelLoader loader, ServedModel model);
+          boost::asio::thread_pool& blocking, ModelLoader loader, LoadedModel model);
 
   // The http_server::Handler.
   void handle(http_server::HttpRequest&& request, http_server::Reply reply);
@@ -67,7 +61,7 @@ class Service {
   void off_io(const std::shared_ptr<Call>& call, std::function<void()> work);
   // Resolves user_id (store) when needed, then queues the request for inference.
   void infer(api::RecommendRequest parsed, std::function<void(std::string json, int status)> done);
-  ServedModel current_model() const;
+  LoadedModel current_model() const;
 
   ServiceOptions options_;
   WorkerPool& workers_;
@@ -76,7 +70,7 @@ class Service {
   boost::asio::thread_pool& blocking_;
   ModelLoader loader_;
   mutable std::mutex model_mutex_;
-  ServedModel model_;  // what /model reports; the workers hold their own pointer
+  LoadedModel model_;  // what /model reports; the workers hold their own pointer
   std::mutex reload_mutex_;  // one reload at a time
 };
 

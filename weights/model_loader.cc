@@ -1,15 +1,25 @@
 #include "weights/model_loader.h"
 
+#include <chrono>
+
+#include "weights/seqrec_file.h"
+
 namespace seqrec {
 
 LoadedModel load_recommender(const std::string& path, std::optional<double> rating_threshold) {
+  const auto start = std::chrono::steady_clock::now();
   ModelFile file = load_model_file(path);
   LoadedModel out;
-  out.provenance = file.provenance;
   out.path = path;
+  out.source = file.provenance.source;
+  out.source_detail = file.provenance.source_detail;
+  out.source_file = file.provenance.source_file;
+  out.converter_version = file.provenance.converter_version;
+  out.format_version = file.format_version;
   const std::optional<double> threshold = rating_threshold ? rating_threshold : file.provenance.rating_threshold;
   out.recommender = std::make_shared<const Recommender>(file.spec, std::move(file.tensors), std::move(file.catalog),
                                                         std::move(file.popularity), threshold);
+  out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
 }
 

@@ -1,19 +1,12 @@
-// Opening a .seqrec file as a ready-to-serve Recommender.
+// Opening a .seqrec file as a ready-to-serve model (engine/loaded_model.h).
 #pragma once
 
-#include <memory>
+#include <optional>
 #include <string>
 
-#include "engine/recommender.h"
-#include "weights/seqrec_file.h"
+#include "engine/loaded_model.h"
 
 namespace seqrec {
-
-struct LoadedModel {
-  std::shared_ptr<const Recommender> recommender;
-  Provenance provenance;
-  std::string path;
-};
 
 // Loads and validates `path` (seqrec::Error on any defect); `rating_threshold` overrides
 // the one stored in the file when given.

@@ -1,7 +1,9 @@
 #include "weights/seqrec_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <bit>
 #include <cerrno>
@@ -11,6 +13,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 #include <string_view>
 #include <unordered_map>
 
@@ -25,8 +29,11 @@ static_assert(std::endian::native == std::endian::little, "the .seqrec format is
 constexpr char kMagic[8] = {'S', 'E', 'Q', 'R', 'E', 'C', '\0', '\1'};
 constexpr std::string_view kDtypeF32 = "f32";
 constexpr uint32_t kMaxRank = 8;
-// Smallest possible tensor record: name length, dtype length + "f32", rank, byte length.
-constexpr uint64_t kMinTensorRecordBytes = 8 + 8 + 3 + 4 + 8;
+constexpr uint64_t kAlign = 64;
+constexpr uint64_t kPrefixBytes = 32;  // magic, version, reserved, header length, header checksum
+constexpr uint64_t kChunk = 64 << 10;   // checksum and finite check share each chunk while it is in cache
+
+uint64_t align_up(uint64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 // Text from a file goes into one-line error messages: escape control and non-ASCII bytes,
 // cut long text.
@@ -49,7 +56,6 @@ std::string escaped(std::string_view s) {
 std::string single_quoted(std::string_view s) { return "'" + escaped(s) + "'"; }
 std::string tensor_field(std::string_view name) { return "tensor " + single_quoted(name); }
 
-// Shared by the loader (which checks counts before it allocates) and validate_model_file.
 std::string missing_tensor_error(std::string_view name) {
   return tensor_field(name) + ": missing (required by the spec)";
 }
@@ -59,6 +65,29 @@ std::string catalog_size_error(uint64_t found, int64_t n_items) {
 std::string popularity_size_error(uint64_t found, int64_t n_items) {
   return "popularity: " + std::to_string(found) + " counts, expected 0 or n_items = " + std::to_string(n_items);
 }
+
+// The first non-finite value among n floats, or -1.
+int64_t first_non_finite(const float* v, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
+  return -1;
+}
+// Whether n floats are all finite: exponent bits not all ones (branch-free, vectorizes).
+bool all_finite(const float* v, uint64_t n) {
+  uint32_t bad = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof bits);
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+std::string non_finite_error(std::string_view field, int64_t index, float v) {
+  return std::string(field) + ": value at flat index " + std::to_string(index) + " is " +
+         (std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf") + ", expected a finite number";
+}
+
+uint64_t checksum(const void* data, uint64_t n) { return XXH3_64bits(data, static_cast<size_t>(n)); }
 
 // ---- writing -----------------------------------------------------------------------------
 
@@ -82,49 +111,169 @@ class Writer {
   cereal::BinaryOutputArchive archive_;
 };
 
+// A span of the data area: what the header lists for a tensor or a section.
+struct Extent {
+  const void* data = nullptr;
+  uint64_t bytes = 0;
+  uint64_t offset = 0;
+  uint64_t sum = 0;
+};
+
+std::string catalog_blob(const std::vector<std::string>& ids) {
+  std::string blob;
+  const uint64_t n = ids.size();
+  blob.resize(8 * (n + 2));
+  std::memcpy(blob.data(), &n, 8);
+  uint64_t at = 0;
+  for (uint64_t i = 0; i <= n; ++i) {
+    std::memcpy(blob.data() + 8 * (i + 1), &at, 8);
+    if (i < n) at += ids[i].size();
+  }
+  for (const std::string& id : ids) blob += id;
+  return blob;
+}
+
+std::string header_bytes(const ModelFile& m, const std::vector<TensorDecl>& decls, const std::vector<Extent>& tensors,
+                         const std::vector<std::pair<std::string, Extent>>& sections) {
+  std::ostringstream os;
+  {
+    Writer w(os);
+    const SpecFields fields = spec_fields(m.spec);
+    w.pod<uint64_t>(fields.size());
+    for (const auto& [name, value] : fields) {
+      w.string(name);
+      w.string(value);
+    }
+    w.pod<uint64_t>(decls.size());
+    for (size_t i = 0; i < decls.size(); ++i) {
+      w.string(decls[i].name);
+      w.string(kDtypeF32);
+      w.pod<uint32_t>(static_cast<uint32_t>(decls[i].shape.size()));
+      for (int64_t dim : decls[i].shape) w.pod<int64_t>(dim);
+      w.pod<uint64_t>(tensors[i].offset);
+      w.pod<uint64_t>(tensors[i].bytes);
+      w.pod<uint64_t>(tensors[i].sum);
+    }
+    w.pod<uint64_t>(sections.size());
+    for (const auto& [name, e] : sections) {
+      w.string(name);
+      w.pod<uint64_t>(e.offset);
+      w.pod<uint64_t>(e.bytes);
+      w.pod<uint64_t>(e.sum);
+    }
+    const Provenance& p = m.provenance;
+    w.string(p.source);
+    w.string(p.source_detail);
+    w.string(p.source_file);
+    w.string(p.converter_version);
+    w.pod<uint8_t>(p.rating_threshold ? 1 : 0);
+    if (p.rating_threshold) w.pod<double>(*p.rating_threshold);
+  }
+  return os.str();
+}
+
+void write_model(std::ostream& os, const ModelFile& m) {
+  // Canonical order (required_tensors), so equal models give equal files.
+  const auto decls = required_tensors(m.spec);
+  std::vector<Extent> tensors(decls.size());
+  for (size_t i = 0; i < decls.size(); ++i) {
+    const Tensor& t = m.tensors.at(decls[i].name);
+    tensors[i] = {t.ptr(), t.numel() * sizeof(float), 0, 0};
+  }
+  const std::string catalog = catalog_blob(m.catalog);
+  std::vector<std::pair<std::string, Extent>> sections;
+  sections.emplace_back("catalog", Extent{catalog.data(), catalog.size(), 0, 0});
+  if (!m.popularity.empty())
+    sections.emplace_back("popularity", Extent{m.popularity.data(), m.popularity.size() * sizeof(uint64_t), 0, 0});
+
+  // The header's length does not depend on the offsets and sums (fixed-width fields): lay the
+  // data out after a first rendering, then render it again with them.
+  uint64_t at = align_up(kPrefixBytes + header_bytes(m, decls, tensors, sections).size());
+  for (Extent& e : tensors) {
+    e.offset = at;
+    e.sum = checksum(e.data, e.bytes);
+    at = align_up(at + e.bytes);
+  }
+  for (auto& [name, e] : sections) {
+    e.offset = at;
+    e.sum = checksum(e.data, e.bytes);
+    at = align_up(at + e.bytes);
+  }
+  const std::string header = header_bytes(m, decls, tensors, sections);
+
+  Writer w(os);
+  w.bytes(kMagic, sizeof kMagic);
+  w.pod<uint32_t>(kSeqrecFormatVersion);
+  w.pod<uint32_t>(0);
+  w.pod<uint64_t>(header.size());
+  w.pod<uint64_t>(checksum(header.data(), header.size()));
+  w.bytes(header.data(), header.size());
+  uint64_t written = kPrefixBytes + header.size();
+  static const char zeros[kAlign] = {};
+  auto pad_to = [&](uint64_t offset) {
+    w.bytes(zeros, static_cast<size_t>(offset - written));
+    written = offset;
+  };
+  uint64_t end = written;
+  for (const Extent& e : tensors) {
+    pad_to(e.offset);
+    w.bytes(e.data, static_cast<size_t>(e.bytes));
+    written = end = e.offset + e.bytes;
+  }
+  for (const auto& [name, e] : sections) {
+    pad_to(e.offset);
+    w.bytes(e.data, static_cast<size_t>(e.bytes));
+    written = end = e.offset + e.bytes;
+  }
+}
+
 // ---- reading -----------------------------------------------------------------------------
 
-// Bounds-checked reads over a file of known size: every length and count is checked
-// against the bytes that remain before anything is allocated or read, so a corrupt
-// length fails here instead of asking the allocator for it.
+// The file's bytes, read once into 64-byte aligned memory: tensors are views of it.
+struct FileBytes {
+  std::vector<uint8_t, AlignedAllocator<uint8_t>> bytes;
+};
+
+// Bounds-checked reads over a byte range: every length and count is checked against the
+// bytes that remain before anything is allocated or read.
 class Reader {
  public:
-  Reader(std::istream& is, uint64_t size, const std::string& path)
-      : archive_(is), size_(size), remaining_(size), path_(path) {}
+  Reader(const uint8_t* data, uint64_t size, uint64_t base, const std::string& path)
+      : data_(data), size_(size), at_(0), base_(base), path_(path) {}
 
   [[noreturn]] void fail(const std::string& message) const { throw Error(path_ + ": " + message); }
-  uint64_t remaining() const { return remaining_; }
+  uint64_t remaining() const { return size_ - at_; }
 
-  // Fails unless `n` more bytes are there; call before allocating room for them.
   void need(uint64_t n, std::string_view field) const {
-    if (n > remaining_)
+    if (n > remaining())
       fail(std::string(field) + ": truncated, needs " + std::to_string(n) + " bytes at offset " +
-           std::to_string(size_ - remaining_) + ", found " + std::to_string(remaining_));
+           std::to_string(base_ + at_) + ", found " + std::to_string(remaining()));
   }
-  void bytes(void* dst, uint64_t n, std::string_view field) {
+  const uint8_t* take(uint64_t n, std::string_view field) {
     need(n, field);
-    if (n) archive_(cereal::binary_data(dst, static_cast<std::size_t>(n)));
-    remaining_ -= n;
+    const uint8_t* p = data_ + at_;
+    at_ += n;
+    return p;
   }
   template <class T>
   T pod(std::string_view field) {
     static_assert(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>);
     T value;
-    bytes(&value, sizeof value, field);
+    std::memcpy(&value, take(sizeof value, field), sizeof value);
     return value;
   }
-  // A count of records that each take at least `min_bytes` in the file.
+  // A count of records that each take at least `min_bytes`.
   uint64_t count(std::string_view field, uint64_t min_bytes) {
     const uint64_t n = pod<uint64_t>(field);
-    if (n > remaining_ / min_bytes)
-      fail(std::string(field) + ": " + std::to_string(n) + " does not fit in the " + std::to_string(remaining_) +
+    if (n > remaining() / min_bytes)
+      fail(std::string(field) + ": " + std::to_string(n) + " does not fit in the " + std::to_string(remaining()) +
            " bytes that remain");
     return n;
   }
   std::string string(std::string_view field) {
-    std::string s(count(field, 1), '\0');
-    bytes(s.data(), s.size(), field);
-    return s;
+    const uint64_t n = count(field, 1);
+    const uint8_t* p = take(n, field);
+    return std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
   }
   bool flag(std::string_view field) {
     const auto b = pod<uint8_t>(field);
@@ -133,163 +282,252 @@ class Reader {
   }
 
  private:
-  cereal::BinaryInputArchive archive_;
-  uint64_t size_;
-  uint64_t remaining_;
+  const uint8_t* data_;
+  uint64_t size_, at_, base_;
   const std::string& path_;
 };
 
-// ---- the spec ----------------------------------------------------------------------------
-
-// The spec fields in file order, shared by writer and reader so they cannot drift apart.
-// Enums are stored as their text names, so reordering an enum never changes old files.
-template <class V>
-void visit_spec(ModelSpec& s, V&& v) {
-  v.enumeration("block", s.block, parse_block);
-  v.enumeration("attention", s.attention, parse_attention);
-  v.flag("mask_padded_keys", s.mask_padded_keys);
-  v.flag("zero_padded_rows", s.zero_padded_rows);
-  v.flag("embed_scale", s.embed_scale);
-  v.flag("embed_norm", s.embed_norm);
-  v.enumeration("positions", s.positions, parse_positions);
-  v.enumeration("padding", s.padding, parse_padding);
-  v.enumeration("activation", s.activation, parse_activation);
-  v.flag("final_norm", s.final_norm);
-  v.enumeration("readout", s.readout, parse_readout);
-  v.flag("head", s.head);
-  v.flag("output_bias", s.output_bias);
-  v.number("ln_eps", s.ln_eps);
-  v.enumeration("score", s.score, parse_score);
-  v.number("max_len", s.max_len);
-  v.number("d", s.d);
-  v.number("heads", s.heads);
-  v.number("ffn_dim", s.ffn_dim);
-  v.number("n_layers", s.n_layers);
-  v.number("n_items", s.n_items);
+void read_provenance(Reader& r, Provenance& p) {
+  p.source = r.string("provenance.source");
+  p.source_detail = r.string("provenance.source_detail");
+  p.source_file = r.string("provenance.source_file");
+  p.converter_version = r.string("provenance.converter_version");
+  if (r.flag("provenance.rating_threshold present")) p.rating_threshold = r.pod<double>("provenance.rating_threshold");
 }
 
-struct SpecWriter {
-  Writer& w;
-  template <class E, class Parse>
-  void enumeration(const char*, E value, Parse) { w.string(to_string(value)); }
-  void flag(const char*, bool value) { w.pod<uint8_t>(value ? 1 : 0); }
-  template <class T>
-  void number(const char*, T value) { w.pod<T>(value); }
+// A tensor or section's place in the file, checked: inside the data area, aligned, after the
+// one before it (so none overlap), and its checksum.
+struct Placed {
+  uint64_t offset, bytes, sum;
 };
 
-struct SpecReader {
-  Reader& r;
-  static std::string field(const char* name) { return std::string("spec.") + name; }
-  template <class E>
-  void enumeration(const char* name, E& value, E (*parse)(const std::string&, const std::string&)) {
-    const std::string text = r.string(field(name));
-    // Escaping keeps valid names intact and garbage on one line (it then matches nothing).
-    try {
-      value = parse(field(name), escaped(text));
-    } catch (const Error& e) {
-      r.fail(e.what());
+void check_placement(const Reader& r, const std::string& field, const Placed& e, uint64_t data_start, uint64_t& end,
+                     uint64_t file_size) {
+  if (e.offset % kAlign != 0)
+    r.fail(field + ": offset " + std::to_string(e.offset) + " is not 64-byte aligned");
+  if (e.offset < std::max(data_start, end))
+    r.fail(field + ": offset " + std::to_string(e.offset) + ", expected >= " + std::to_string(std::max(data_start, end)) +
+           " (after the header and the data before it)");
+  if (e.bytes > file_size || e.offset > file_size - e.bytes)
+    r.fail(field + ": bytes [" + std::to_string(e.offset) + ", " + std::to_string(e.offset + e.bytes) +
+           ") run past the end of the file (" + std::to_string(file_size) + " bytes)");
+  end = e.offset + e.bytes;
+}
+
+// Checksum, and for floats the finite check, in one pass over the bytes.
+void verify(const Reader& r, const std::string& field, const uint8_t* data, const Placed& e, bool floats) {
+  XXH3_state_t* state = XXH3_createState();
+  if (!state) throw std::bad_alloc();
+  XXH3_64bits_reset(state);
+  for (uint64_t at = 0; at < e.bytes; at += kChunk) {
+    const uint64_t n = std::min(kChunk, e.bytes - at);
+    XXH3_64bits_update(state, data + at, static_cast<size_t>(n));
+    if (floats) {
+      const float* v = reinterpret_cast<const float*>(data + at);
+      if (!all_finite(v, n / sizeof(float))) {
+        XXH3_freeState(state);
+        const int64_t i = first_non_finite(v, n / sizeof(float));
+        r.fail(non_finite_error(field, static_cast<int64_t>(at / sizeof(float)) + i, v[i]));
+      }
     }
   }
-  void flag(const char* name, bool& value) { value = r.flag(field(name)); }
-  template <class T>
-  void number(const char* name, T& value) { value = r.pod<T>(field(name)); }
-};
-
-// ---- whole file --------------------------------------------------------------------------
-
-void write_model(std::ostream& os, const ModelFile& m) {
-  Writer w(os);
-  w.bytes(kMagic, sizeof kMagic);
-  w.pod<uint32_t>(kSeqrecFormatVersion);
-  ModelSpec spec = m.spec;
-  visit_spec(spec, SpecWriter{w});
-
-  // Canonical order (required_tensors), so equal models give equal files.
-  const auto decls = required_tensors(m.spec);
-  w.pod<uint64_t>(decls.size());
-  for (const auto& decl : decls) {
-    const Tensor& t = m.tensors.at(decl.name);
-    w.string(decl.name);
-    w.string(kDtypeF32);
-    w.pod<uint32_t>(static_cast<uint32_t>(t.shape.size()));
-    for (int64_t dim : t.shape) w.pod<int64_t>(dim);
-    w.pod<uint64_t>(t.numel() * sizeof(float));
-    w.bytes(t.ptr(), t.numel() * sizeof(float));
-  }
-
-  w.pod<uint64_t>(m.catalog.size());
-  for (const auto& id : m.catalog) w.string(id);
-  w.pod<uint64_t>(m.popularity.size());
-  w.bytes(m.popularity.data(), m.popularity.size() * sizeof(uint64_t));
-
-  const Provenance& p = m.provenance;
-  w.string(p.source);
-  w.string(p.source_detail);
-  w.string(p.source_file);
-  w.string(p.converter_version);
-  w.pod<uint8_t>(p.rating_threshold ? 1 : 0);
-  if (p.rating_threshold) w.pod<double>(*p.rating_threshold);
+  const uint64_t sum = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  if (sum != e.sum)
+    r.fail(field + ": checksum " + std::to_string(sum) + ", expected " + std::to_string(e.sum) +
+           " (the file is damaged)");
 }
 
-// Reads the framing and checks everything needed to allocate safely (spec, tensor names and
-// shapes, lengths); validate_model_file does the remaining semantic checks afterwards.
-void read_model(Reader& r, ModelFile& m) {
-  char magic[sizeof kMagic];
-  if (r.remaining() < sizeof magic)
-    r.fail("not a .seqrec file (" + std::to_string(r.remaining()) + " bytes, shorter than the magic)");
-  r.bytes(magic, sizeof magic, "magic");
-  if (std::memcmp(magic, kMagic, sizeof magic) != 0)
-    r.fail("not a .seqrec file (magic " + single_quoted(std::string_view(magic, sizeof magic)) +
-           ", expected 'SEQREC\\x00\\x01')");
-  const auto version = r.pod<uint32_t>("format version");
-  if (version > kSeqrecFormatVersion)
-    r.fail("format version " + std::to_string(version) + ": written by a newer seqrec (this build reads version " +
-           std::to_string(kSeqrecFormatVersion) + ")");
-  if (version != kSeqrecFormatVersion)
-    r.fail("format version " + std::to_string(version) + ", expected " + std::to_string(kSeqrecFormatVersion));
+void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, ModelFile& m) {
+  const uint8_t* base = file->bytes.data();
+  const uint64_t size = file->bytes.size();
+  Reader prefix(base, size, 0, path);
+  prefix.take(sizeof kMagic, "magic");
+  prefix.pod<uint32_t>("format version");
+  if (const auto reserved = prefix.pod<uint32_t>("reserved"); reserved != 0)
+    prefix.fail("reserved field: " + std::to_string(reserved) + ", expected 0");
+  const auto header_size = prefix.pod<uint64_t>("header length");
+  const auto header_sum = prefix.pod<uint64_t>("header checksum");
+  if (header_size > size - kPrefixBytes)
+    prefix.fail("header length " + std::to_string(header_size) + " runs past the end of the file (" +
+                std::to_string(size) + " bytes)");
+  const uint8_t* header = base + kPrefixBytes;
+  if (checksum(header, header_size) != header_sum) prefix.fail("header: checksum mismatch (the file is damaged)");
+  Reader r(header, header_size, kPrefixBytes, path);
+  const uint64_t data_start = align_up(kPrefixBytes + header_size);
 
-  visit_spec(m.spec, SpecReader{r});
-  try {
-    m.spec.validate();  // bounds the sizes every tensor shape below is derived from
-  } catch (const Error& e) {
-    r.fail(e.what());
+  SpecFields fields(r.count("spec field count", 16));
+  for (auto& [name, value] : fields) {
+    name = r.string("spec field name");
+    value = r.string("spec field '" + escaped(name) + "'");
   }
+  m.spec = parse_spec_fields(fields, path + ": spec");  // validates: bounds every shape below
 
   std::unordered_map<std::string, const TensorDecl*> declared;
   const auto decls = required_tensors(m.spec);
   for (const auto& decl : decls) declared.emplace(decl.name, &decl);
-  // Each record must be a declared, not yet seen name, so at most decls.size() + 1 are read.
-  const uint64_t n_tensors = r.count("tensor count", kMinTensorRecordBytes);
+  uint64_t end = data_start;
+  const uint64_t n_tensors = r.count("tensor count", 8 + 8 + 3 + 4 + 24);
   for (uint64_t i = 0; i < n_tensors; ++i) {
     const std::string name = r.string("tensor name");
     const std::string field = tensor_field(name);
     const auto it = declared.find(name);
     if (it == declared.end()) r.fail(field + ": unexpected (not required by the spec)");
     if (m.tensors.count(name)) r.fail(field + ": appears twice");
-    const TensorDecl& decl = *it->second;
-
     const std::string dtype = r.string(field + " dtype");
     if (dtype != kDtypeF32) r.fail(field + ": dtype " + single_quoted(dtype) + ", expected 'f32'");
     const auto rank = r.pod<uint32_t>(field + " rank");
-    if (rank > kMaxRank)
-      r.fail(field + ": rank " + std::to_string(rank) + ", expected " + std::to_string(decl.shape.size()));
+    if (rank > kMaxRank) r.fail(field + ": rank " + std::to_string(rank) + ", expected " + std::to_string(it->second->shape.size()));
     std::vector<int64_t> shape(rank);
     for (auto& dim : shape) dim = r.pod<int64_t>(field + " shape");
-    if (shape != decl.shape)
-      r.fail(field + ": shape " + shape_string(shape) + ", expected " + shape_string(decl.shape));
-    const auto n_bytes = r.pod<uint64_t>(field + " byte length");
+    if (shape != it->second->shape)
+      r.fail(field + ": shape " + shape_string(shape) + ", expected " + shape_string(it->second->shape));
+    Placed e;
+    e.offset = r.pod<uint64_t>(field + " offset");
+    e.bytes = r.pod<uint64_t>(field + " byte length");
+    e.sum = r.pod<uint64_t>(field + " checksum");
     const uint64_t expected_bytes = Tensor::count(shape) * sizeof(float);
-    if (n_bytes != expected_bytes)
-      r.fail(field + ": byte length " + std::to_string(n_bytes) + ", expected " + std::to_string(expected_bytes));
-    r.need(n_bytes, field + " data");
-    Tensor t(shape);
-    r.bytes(t.ptr(), n_bytes, field + " data");
-    m.tensors.emplace(name, std::move(t));
+    if (e.bytes != expected_bytes)
+      r.fail(field + ": byte length " + std::to_string(e.bytes) + ", expected " + std::to_string(expected_bytes));
+    check_placement(r, field, e, data_start, end, size);
+    verify(r, field, base + e.offset, e, true);
+    m.tensors.emplace(name, Tensor::view_of(shape, reinterpret_cast<const float*>(base + e.offset), file));
   }
   for (const auto& decl : decls)
     if (!m.tensors.count(decl.name)) r.fail(missing_tensor_error(decl.name));
 
-  // n_items is vouched for by the item table just read, so it bounds the allocations.
+  bool has_catalog = false;
+  const uint64_t n_sections = r.count("section count", 8 + 24);
+  for (uint64_t i = 0; i < n_sections; ++i) {
+    const std::string name = r.string("section name");
+    const std::string field = "section " + single_quoted(name);
+    Placed e;
+    e.offset = r.pod<uint64_t>(field + " offset");
+    e.bytes = r.pod<uint64_t>(field + " byte length");
+    e.sum = r.pod<uint64_t>(field + " checksum");
+    check_placement(r, field, e, data_start, end, size);
+    verify(r, field, base + e.offset, e, false);
+    const uint8_t* data = base + e.offset;
+    const auto n_items = static_cast<uint64_t>(m.spec.n_items);
+    if (name == "catalog") {
+      if (has_catalog) r.fail(field + ": appears twice");
+      has_catalog = true;
+      Reader c(data, e.bytes, e.offset, path);
+      const uint64_t n = c.count("catalog count", 8);
+      if (n != n_items) c.fail(catalog_size_error(n, m.spec.n_items));
+      c.need(8 * (n + 1), "catalog offsets");
+      const uint8_t* offsets = c.take(8 * (n + 1), "catalog offsets");
+      const uint64_t text_bytes = c.remaining();
+      const uint8_t* text = c.take(text_bytes, "catalog ids");
+      m.catalog.resize(static_cast<size_t>(n));
+      uint64_t previous = 0;
+      for (uint64_t k = 0; k <= n; ++k) {
+        uint64_t at;
+        std::memcpy(&at, offsets + 8 * k, 8);
+        if (at < previous || at > text_bytes || (k == n && at != text_bytes) || (k == 0 && at != 0))
+          c.fail("catalog offsets: entry " + std::to_string(k) + " = " + std::to_string(at) +
+                 ", expected non-decreasing from 0 to " + std::to_string(text_bytes));
+        if (k > 0) m.catalog[k - 1].assign(reinterpret_cast<const char*>(text) + previous, at - previous);
+        previous = at;
+      }
+    } else if (name == "popularity") {
+      if (!m.popularity.empty()) r.fail(field + ": appears twice");
+      if (e.bytes != n_items * sizeof(uint64_t)) r.fail(popularity_size_error(e.bytes / sizeof(uint64_t), m.spec.n_items));
+      m.popularity.resize(static_cast<size_t>(n_items));
+      std::memcpy(m.popularity.data(), data, e.bytes);
+    } else {
+      r.fail(field + ": unknown section (written by a newer seqrec?)");
+    }
+  }
+  if (!has_catalog) r.fail("section 'catalog': missing");
+  read_provenance(r, m.provenance);
+  if (r.remaining() != 0)
+    r.fail("header: " + std::to_string(r.remaining()) + " trailing bytes after the provenance, expected none");
+  if (size != end)
+    prefix.fail("trailing bytes: the file is " + std::to_string(size) + " bytes, its last section ends at " +
+                std::to_string(end));
+}
+
+// ---- version 1 (seqrec 0.1), read for compatibility -----------------------------------------
+//
+//   magic | version (u32) = 1 | spec: block, attention (str) | mask_padded_keys,
+//   zero_padded_rows, embed_scale, embed_norm (u8) | positions, padding, activation (str) |
+//   final_norm (u8) | readout (str) | head, output_bias (u8) | ln_eps (f32) | score (str) |
+//   max_len, d, heads, ffn_dim, n_layers, n_items (i64) | tensors: u64 count, per tensor name,
+//   dtype, rank, shape, byte length, data | catalog: u64 count, one str each | popularity: u64
+//   count, u64 each | provenance | end.
+
+void read_v1(const uint8_t* base, uint64_t size, const std::string& path, ModelFile& m) {
+  Reader r(base, size, 0, path);
+  r.take(sizeof kMagic + sizeof(uint32_t), "magic");
+  SpecFields fields;
+  auto text = [&](const char* name) { fields.emplace_back(name, escaped(r.string(std::string("spec.") + name))); };
+  auto flag = [&](const char* name) { fields.emplace_back(name, r.flag(std::string("spec.") + name) ? "true" : "false"); };
+  auto integer = [&](const char* name) {
+    fields.emplace_back(name, std::to_string(r.pod<int64_t>(std::string("spec.") + name)));
+  };
+  text("block");
+  text("attention");
+  flag("mask_padded_keys");
+  flag("zero_padded_rows");
+  flag("embed_scale");
+  flag("embed_norm");
+  text("positions");
+  text("padding");
+  text("activation");
+  flag("final_norm");
+  text("readout");
+  flag("head");
+  flag("output_bias");
+  {
+    char eps[32];
+    std::snprintf(eps, sizeof eps, "%.9g", static_cast<double>(r.pod<float>("spec.ln_eps")));
+    fields.emplace_back("ln_eps", eps);
+  }
+  text("score");
+  integer("max_len");
+  integer("d");
+  integer("heads");
+  integer("ffn_dim");
+  integer("n_layers");
+  integer("n_items");
+  // The version 1 spec had one block family: it is the transformer kind's fields.
+  const std::string block = fields[0].second;
+  if (block != "pre_ln" && block != "post_ln" && block != "sasrec_original")
+    r.fail("spec.block: unknown value " + single_quoted(block) + " (expected pre_ln|post_ln|sasrec_original)");
+  m.spec = parse_spec_fields(fields, path + ": spec");
+
+  std::unordered_map<std::string, const TensorDecl*> declared;
+  const auto decls = required_tensors(m.spec);
+  for (const auto& decl : decls) declared.emplace(decl.name, &decl);
+  const uint64_t n_tensors = r.count("tensor count", 8 + 8 + 3 + 4 + 8);
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    const std::string name = r.string("tensor name");
+    const std::string field = tensor_field(name);
+    const auto it = declared.find(name);
+    if (it == declared.end()) r.fail(field + ": unexpected (not required by the spec)");
+    if (m.tensors.count(name)) r.fail(field + ": appears twice");
+    const std::string dtype = r.string(field + " dtype");
+    if (dtype != kDtypeF32) r.fail(field + ": dtype " + single_quoted(dtype) + ", expected 'f32'");
+    const auto rank = r.pod<uint32_t>(field + " rank");
+    if (rank > kMaxRank) r.fail(field + ": rank " + std::to_string(rank) + ", expected " + std::to_string(it->second->shape.size()));
+    std::vector<int64_t> shape(rank);
+    for (auto& dim : shape) dim = r.pod<int64_t>(field + " shape");
+    if (shape != it->second->shape)
+      r.fail(field + ": shape " + shape_string(shape) + ", expected " + shape_string(it->second->shape));
+    const auto n_bytes = r.pod<uint64_t>(field + " byte length");
+    const uint64_t expected_bytes = Tensor::count(shape) * sizeof(float);
+    if (n_bytes != expected_bytes)
+      r.fail(field + ": byte length " + std::to_string(n_bytes) + ", expected " + std::to_string(expected_bytes));
+    const uint8_t* data = r.take(n_bytes, field + " data");
+    Tensor t(shape);
+    std::memcpy(t.ptr(), data, n_bytes);  // unaligned in the file: copied
+    const int64_t bad = first_non_finite(t.ptr(), t.numel());
+    if (bad >= 0) r.fail(non_finite_error(field, bad, t.ptr()[bad]));
+    m.tensors.emplace(name, std::move(t));
+  }
+  for (const auto& decl : decls)
+    if (!m.tensors.count(decl.name)) r.fail(missing_tensor_error(decl.name));
   const auto n_items = static_cast<uint64_t>(m.spec.n_items);
   const uint64_t n_ids = r.count("catalog count", sizeof(uint64_t));
   if (n_ids != n_items) r.fail(catalog_size_error(n_ids, m.spec.n_items));
@@ -298,54 +536,14 @@ void read_model(Reader& r, ModelFile& m) {
   const uint64_t n_counts = r.count("popularity count", sizeof(uint64_t));
   if (n_counts != 0 && n_counts != n_items) r.fail(popularity_size_error(n_counts, m.spec.n_items));
   m.popularity.resize(n_counts);
-  r.bytes(m.popularity.data(), n_counts * sizeof(uint64_t), "popularity");
-
-  Provenance& p = m.provenance;
-  p.source = r.string("provenance.source");
-  p.source_detail = r.string("provenance.source_detail");
-  p.source_file = r.string("provenance.source_file");
-  p.converter_version = r.string("provenance.converter_version");
-  if (r.flag("provenance.rating_threshold present")) p.rating_threshold = r.pod<double>("provenance.rating_threshold");
-
+  if (n_counts) std::memcpy(m.popularity.data(), r.take(n_counts * sizeof(uint64_t), "popularity"), n_counts * 8);
+  read_provenance(r, m.provenance);
   if (r.remaining() != 0)
     r.fail("trailing bytes: " + std::to_string(r.remaining()) + " after the provenance, expected end of file");
 }
 
-}  // namespace
-
-void validate_model_file(const ModelFile& m, const std::string& what) {
-  auto fail = [&](const std::string& message) { throw Error(what + ": " + message); };
-  try {
-    m.spec.validate();
-  } catch (const Error& e) {
-    fail(e.what());
-  }
-
-  const auto decls = required_tensors(m.spec);
-  for (const auto& decl : decls) {
-    const std::string field = tensor_field(decl.name);
-    const auto it = m.tensors.find(decl.name);
-    if (it == m.tensors.end()) fail(missing_tensor_error(decl.name));
-    const Tensor& t = it->second;
-    if (t.shape != decl.shape)
-      fail(field + ": shape " + shape_string(t.shape) + ", expected " + shape_string(decl.shape));
-    if (t.numel() != Tensor::count(t.shape))
-      fail(field + ": holds " + std::to_string(t.numel()) + " values, shape " + shape_string(t.shape) + " needs " +
-           std::to_string(Tensor::count(t.shape)));
-    const float* v = t.ptr();
-    for (std::size_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(v[i]))
-        fail(field + ": value at flat index " + std::to_string(i) + " is " +
-             (std::isnan(v[i]) ? "nan" : v[i] > 0 ? "inf" : "-inf") + ", expected a finite number");
-  }
-  if (m.tensors.size() != decls.size()) {
-    for (const auto& [name, t] : m.tensors) {
-      bool known = false;
-      for (const auto& decl : decls) known = known || decl.name == name;
-      if (!known) fail(tensor_field(name) + ": unexpected (not required by the spec)");
-    }
-  }
-
+// What validate_model_file checks beyond the framing the readers check.
+void validate_catalog(const ModelFile& m, const std::function<void(const std::string&)>& fail) {
   const auto n_items = static_cast<uint64_t>(m.spec.n_items);
   if (m.catalog.size() != n_items) fail(catalog_size_error(m.catalog.size(), m.spec.n_items));
   std::unordered_map<std::string_view, std::size_t> row_of;
@@ -363,6 +561,39 @@ void validate_model_file(const ModelFile& m, const std::string& what) {
   if (m.provenance.rating_threshold && !std::isfinite(*m.provenance.rating_threshold))
     fail("provenance.rating_threshold: " + std::to_string(*m.provenance.rating_threshold) +
          ", expected a finite number");
+}
+
+}  // namespace
+
+void validate_model_file(const ModelFile& m, const std::string& what) {
+  auto fail = [&](const std::string& message) { throw Error(what + ": " + message); };
+  try {
+    m.spec.validate();
+  } catch (const Error& e) {
+    fail(e.what());
+  }
+  const auto decls = required_tensors(m.spec);
+  for (const auto& decl : decls) {
+    const std::string field = tensor_field(decl.name);
+    const auto it = m.tensors.find(decl.name);
+    if (it == m.tensors.end()) fail(missing_tensor_error(decl.name));
+    const Tensor& t = it->second;
+    if (t.shape != decl.shape)
+      fail(field + ": shape " + shape_string(t.shape) + ", expected " + shape_string(decl.shape));
+    if (!t.view && t.data.size() != Tensor::count(t.shape))
+      fail(field + ": holds " + std::to_string(t.data.size()) + " values, shape " + shape_string(t.shape) + " needs " +
+           std::to_string(Tensor::count(t.shape)));
+    const int64_t bad = first_non_finite(t.ptr(), t.numel());
+    if (bad >= 0) fail(non_finite_error(field, bad, t.ptr()[bad]));
+  }
+  if (m.tensors.size() != decls.size()) {
+    for (const auto& [name, t] : m.tensors) {
+      bool known = false;
+      for (const auto& decl : decls) known = known || decl.name == name;
+      if (!known) fail(tensor_field(name) + ": unexpected (not required by the spec)");
+    }
+  }
+  validate_catalog(m, fail);
 }
 
 void save_model_file(const ModelFile& model, const std::string& path) {
@@ -400,24 +631,50 @@ void save_model_file(const ModelFile& model, const std::string& path) {
 }
 
 ModelFile load_model_file(const std::string& path) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (status.type() == std::filesystem::file_type::not_found) throw Error(path + ": cannot open: no such file");
-  if (ec) throw Error(path + ": cannot open: " + ec.message());
-  if (!std::filesystem::is_regular_file(status)) throw Error(path + ": cannot open: not a regular file");
-  const uint64_t size = std::filesystem::file_size(path, ec);
-  if (ec) throw Error(path + ": cannot open: " + ec.message());
-  std::ifstream is(path, std::ios::binary);
-  if (!is) throw Error(path + ": cannot open: " + std::strerror(errno));
-
-  ModelFile model;
-  Reader reader(is, size, path);
-  try {
-    read_model(reader, model);
-  } catch (const cereal::Exception& e) {  // the file shrank while being read
-    throw Error(path + ": read failed: " + e.what());
+  // The whole file, read once: a model file replaced in place under a running server cannot
+  // pull memory from under it (as a mapping would, with SIGBUS), and nothing is parsed twice.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    throw Error(path + ": cannot open: " + (err == ENOENT ? std::string("no such file") : std::strerror(err)));
   }
-  validate_model_file(model, path);
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw Error(path + ": cannot open: not a regular file");
+  auto file = std::make_shared<FileBytes>();
+  file->bytes.resize(static_cast<size_t>(st.st_size));
+  for (uint64_t done = 0; done < file->bytes.size();) {
+    const ssize_t n = ::read(fd, file->bytes.data() + done, file->bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error(path + ": read failed: " + std::strerror(errno));
+    if (n == 0) throw Error(path + ": read failed: the file shrank while being read");
+    done += static_cast<uint64_t>(n);
+  }
+  const uint8_t* base = file->bytes.data();
+  const uint64_t size = file->bytes.size();
+  if (size < sizeof kMagic + sizeof(uint32_t))
+    throw Error(path + ": not a .seqrec file (" + std::to_string(size) + " bytes, shorter than the magic)");
+  if (std::memcmp(base, kMagic, sizeof kMagic) != 0)
+    throw Error(path + ": not a .seqrec file (the first bytes are not the .seqrec magic)");
+  uint32_t version;
+  std::memcpy(&version, base + sizeof kMagic, sizeof version);
+  ModelFile model;
+  model.format_version = version;
+  if (version == 1)
+    read_v1(base, size, path, model);
+  else if (version == kSeqrecFormatVersion)
+    read_v2(file, path, model);
+  else if (version > kSeqrecFormatVersion)
+    throw Error(path + ": format version " + std::to_string(version) +
+                ": written by a newer seqrec (this build reads versions 1 and 2)");
+  else
+    throw Error(path + ": format version " + std::to_string(version) + ", expected 1 or 2");
+  auto fail = [&](const std::string& message) { throw Error(path + ": " + message); };
+  validate_catalog(model, fail);
   return model;
 }
 

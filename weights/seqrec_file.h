@@ -1,27 +1,30 @@
-// The .seqrec model file: a versioned cereal binary archive (little-endian).
+// The .seqrec model file (docs/models.md "The .seqrec file").
 //
-//   magic "SEQREC\0\1" (8 bytes) | format version (u32) | spec | tensors | catalog |
-//   popularity | provenance
+// Version 2 (written by this version), little-endian:
 //
-// str = u64 byte length + bytes; bool = u8 (0/1). In file order:
-//   spec        block, attention (str) | mask_padded_keys, zero_padded_rows, embed_scale,
-//               embed_norm (bool) | positions, padding, activation (str) | final_norm (bool) |
-//               readout (str) | head, output_bias (bool) | ln_eps (f32) | score (str) |
-//               max_len, d, heads, ffn_dim, n_layers, n_items (i64)
-//               Enums are their to_string() names, so reordering an enum keeps old files valid.
-//   tensors     u64 count, then per tensor: name (str), dtype (str, "f32"), rank (u32),
-//               shape (rank x i64), byte length (u64, = numel * 4), raw f32 data.
-//               Written in required_tensors() order; read in any order.
-//   catalog     u64 count, then one str per row
-//   popularity  u64 count (0 or n_items), then count x u64
-//   provenance  source, source_detail, source_file, converter_version (str) |
-//               has rating_threshold (bool) [| rating_threshold (f64)]
-//   then end of file: trailing bytes are an error.
+//   [0, 8)    magic "SEQREC\0\1"
+//   [8, 12)   format version (u32) = 2
+//   [12, 16)  reserved (u32) = 0
+//   [16, 24)  header length H (u64)
+//   [24, 32)  XXH3-64 of the header
+//   [32, 32 + H)  header, a cereal binary archive:
+//       spec         u64 count, then per field: name (str), value (str)  (engine/model_spec.h spec_fields)
+//       tensors      u64 count, then per tensor: name (str), dtype (str "f32"), rank (u32),
+//                    shape (rank x i64), offset (u64), byte length (u64), XXH3-64 (u64)
+//       sections     u64 count, then per section: name (str), offset (u64), byte length (u64), XXH3-64 (u64)
+//                      "catalog"     u64 n, u64 offsets[n + 1] (into the bytes that follow), the ids' bytes
+//                      "popularity"  u64 counts[n_items]  (absent: no counts)
+//       provenance   source, source_detail, source_file, converter_version (str) |
+//                    has rating_threshold (u8) [| rating_threshold (f64)]
+//   data: every tensor and section at a 64-byte aligned offset after the header, in header
+//   order, back to back (zero padding between); the file ends where the last one ends.
+//   str = u64 byte length + bytes.
 //
-// Tensors are fp32, named by the canonical /-scoped names of engine/model_spec.h
-// (required_tensors). The loader checks every count, length, shape and value (finite)
-// before it allocates or accepts, and throws seqrec::Error naming the file and the field,
-// with expected vs. found.
+// The loader reads the file once into 64-byte aligned memory and the tensors are views of it:
+// no per-tensor copies. It checks every count, length, offset and shape against the file's
+// size before it allocates or reads, every checksum, and that every value is finite (in the
+// same pass as the checksum), and names the field at fault with expected vs. found.
+// Version 1 files (seqrec 0.1: the spec as fixed fields, tensors inline) still load.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +38,11 @@
 
 namespace seqrec {
 
-inline constexpr uint32_t kSeqrecFormatVersion = 1;
+inline constexpr uint32_t kSeqrecFormatVersion = 2;
 
 // Where the model came from and how it is served by default.
 struct Provenance {
-  std::string source;             // "pmixer", "recbole", "safetensors"
+  std::string source;             // "pmixer", "recbole", "tisasrec", "gsasrec", "hstu", "safetensors"
   std::string source_detail;      // e.g. "variant=post_ln", "RecBole 1.2 BERT4Rec"
   std::string source_file;        // checkpoint file name as given to convert
   std::string converter_version;  // seqrec version that wrote the file
@@ -52,6 +55,7 @@ struct ModelFile {
   std::vector<std::string> catalog;       // raw item id per row; row 0 = padding (its text is ignored)
   std::vector<uint64_t> popularity;       // empty, or one count per row (training interactions)
   Provenance provenance;
+  uint32_t format_version = kSeqrecFormatVersion;  // as read (1: an old file; re-convert it)
 };
 
 // Checks the whole ModelFile as the loader would (spec, tensor set and shapes, finite

@@ -87,7 +87,7 @@ void expect_only_answers_allocated(const Recommender& rec, const std::vector<Req
 TEST(RequestPath, APreScannedBatchAllocatesOnlyItsAnswers) {
   const ModelSpec spec = testing::small_spec(3000, 50, 64, 2);  // past the pre-scan threshold
   const Recommender rec(spec, testing::random_weights(spec), testing::offset_ids(spec.n_items), {}, std::nullopt);
-  ASSERT_TRUE(rec.model().has_pre_scan());
+  ASSERT_TRUE(rec.model().scorer().has_pre_scan());
   expect_only_answers_allocated(rec, traffic(spec.n_items, 3));
 }
 
@@ -95,9 +95,9 @@ TEST(RequestPath, APreScannedBatchAllocatesOnlyItsAnswers) {
 TEST(RequestPath, AFullyScoredBatchAllocatesOnlyItsAnswers) {
   for (ScoreKind score : {ScoreKind::raw, ScoreKind::softmax}) {
     ModelSpec spec = testing::small_spec(400, 50, 32, 2);  // below the pre-scan threshold
-    spec.score = score;
+    spec.scorer.score = score;
     const Recommender rec(spec, testing::random_weights(spec), testing::offset_ids(spec.n_items), {}, std::nullopt);
-    ASSERT_FALSE(rec.model().has_pre_scan());
+    ASSERT_FALSE(rec.model().scorer().has_pre_scan());
     expect_only_answers_allocated(rec, traffic(spec.n_items, 5));
   }
 }

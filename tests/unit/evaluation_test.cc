@@ -139,7 +139,9 @@ TEST(EvaluationSplit, OrderIsPrepareRequestsOrder) {
       const int32_t row = catalog.row(it.item_id);
       user.interactions.push_back({row > 0 ? row : -1, !it.rating || *it.rating >= 2.5, it.timestamp});
     }
-    const PreparedRequest prepared = prepare_request(request, catalog, 2.5, 1000);
+    PrepareRules rules;
+    rules.rating_threshold = 2.5;
+    const PreparedRequest prepared = prepare_request(request, catalog, rules);
     EXPECT_EQ(ordered_positives(user), prepared.sequence) << trial;
   }
 }
@@ -199,7 +201,8 @@ TEST_F(EvaluateTest, MatchesBruteForce) {
         const int32_t target = positives[at];
         std::vector<int32_t> input(positives.begin(), positives.begin() + static_cast<std::ptrdiff_t>(at));
         std::vector<float> scores(kItems);
-        model_.logits(std::vector<std::vector<int32_t>>{input}, ws, scores.data());
+        const SequenceInput sequence{input, {}, 0};
+        model_.logits({&sequence, 1}, ws, scores.data());
         std::set<int32_t> interacted;
         for (const EvalInteraction& it : users_[u].interactions)
           if (it.row > 0) interacted.insert(it.row);

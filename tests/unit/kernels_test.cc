@@ -14,6 +14,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layer_norm.h"
 #include "kernels/panel_gemm.h"
+#include "kernels/relative_attention.h"
 #include "kernels/topk.h"
 #include "test_models.h"
 
@@ -268,6 +269,88 @@ TEST(PanelGemm, ARowDoesNotDependOnItsBatchMates) {
   for (int64_t r = 0; r < 11; ++r) {
     panel_gemm(panels, x.data() + r * in, in, 1, Epilogue::gelu_erf, one.data());
     ASSERT_TRUE(std::equal(one.begin(), one.end(), all.begin() + r * out)) << "row " << r;
+  }
+}
+
+// ---- relative attentions -------------------------------------------------------------------
+
+// TiSASRec-style: keys and values get a table row picked per (query, key) pair.
+TEST(RelationAttention, MatchesTheReference) {
+  unsigned seed = 300;
+  for (int64_t d_h : {3, 16, 25, 50}) {
+    for (int64_t n_kv : {1, 7, 40}) {
+      const int64_t n_rel = 9, first_visible = n_kv / 3, n_q = n_kv - first_visible;
+      auto q = noise(n_q * d_h, seed++), k = noise(n_kv * d_h, seed++), v = noise(n_kv * d_h, seed++);
+      auto rk = noise(n_rel * d_h, seed++), rv = noise(n_rel * d_h, seed++);
+      std::vector<int32_t> rel(static_cast<size_t>(n_q * n_kv));
+      std::mt19937 rng(seed++);
+      for (auto& r : rel) r = static_cast<int32_t>(rng() % n_rel);
+      std::vector<float> out(n_q * d_h), scratch(relation_attention_scratch_floats(n_kv, n_rel));
+      const float scale = 1.0f / std::sqrt(float(d_h));
+      relation_attention_head(q.data(), d_h, n_q, k.data(), v.data(), d_h, n_kv, d_h, rk.data(), rv.data(), d_h, n_rel,
+                              rel.data(), n_kv, first_visible, scale, out.data(), d_h, scratch.data());
+      double max_err = 0;
+      for (int64_t i = 0; i < n_q; ++i) {
+        const int64_t visible = std::min(n_kv, first_visible + i + 1);
+        std::vector<double> s(visible);
+        double max_s = -1e300, sum = 0;
+        for (int64_t j = 0; j < visible; ++j) {
+          const int32_t r = rel[i * n_kv + j];
+          double dot = 0;
+          for (int64_t c = 0; c < d_h; ++c) dot += double(q[i * d_h + c]) * (double(k[j * d_h + c]) + rk[r * d_h + c]);
+          s[j] = dot * scale;
+          max_s = std::max(max_s, s[j]);
+        }
+        for (auto& x : s) sum += x = std::exp(x - max_s);
+        for (int64_t c = 0; c < d_h; ++c) {
+          double want = 0;
+          for (int64_t j = 0; j < visible; ++j)
+            want += s[j] / sum * (double(v[j * d_h + c]) + rv[rel[i * n_kv + j] * d_h + c]);
+          max_err = std::max(max_err, std::abs(want - out[i * d_h + c]));
+        }
+      }
+      ASSERT_LT(max_err, 2e-5) << "d_h " << d_h << " n_kv " << n_kv;
+    }
+  }
+}
+
+// HSTU-style: silu(q·k + bias) / divisor, causal, no softmax.
+TEST(SiluAttention, MatchesTheReference) {
+  unsigned seed = 400;
+  for (int64_t d_qk : {3, 25, 32}) {
+    for (int64_t d_v : {5, 25}) {
+      for (int64_t n : {1, 9, 33}) {
+        const int64_t first_visible = n / 2, n_q = n - first_visible;
+        auto q = noise(n_q * d_qk, seed++), k = noise(n * d_qk, seed++), v = noise(n * d_v, seed++);
+        auto bias = noise(n_q * n, seed++, 0.5f);
+        std::vector<float> out(n_q * d_v), scratch(n + 16);
+        const float divisor = 211.0f;
+        silu_attention_head(q.data(), d_qk, n_q, k.data(), d_qk, v.data(), d_v, n, d_qk, d_v, bias.data(), n,
+                            first_visible, divisor, out.data(), d_v, scratch.data());
+        double max_err = 0;
+        for (int64_t i = 0; i < n_q; ++i)
+          for (int64_t c = 0; c < d_v; ++c) {
+            double want = 0;
+            for (int64_t j = 0; j <= first_visible + i; ++j) {
+              double x = bias[i * n + j];
+              for (int64_t t = 0; t < d_qk; ++t) x += double(q[i * d_qk + t]) * k[j * d_qk + t];
+              want += x / (1 + std::exp(-x)) / divisor * v[j * d_v + c];
+            }
+            max_err = std::max(max_err, std::abs(want - out[i * d_v + c]));
+          }
+        ASSERT_LT(max_err, 1e-6) << d_qk << " " << d_v << " " << n;
+      }
+    }
+  }
+}
+
+TEST(LayerNorm, NullParametersMeanNoAffine) {
+  auto x = noise(3 * 70, 500);
+  for (int64_t dim : {8, 50, 70}) {
+    std::vector<float> with(3 * dim), without(3 * dim), ones(dim, 1.0f), zeros(dim, 0.0f);
+    layer_norm(x.data(), dim, 3, dim, ones.data(), zeros.data(), 1e-6f, with.data(), dim);
+    layer_norm(x.data(), dim, 3, dim, nullptr, nullptr, 1e-6f, without.data(), dim);
+    EXPECT_EQ(with, without) << dim;
   }
 }
 

@@ -400,17 +400,17 @@ using testing::offset_ids;
 // BERT4Rec (RecBole >= 1.2): bidirectional, [MASK] read-out, head and per-item output bias.
 ModelSpec bert4rec_spec(int64_t n_items, int64_t d) {
   ModelSpec s = testing::small_spec(n_items, 8, d, 2);
-  s.attention = AttentionKind::bidirectional;
-  s.mask_padded_keys = true;
-  s.padding = Padding::right;
-  s.positions = Positions::slot_index;
-  s.readout = Readout::mask_token_drop_first;
-  s.activation = Activation::gelu;
-  s.embed_scale = false;
-  s.embed_norm = true;
-  s.final_norm = false;
-  s.head = true;
-  s.output_bias = true;
+  s.blocks.attention = AttentionKind::bidirectional;
+  s.blocks.mask_padded_keys = true;
+  s.input.padding = Padding::right;
+  s.input.positions = Positions::slot_index;
+  s.readout.slot = Readout::mask_token_drop_first;
+  s.blocks.activation = Activation::gelu;
+  s.input.embed_scale = false;
+  s.input.embed_norm = true;
+  s.readout.final_norm = false;
+  s.readout.head = true;
+  s.scorer.output_bias = true;
   return s;
 }
 
@@ -475,9 +475,10 @@ void expect_same_answers(const Response& got, const Response& want, double toler
 // difference of large terms.) Sigmoid's slope is at most 1/4, so this covers it too.
 double rounding_tolerance(const Recommender& rec, const WeightMap& weights, const Request& r) {
   const ModelSpec& spec = rec.model().spec();
-  const PreparedRequest prepared = prepare_request(r, rec.catalog(), std::nullopt, spec.max_len);
+  const PreparedRequest prepared = testing::prepared_for(rec, r);
   Workspace ws;
-  const float* h = rec.model().hidden(std::vector<std::vector<int32_t>>{prepared.sequence}, ws);
+  const SequenceInput input = testing::input_of(prepared);
+  const float* h = rec.model().encode({&input, 1}, ws);
   double h_norm = 0, max_w_norm = 0, max_bias = 0;
   for (int64_t j = 0; j < spec.d; ++j) h_norm += double(h[j]) * h[j];
   const float* table = weights.at("embedding/item/weight").ptr();
@@ -486,9 +487,9 @@ double rounding_tolerance(const Recommender& rec, const WeightMap& weights, cons
     for (int64_t j = 0; j < spec.d; ++j) w_norm += double(table[i * spec.d + j]) * table[i * spec.d + j];
     max_w_norm = std::max(max_w_norm, w_norm);
   }
-  if (spec.output_bias)
+  if (spec.scorer.output_bias)
     for (int64_t i = 0; i < spec.n_items; ++i)
-      max_bias = std::max(max_bias, std::abs(double(weights.at("output/bias").data[i])));
+      max_bias = std::max(max_bias, std::abs(double(weights.at("output/bias").ptr()[i])));
   return 2.0 * (spec.d + 2) * 0x1p-24 * (std::sqrt(h_norm) * std::sqrt(max_w_norm) + max_bias);
 }
 
@@ -496,8 +497,8 @@ void expect_pre_scan_answers_as_full_scan(const ModelSpec& spec, const std::stri
   const WeightMap weights = testing::random_weights(spec);
   const Recommender full(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::never);
   const Recommender scan(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::always);
-  ASSERT_FALSE(full.model().has_pre_scan());
-  ASSERT_TRUE(scan.model().has_pre_scan());
+  ASSERT_FALSE(full.model().scorer().has_pre_scan());
+  ASSERT_TRUE(scan.model().scorer().has_pre_scan());
   const std::vector<Request> requests = request_mix(spec.n_items, 11);
   // The same requests in one large batch (one pre-scan for all).
   std::vector<Request> large_batch;
@@ -521,7 +522,7 @@ void expect_pre_scan_answers_as_full_scan(const ModelSpec& spec, const std::stri
 TEST(PreScanRecommender, SasrecAnswersAsTheFullScan) {
   ModelSpec spec = testing::small_spec(3000, 10, 64, 2);
   expect_pre_scan_answers_as_full_scan(spec, "raw");
-  spec.score = ScoreKind::sigmoid;
+  spec.scorer.score = ScoreKind::sigmoid;
   expect_pre_scan_answers_as_full_scan(spec, "sigmoid");
   spec = testing::small_spec(2000, 10, 50, 2);  // d not a multiple of 4 or 16
   expect_pre_scan_answers_as_full_scan(spec, "d 50");
@@ -530,7 +531,7 @@ TEST(PreScanRecommender, SasrecAnswersAsTheFullScan) {
 TEST(PreScanRecommender, Bert4recWithItsOutputBiasAnswersAsTheFullScan) {
   ModelSpec spec = bert4rec_spec(3000, 64);
   expect_pre_scan_answers_as_full_scan(spec, "bert4rec raw");
-  spec.score = ScoreKind::sigmoid;
+  spec.scorer.score = ScoreKind::sigmoid;
   expect_pre_scan_answers_as_full_scan(spec, "bert4rec sigmoid");
 }
 
@@ -541,7 +542,7 @@ TEST(PreScanRecommender, HiddenStatesBeyondTheBoundsFallBackToTheFullScan) {
   for (float& gain : weights.at("encoder/final_norm/weight").data) gain *= 1e20f;
   const Recommender full(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::never);
   const Recommender scan(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::always);
-  ASSERT_TRUE(scan.model().has_pre_scan());
+  ASSERT_TRUE(scan.model().scorer().has_pre_scan());
   const std::vector<Request> requests = request_mix(spec.n_items, 15);
   Workspace ws;
   const std::vector<Response> batched = scan.recommend(requests, ws);
@@ -556,7 +557,7 @@ TEST(PreScanRecommender, HiddenStatesBeyondTheBoundsFallBackToTheFullScan) {
 // Softmax needs every logit: such a model keeps the full scan even with the int8 copy.
 TEST(PreScanRecommender, SoftmaxKeepsTheFullScan) {
   ModelSpec spec = bert4rec_spec(2000, 64);
-  spec.score = ScoreKind::softmax;
+  spec.scorer.score = ScoreKind::softmax;
   const Recommender full(spec, testing::random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt,
                          PreScan::never);
   const Recommender scan(spec, testing::random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt,
@@ -596,6 +597,7 @@ TEST(PreScanRecommender, LargeCatalogsGetThePreScan) {
   const ModelSpec small = testing::small_spec(1000, 10, 64, 2);
   EXPECT_FALSE(Recommender(small, testing::random_weights(small), offset_ids(small.n_items), {}, std::nullopt)
                    .model()
+                   .scorer()
                    .has_pre_scan());
   const ModelSpec spec = testing::small_spec((int64_t{16} << 20) / 64 + 257, 10, 64, 2);
   WeightMap weights;
@@ -610,19 +612,19 @@ TEST(PreScanRecommender, LargeCatalogsGetThePreScan) {
     weights.emplace(decl.name, std::move(t));
   }
   const Recommender rec(spec, std::move(weights), offset_ids(spec.n_items), {}, std::nullopt);
-  ASSERT_TRUE(rec.model().has_pre_scan());
-  EXPECT_EQ(rec.model().pre_scan_bytes(),
+  ASSERT_TRUE(rec.model().scorer().has_pre_scan());
+  EXPECT_EQ(rec.model().scorer().pre_scan_bytes(),
             static_cast<size_t>(kernels::quantized_table_bytes(spec.n_items, spec.d)));
   for (const Request& r : request_mix(spec.n_items, 14)) {
     if (r.candidate_ids || r.k > 100) continue;
     const Response got = one(rec, r);
     // The reference: the full logits, ranked by the ranker.
-    PreparedRequest prepared = prepare_request(r, rec.catalog(), std::nullopt, spec.max_len);
+    const PreparedRequest prepared = testing::prepared_for(rec, r);
     std::vector<float> logits(static_cast<size_t>(spec.n_items));
     Workspace ws;
-    rec.model().logits(std::vector<std::vector<int32_t>>{prepared.sequence}, ws, logits.data());
-    const std::vector<ScoredItem> want =
-        rank_items(logits.data(), [](float x) { return x; }, rec.catalog(), r, prepared);
+    const SequenceInput input = testing::input_of(prepared);
+    rec.model().logits({&input, 1}, ws, logits.data());
+    const std::vector<ScoredItem> want = testing::rank_logits(rec, r, logits.data());
     ASSERT_EQ(got.recommendations.size(), want.size());
     for (size_t j = 0; j < want.size(); ++j) {
       ASSERT_EQ(got.recommendations[j].id, want[j].id) << "rank " << j;
@@ -645,9 +647,9 @@ TEST(PreScanRecommender, SmallAndLargeBatchesAnswerBitForBit) {
   const ModelSpec spec = testing::small_spec(2000, 10, 64, 2);
   for (ScoreKind score : {ScoreKind::raw, ScoreKind::sigmoid}) {
     ModelSpec s = spec;
-    s.score = score;
+    s.scorer.score = score;
     const Recommender rec(s, testing::random_weights(s), testing::offset_ids(s.n_items), {}, std::nullopt);
-    ASSERT_TRUE(rec.model().has_pre_scan());
+    ASSERT_TRUE(rec.model().scorer().has_pre_scan());
     const std::vector<Request> mix = request_mix(s.n_items, 31);
     Workspace ws;
     const std::vector<Response> all = rec.recommend(mix, ws);

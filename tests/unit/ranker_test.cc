@@ -1,7 +1,12 @@
-// Top-k with seen filtering, candidates (unknown ones score 0), exclusions, ties.
+// select + answer: top-k with seen filtering, candidates (unknown ones score 0), exclusions,
+// ties, the reported score.
 #include "engine/ranker.h"
 
 #include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/answer.h"
 
 #include "test_models.h"
 
@@ -13,12 +18,24 @@ class RankItems : public ::testing::Test {
   Catalog catalog{testing::offset_ids(8)};  // rows 1..7 = ids 100..106
   // raw scores per row; row 0 (padding) is the best and must never come back
   std::vector<float> scores{9.0f, 0.5f, 3.0f, -1.0f, 3.0f, 2.0f, -0.5f, 1.0f};
-  std::function<float(float)> identity = [](float x) { return x; };
 
+  // The recommender's select and answer stages over these scores.
+  std::vector<ScoredItem> rank(const Request& r, ScoreKind kind = ScoreKind::raw) {
+    const PreparedRequest p = prepare_request(r, catalog, PrepareRules{});
+    RankScratch scratch;
+    std::vector<int32_t> rows;
+    const int64_t found = select_rows(scores.data(), catalog, r, p, scratch, rows);
+    std::vector<float> raw;
+    for (int64_t j = 0; j < found; ++j) raw.push_back(scores[rows[j]]);
+    ScorerSpec spec;
+    spec.score = kind;
+    return answer(r, p, catalog, AnswerKind::model, std::span<const int32_t>(rows.data(), found), raw,
+                  ScoreReport(spec))
+        .recommendations;
+  }
   std::vector<std::string> ids(const Request& r) {
-    PreparedRequest p = prepare_request(r, catalog, std::nullopt, 10);
     std::vector<std::string> out;
-    for (auto& item : rank_items(scores.data(), identity, catalog, r, p)) out.push_back(item.id);
+    for (auto& item : rank(r)) out.push_back(item.id);
     return out;
   }
 };
@@ -50,8 +67,7 @@ TEST_F(RankItems, CandidatesRestrictTheRankingAndUnknownOnesScoreZero) {
   Request r;
   r.k = 10;
   r.candidate_ids = std::vector<std::string>{"105", "102", "zzz", "100", "102", "101"};
-  PreparedRequest p = prepare_request(r, catalog, std::nullopt, 10);
-  auto ranked = rank_items(scores.data(), identity, catalog, r, p);
+  auto ranked = rank(r);
   std::vector<std::string> got;
   for (auto& item : ranked) got.push_back(item.id);
   // 101 (3.0), 100 (0.5), zzz (0 — unknown), 105 (-0.5), 102 (-1.0); the duplicate 102 counts once
@@ -78,10 +94,9 @@ TEST_F(RankItems, KLargerThanTheCatalogReturnsWhatThereIs) {
 TEST_F(RankItems, ReportedScoreIsTheTransformOfTheRawOne) {
   Request r;
   r.k = 1;
-  PreparedRequest p = prepare_request(r, catalog, std::nullopt, 10);
-  auto ranked = rank_items(scores.data(), [](float x) { return x * 10.0f; }, catalog, r, p);
+  auto ranked = rank(r, ScoreKind::sigmoid);
   ASSERT_EQ(ranked.size(), 1u);
-  EXPECT_EQ(ranked[0].score, 30.0f);
+  EXPECT_EQ(ranked[0].score, 1.0f / (1.0f + std::exp(-3.0f)));
 }
 
 }  // namespace

@@ -153,7 +153,7 @@ TEST(Recommender, SaysWhenFewerThanKItemsRemain) {
 
 TEST(Recommender, SoftmaxScoresAreProbabilitiesOverTheCatalog) {
   ModelSpec spec = small_spec();
-  spec.score = ScoreKind::softmax;
+  spec.scorer.score = ScoreKind::softmax;
   Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
   Request r = history({"101", "102"}, 11);
   r.recommend_seen = true;
@@ -167,7 +167,7 @@ TEST(Recommender, SoftmaxScoresAreProbabilitiesOverTheCatalog) {
 TEST(Recommender, SigmoidScoresAreSigmoidOfRaw) {
   ModelSpec raw_spec = small_spec();
   ModelSpec sig_spec = raw_spec;
-  sig_spec.score = ScoreKind::sigmoid;
+  sig_spec.scorer.score = ScoreKind::sigmoid;
   Recommender raw(raw_spec, random_weights(raw_spec), offset_ids(raw_spec.n_items), {}, std::nullopt);
   Recommender sig(sig_spec, random_weights(sig_spec), offset_ids(sig_spec.n_items), {}, std::nullopt);
   Request r = history({"103"}, 4);
@@ -192,13 +192,13 @@ struct Planned {
 
 Planned plan_of(const ModelSpec& spec, std::vector<int32_t> sequence) {
   WeightMap w = random_weights(spec);
-  Encoder enc(spec, w);
+  InputStage input(spec, w);
   Planned out;
-  enc.plan(sequence, out.items, out.positions, out.plan);
+  input.plan(sequence, out.items, out.positions, out.plan);
   return out;
 }
 
-TEST(EncoderPlan, LeftPaddedSlotsBecomeOneWeightedRow) {
+TEST(InputPlan, LeftPaddedSlotsBecomeOneWeightedRow) {
   Planned p = plan_of(small_spec(12, 5), {3, 4});
   EXPECT_EQ(p.items, (std::vector<int32_t>{0, 3, 4}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 4, 5}));  // padded slots have position 0
@@ -208,27 +208,27 @@ TEST(EncoderPlan, LeftPaddedSlotsBecomeOneWeightedRow) {
   EXPECT_FALSE(p.plan.zero_first_row);
 }
 
-TEST(EncoderPlan, AFullHistoryHasNoPaddingRow) {
+TEST(InputPlan, AFullHistoryHasNoPaddingRow) {
   Planned p = plan_of(small_spec(12, 3), {5, 6, 7, 8});  // the most recent 3 are kept
   EXPECT_EQ(p.items, (std::vector<int32_t>{6, 7, 8}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{1, 2, 3}));
   EXPECT_EQ(p.plan.first_key_weight, 1.0f);
 }
 
-TEST(EncoderPlan, LegacyPositionsZeroThePaddingRow) {
+TEST(InputPlan, LegacyPositionsZeroThePaddingRow) {
   ModelSpec spec = small_spec(12, 5);
-  spec.block = Block::sasrec_original;
-  spec.positions = Positions::slot_index;
-  spec.zero_padded_rows = true;
+  spec.blocks.kind = BlockKind::sasrec_original;
+  spec.input.positions = Positions::slot_index;
+  spec.input.zero_padded_rows = true;
   Planned p = plan_of(spec, {3, 4});
   EXPECT_EQ(p.items, (std::vector<int32_t>{0, 3, 4}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{2, 3, 4}));
   EXPECT_TRUE(p.plan.zero_first_row);
 }
 
-TEST(EncoderPlan, DistinctPaddedSlotsAreAllComputed) {
+TEST(InputPlan, DistinctPaddedSlotsAreAllComputed) {
   ModelSpec spec = small_spec(12, 5);
-  spec.positions = Positions::slot_index;  // padded slots differ by position: no shortcut
+  spec.input.positions = Positions::slot_index;  // padded slots differ by position: no shortcut
   Planned p = plan_of(spec, {3, 4});
   EXPECT_EQ(p.items, (std::vector<int32_t>{0, 0, 0, 3, 4}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1, 2, 3, 4}));
@@ -237,13 +237,13 @@ TEST(EncoderPlan, DistinctPaddedSlotsAreAllComputed) {
 
 ModelSpec recbole_like(int64_t max_len) {
   ModelSpec spec = small_spec(12, max_len);
-  spec.padding = Padding::right;
-  spec.positions = Positions::slot_index;
-  spec.mask_padded_keys = true;
+  spec.input.padding = Padding::right;
+  spec.input.positions = Positions::slot_index;
+  spec.blocks.mask_padded_keys = true;
   return spec;
 }
 
-TEST(EncoderPlan, MaskedPaddedKeysAreSkipped) {
+TEST(InputPlan, MaskedPaddedKeysAreSkipped) {
   Planned p = plan_of(recbole_like(5), {3, 4});
   EXPECT_EQ(p.items, (std::vector<int32_t>{3, 4}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1}));
@@ -251,29 +251,112 @@ TEST(EncoderPlan, MaskedPaddedKeysAreSkipped) {
   EXPECT_EQ(p.plan.key_end, 2);
 }
 
-TEST(EncoderPlan, MaskedModelWithNoItemComputesEverySlot) {
+TEST(InputPlan, MaskedModelWithNoItemComputesEverySlot) {
   Planned p = plan_of(recbole_like(4), {});
   EXPECT_EQ(p.items, (std::vector<int32_t>{0, 0, 0, 0}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1, 2, 3}));
   EXPECT_EQ(p.plan.key_begin, p.plan.key_end);  // every key masked: the kernel attends to all
 }
 
-TEST(EncoderPlan, MaskTokenLayouts) {
+TEST(InputPlan, MaskTokenLayouts) {
   ModelSpec spec = recbole_like(4);
-  spec.attention = AttentionKind::bidirectional;
-  spec.readout = Readout::mask_token;
+  spec.blocks.attention = AttentionKind::bidirectional;
+  spec.readout.slot = Readout::mask_token;
   Planned p = plan_of(spec, {3, 4, 5});
   EXPECT_EQ(p.items, (std::vector<int32_t>{3, 4, 5, 12}));  // [MASK] = row n_items, at slot len
   EXPECT_EQ(p.plan.readout, 3);
   EXPECT_FALSE(p.plan.causal);
 
-  spec.readout = Readout::mask_token_drop_first;
+  spec.readout.slot = Readout::mask_token_drop_first;
   p = plan_of(spec, {3, 4, 5});
   EXPECT_EQ(p.items, (std::vector<int32_t>{4, 5, 12}));  // the oldest falls out even when len < L
   EXPECT_EQ(p.positions, (std::vector<int32_t>{0, 1, 2}));
   EXPECT_EQ(p.plan.readout, 2);
   p = plan_of(spec, {1, 2, 3, 4, 5, 6});
   EXPECT_EQ(p.items, (std::vector<int32_t>{4, 5, 6, 12}));
+}
+
+// ---- the newer block kinds --------------------------------------------------------------
+
+Request timed(std::vector<std::pair<std::string, int64_t>> items, int64_t k = 11,
+              std::optional<int64_t> now = std::nullopt) {
+  Request r;
+  for (auto& [id, t] : items) r.interactions.push_back({id, t, std::nullopt});
+  r.k = k;
+  r.recommend_seen = true;
+  r.now = now;
+  return r;
+}
+
+std::vector<float> scores_of(const Response& r) {
+  std::vector<float> out;
+  for (const auto& item : r.recommendations) out.push_back(item.score);
+  return out;
+}
+
+TEST(NewerKinds, ABatchAnswersExactlyAsOneByOne) {
+  for (const ModelSpec& spec : {testing::tisasrec_spec(), testing::hstu_spec(), testing::gsasrec_spec()}) {
+    Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+    const std::vector<Request> batch{
+        timed({{"101", 10}}, 11, 50),
+        timed({{"103", 5}, {"104", 6}, {"105", 90}, {"101", 91}, {"109", 300}, {"110", 301}, {"102", 305},
+               {"106", 400}}, 11, 1000),
+        timed({{"110", 1}, {"110", 1}}, 11, 2)};
+    Workspace ws;
+    const std::vector<Response> together = rec.recommend(batch, ws);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Response alone = one(rec, batch[i]);
+      ASSERT_FALSE(alone.error);
+      ASSERT_EQ(together[i].recommendations.size(), alone.recommendations.size()) << to_string(spec.blocks.kind);
+      for (size_t j = 0; j < alone.recommendations.size(); ++j) {
+        EXPECT_EQ(together[i].recommendations[j].id, alone.recommendations[j].id);
+        EXPECT_EQ(together[i].recommendations[j].score, alone.recommendations[j].score) << to_string(spec.blocks.kind);
+      }
+    }
+  }
+}
+
+TEST(NewerKinds, TimeModelsReadTheTimestampsAndOthersOnlyTheirOrder) {
+  const auto differs = [](const ModelSpec& spec, const Request& a, const Request& b) {
+    Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+    return scores_of(one(rec, a)) != scores_of(one(rec, b));
+  };
+  const Request early = timed({{"101", 100}, {"102", 200}, {"103", 300}}, 11, 400);
+  const Request late = timed({{"101", 100}, {"102", 200}, {"103", 3000000}}, 11, 400);
+  EXPECT_TRUE(differs(testing::tisasrec_spec(), early, late)) << "TiSASRec reads the intervals";
+  EXPECT_TRUE(differs(testing::hstu_spec(), early, late)) << "HSTU reads the gaps";
+  EXPECT_FALSE(differs(testing::small_spec(), early, late)) << "SASRec reads only the order";
+  EXPECT_FALSE(differs(testing::gsasrec_spec(), early, late));
+  const Request now_later = timed({{"101", 100}, {"102", 200}, {"103", 300}}, 11, 400000000);
+  EXPECT_TRUE(differs(testing::hstu_spec(), early, now_later)) << "HSTU reads now";
+  EXPECT_FALSE(differs(testing::tisasrec_spec(), early, now_later)) << "TiSASRec does not";
+}
+
+TEST(NewerKinds, AMissingTimestampIsThatRequestsErrorAlone) {
+  const ModelSpec spec = testing::tisasrec_spec();
+  Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+  Request missing = timed({{"101", 1}, {"102", 2}});
+  missing.interactions[1].timestamp.reset();
+  const std::vector<Request> batch{timed({{"103", 1}}), missing, timed({{"104", 7}})};
+  Workspace ws;
+  const std::vector<Response> out = rec.recommend(batch, ws);
+  ASSERT_TRUE(out[1].error);
+  EXPECT_EQ(out[1].error->code, "invalid_request");
+  EXPECT_NE(out[1].error->message.find("interaction 1 (item '102')"), std::string::npos) << out[1].error->message;
+  EXPECT_FALSE(out[0].error);
+  EXPECT_FALSE(out[2].error);
+  EXPECT_EQ(scores_of(out[2]), scores_of(one(rec, batch[2])));
+}
+
+TEST(NewerKinds, AnEmptyHistoryIsAnsweredByTheModel) {
+  for (const ModelSpec& spec : {testing::tisasrec_spec(), testing::hstu_spec()}) {
+    Recommender rec(spec, random_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
+    const Response r = one(rec, timed({{"nope", 1}}, 5, 10));
+    EXPECT_FALSE(r.error);
+    EXPECT_EQ(r.recommendations.size(), 5u) << to_string(spec.blocks.kind);
+    ASSERT_TRUE(r.message);
+    EXPECT_NE(r.message->find("empty history"), std::string::npos) << *r.message;
+  }
 }
 
 }  // namespace

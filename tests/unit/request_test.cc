@@ -1,7 +1,10 @@
-// The sequence-building rules of product.md: threshold, order, ties, unknown ids, truncation.
+// The sequence-building rules of product.md: threshold, order, ties, unknown ids; the times
+// and "now" of models that read them.
 #include "engine/request.h"
 
 #include <gtest/gtest.h>
+
+#include <ctime>
 
 #include "test_models.h"
 
@@ -16,10 +19,19 @@ class PrepareRequest : public ::testing::Test {
  protected:
   Catalog catalog{testing::offset_ids(12)};  // ids 100..110 at rows 1..11
   PreparedRequest prepare(std::vector<Interaction> interactions, std::optional<double> threshold = std::nullopt,
-                          int64_t max_len = 6) {
+                          PrepareRules rules = {}, std::optional<int64_t> now = std::nullopt) {
     Request r;
     r.interactions = std::move(interactions);
-    return prepare_request(r, catalog, threshold, max_len);
+    r.now = now;
+    rules.rating_threshold = threshold;
+    return prepare_request(r, catalog, rules);
+  }
+  static PrepareRules timed(bool uses_now) {
+    PrepareRules rules;
+    rules.uses_time = true;
+    rules.uses_now = uses_now;
+    rules.model_kind = uses_now ? "hstu" : "tisasrec";
+    return rules;
   }
 };
 
@@ -57,11 +69,45 @@ TEST_F(PrepareRequest, UnknownIdsAreSkippedAndReported) {
   EXPECT_EQ(p.unknown_ids, (std::vector<std::string>{"999", "[PAD]", "0"}));
 }
 
-TEST_F(PrepareRequest, KeepsTheMostRecentMaxLen) {
+TEST_F(PrepareRequest, KeepsEveryKnownPositiveForTheModelToCut) {
   std::vector<Interaction> history;
   for (int i = 0; i < 9; ++i) history.push_back(at(std::to_string(101 + i), 100 - i));  // newest first
-  auto p = prepare(history, std::nullopt, 4);
-  EXPECT_EQ(p.sequence, (std::vector<int32_t>{5, 4, 3, 2}));  // ids 104, 103, 102, 101
+  auto p = prepare(history);
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{10, 9, 8, 7, 6, 5, 4, 3, 2}));  // oldest first: ids 109 .. 101
+  EXPECT_TRUE(p.times.empty()) << "a model that does not read time gets no times";
+}
+
+TEST_F(PrepareRequest, TimeModelsGetEveryPositivesTimeInOrder) {
+  auto p = prepare({at("103", 30), at("101", 10, 1.0), at("102", 20)}, 2.0, timed(false));
+  EXPECT_EQ(p.sequence, (std::vector<int32_t>{3, 4}));  // the 1.0 rating is not positive
+  EXPECT_EQ(p.times, (std::vector<int64_t>{20, 30}));
+  EXPECT_FALSE(p.error);
+  EXPECT_EQ(p.now, 0) << "a model that does not read now gets none";
+}
+
+TEST_F(PrepareRequest, TimeModelsNeedATimestampOnEveryKnownPositive) {
+  auto p = prepare({at("101", 10), at("102", std::nullopt), at("999", std::nullopt)}, std::nullopt, timed(false));
+  ASSERT_TRUE(p.error);
+  EXPECT_EQ(p.error->code, "invalid_request");
+  EXPECT_NE(p.error->message.find("interaction 1 (item '102'): no timestamp"), std::string::npos) << p.error->message;
+  EXPECT_NE(p.error->message.find("tisasrec"), std::string::npos) << p.error->message;
+  // Unknown items and non-positives need none.
+  auto fine = prepare({at("101", 10), at("999", std::nullopt), at("102", std::nullopt, 1.0)}, 2.0, timed(false));
+  EXPECT_FALSE(fine.error);
+}
+
+TEST_F(PrepareRequest, NowIsTheRequestsOrTheClocksInSeconds) {
+  auto given = prepare({at("101", 10)}, std::nullopt, timed(true), 12345);
+  EXPECT_EQ(given.now, 12345);
+  EXPECT_TRUE(given.notes.empty());
+  const int64_t before = std::time(nullptr);
+  auto clock = prepare({at("101", 10)}, std::nullopt, timed(true));
+  EXPECT_GE(clock.now, before);
+  EXPECT_LE(clock.now, std::time(nullptr));
+  EXPECT_TRUE(clock.notes.empty()) << "second timestamps need no note";
+  auto millis = prepare({at("101", 1704060026000)}, std::nullopt, timed(true));
+  ASSERT_EQ(millis.notes.size(), 1u);
+  EXPECT_NE(millis.notes[0].find("look like milliseconds"), std::string::npos) << millis.notes[0];
 }
 
 TEST_F(PrepareRequest, RepeatedItemsStayRepeated) {

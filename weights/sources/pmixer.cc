@@ -7,78 +7,13 @@
 //     arange(0, L) and padded rows zeroed after the embedding and after every block.
 #include <algorithm>
 #include <filesystem>
-#include <map>
-#include <regex>
 
 #include "engine/error.h"
 #include "weights/sources/source.h"
+#include "weights/sources/state_dict.h"
 #include "weights/torch_checkpoint.h"
 
 namespace seqrec {
-
-namespace {
-
-// "SASRec.epoch=601.lr=0.001.layer=2.head=1.hidden=50.maxlen=200.pth" → head=1, maxlen=200.
-std::optional<int64_t> file_name_number(const std::string& path, const std::string& key) {
-  const std::string name = std::filesystem::path(path).filename().string();
-  std::smatch m;
-  if (std::regex_search(name, m, std::regex("(^|[._])" + key + "=([0-9]+)"))) return std::stoll(m[2].str());
-  return std::nullopt;
-}
-
-class StateDict {
- public:
-  StateDict(std::string file, std::vector<std::pair<std::string, Tensor>> tensors) : file_(std::move(file)) {
-    for (auto& [name, tensor] : tensors) tensors_.emplace(name, std::move(tensor));
-  }
-  bool has(const std::string& key) const { return tensors_.count(key) > 0; }
-
-  // Takes a tensor out, checking its shape and that every value is finite.
-  Tensor take(const std::string& key, const std::vector<int64_t>& shape) {
-    Tensor t = take_any(key);
-    if (t.shape != shape)
-      throw Error(file_ + ": key '" + key + "': shape " + shape_string(t.shape) + ", expected " + shape_string(shape));
-    return t;
-  }
-  Tensor take_any(const std::string& key) {
-    auto it = tensors_.find(key);
-    if (it == tensors_.end()) throw Error(file_ + ": missing key '" + key + "' (not a SASRec.pytorch state_dict?)");
-    Tensor t = std::move(it->second);
-    tensors_.erase(it);
-    require_finite(t, file_ + ": key '" + key + "'");
-    return t;
-  }
-  const Tensor& peek(const std::string& key) const {
-    auto it = tensors_.find(key);
-    if (it == tensors_.end()) throw Error(file_ + ": missing key '" + key + "' (not a SASRec.pytorch state_dict?)");
-    return it->second;
-  }
-  // Every key must have been mapped: an unknown one means a model we do not reproduce.
-  void require_all_used() const {
-    if (!tensors_.empty())
-      throw Error(file_ + ": unexpected key '" + tensors_.begin()->first +
-                  "' (not part of SASRec.pytorch's SASRec; refusing to drop weights silently)");
-  }
-
- private:
-  std::string file_;
-  std::map<std::string, Tensor> tensors_;
-};
-
-// Rows [begin, begin + count) of a 2-D tensor.
-Tensor row_slice(const Tensor& t, int64_t begin, int64_t count) {
-  const int64_t cols = t.shape.size() > 1 ? t.shape[1] : 1;
-  Tensor out(t.shape.size() > 1 ? std::vector<int64_t>{count, cols} : std::vector<int64_t>{count});
-  std::copy(t.data.begin() + begin * cols, t.data.begin() + (begin + count) * cols, out.data.begin());
-  return out;
-}
-
-Tensor reshaped(Tensor t, std::vector<int64_t> shape) {
-  t.shape = std::move(shape);
-  return t;
-}
-
-}  // namespace
 
 ModelFile convert_pmixer(const ConvertOptions& options) {
   const std::string& file = options.checkpoint;
@@ -87,7 +22,7 @@ ModelFile convert_pmixer(const ConvertOptions& options) {
     throw Error("--variant: unknown value '" + variant + "' (expected pre_ln|post_ln|original)");
 
   TorchCheckpoint checkpoint = TorchCheckpoint::open(file);
-  StateDict sd(file, checkpoint.state_dict());
+  StateDict sd(file, checkpoint.state_dict(), "(not a SASRec.pytorch state_dict?)", "SASRec.pytorch's SASRec");
 
   const Tensor& item_emb = sd.peek("item_emb.weight");
   const Tensor& pos_emb = sd.peek("pos_emb.weight");
@@ -100,21 +35,22 @@ ModelFile convert_pmixer(const ConvertOptions& options) {
   const int64_t pos_rows = pos_emb.shape[0];
 
   ModelSpec spec;
-  spec.embed_scale = true;
-  spec.padding = Padding::left;
-  spec.readout = Readout::last_slot;
-  spec.attention = AttentionKind::causal;
-  spec.mask_padded_keys = false;  // SASRec.pytorch masks only the future, never padded keys
-  spec.activation = Activation::relu;
-  spec.final_norm = true;
-  spec.ln_eps = 1e-8f;
-  spec.score = options.score.value_or(ScoreKind::sigmoid);  // trained with a binary loss
+  spec.input.embed_scale = true;
+  spec.input.padding = Padding::left;
+  spec.readout.slot = Readout::last_slot;
+  spec.readout.final_norm = true;
+  BlockSpec& blocks = spec.blocks;
+  blocks.attention = AttentionKind::causal;
+  blocks.mask_padded_keys = false;  // SASRec.pytorch masks only the future, never padded keys
+  blocks.activation = Activation::relu;
+  blocks.ln_eps = 1e-8f;
+  spec.scorer.score = options.score.value_or(ScoreKind::sigmoid);  // trained with a binary loss
   spec.d = d;
-  spec.ffn_dim = d;
+  blocks.ffn_dim = d;
   spec.n_items = rows;
-  spec.heads = options.heads ? *options.heads : file_name_number(file, "head").value_or(1);
-  if (spec.heads < 1 || d % spec.heads != 0)
-    throw Error("--heads: " + std::to_string(spec.heads) + " does not divide the hidden size d = " + std::to_string(d));
+  blocks.heads = options.heads ? *options.heads : file_name_number(file, "head").value_or(1);
+  if (blocks.heads < 1 || d % blocks.heads != 0)
+    throw Error("--heads: " + std::to_string(blocks.heads) + " does not divide the hidden size d = " + std::to_string(d));
 
   // Position scheme and L. The file name's maxlen= is what training used; current
   // SASRec.pytorch allocates pos_emb for 200 positions whatever maxlen was.
@@ -124,21 +60,21 @@ ModelFile convert_pmixer(const ConvertOptions& options) {
     if (named_len)
       legacy_positions = pos_rows == *named_len;
     else  // padding_idx=0 keeps row 0 of the [L+1, d] table at zero; the legacy table trains it
-      legacy_positions = std::any_of(pos_emb.data.begin(), pos_emb.data.begin() + d, [](float v) { return v != 0.0f; });
+      legacy_positions = std::any_of(pos_emb.ptr(), pos_emb.ptr() + d, [](float v) { return v != 0.0f; });
   }
-  spec.block = variant == "pre_ln" ? Block::pre_ln : variant == "post_ln" ? Block::post_ln : Block::sasrec_original;
-  spec.positions = legacy_positions ? Positions::slot_index : Positions::slot_or_zero;
-  spec.zero_padded_rows = legacy_positions;
+  blocks.kind = variant == "pre_ln"    ? BlockKind::pre_ln
+                : variant == "post_ln" ? BlockKind::post_ln
+                                       : BlockKind::sasrec_original;
+  spec.input.positions = legacy_positions ? Positions::slot_index : Positions::slot_or_zero;
+  spec.input.zero_padded_rows = legacy_positions;
   spec.max_len = named_len.value_or(legacy_positions ? pos_rows : pos_rows - 1);
   if (spec.n_positions() > pos_rows)
     throw Error(file + ": key 'pos_emb.weight': " + std::to_string(pos_rows) + " rows, but max_len = " +
                 std::to_string(spec.max_len) + " needs " + std::to_string(spec.n_positions()) +
                 (options.max_len ? " (from --max-len)" : named_len ? " (from the file name's maxlen=)" : ""));
 
-  int64_t blocks = 0;
-  while (sd.has("attention_layers." + std::to_string(blocks) + ".in_proj_weight")) ++blocks;
-  if (blocks == 0) throw Error(file + ": missing key 'attention_layers.0.in_proj_weight' (no transformer block)");
-  spec.n_layers = blocks;
+  blocks.n_layers = sd.count_indexed("attention_layers.", ".in_proj_weight");
+  if (blocks.n_layers == 0) throw Error(file + ": missing key 'attention_layers.0.in_proj_weight' (no transformer block)");
   spec.validate();
 
   ModelFile model;
@@ -146,7 +82,7 @@ ModelFile convert_pmixer(const ConvertOptions& options) {
   auto& out = model.tensors;
   out["embedding/item/weight"] = sd.take("item_emb.weight", {rows, d});
   out["embedding/position/weight"] = row_slice(sd.take("pos_emb.weight", {pos_rows, d}), 0, spec.n_positions());
-  for (int64_t i = 0; i < blocks; ++i) {
+  for (int64_t i = 0; i < blocks.n_layers; ++i) {
     const std::string s = std::to_string(i), p = tensor_names::layer(i);
     const std::string attn = "attention_layers." + s + ".";
     const Tensor in_w = sd.take(attn + "in_proj_weight", {3 * d, d});  // rows Q | K | V
@@ -175,8 +111,8 @@ ModelFile convert_pmixer(const ConvertOptions& options) {
 
   model.catalog = options.item_ids_file ? read_item_ids(*options.item_ids_file, rows) : row_number_ids(rows);
   model.provenance.source = "pmixer";
-  model.provenance.source_detail = "SASRec.pytorch, variant " + variant + ", positions " + to_string(spec.positions) +
-                                   ", " + std::to_string(spec.heads) + " head(s)";
+  model.provenance.source_detail = "SASRec.pytorch, variant " + variant + ", positions " +
+                                   to_string(spec.input.positions) + ", " + std::to_string(blocks.heads) + " head(s)";
   model.provenance.source_file = std::filesystem::path(file).filename().string();
   model.provenance.rating_threshold = options.rating_threshold;
   return model;

@@ -24,6 +24,7 @@
 #include <map>
 
 #include "engine/error.h"
+#include "weights/sources/state_dict.h"
 #include "weights/torch_checkpoint.h"
 
 namespace seqrec {
@@ -34,42 +35,6 @@ std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
 }
-
-class StateDict {
- public:
-  StateDict(std::string file, std::vector<std::pair<std::string, Tensor>> tensors) : file_(std::move(file)) {
-    for (auto& [name, tensor] : tensors) tensors_.emplace(name, std::move(tensor));
-  }
-  bool has(const std::string& key) const { return tensors_.count(key) > 0; }
-  const Tensor& peek(const std::string& key) const {
-    auto it = tensors_.find(key);
-    if (it == tensors_.end()) throw missing(key);
-    return it->second;
-  }
-  // Takes a tensor out, checking its shape and that every value is finite.
-  Tensor take(const std::string& key, const std::vector<int64_t>& shape) {
-    auto it = tensors_.find(key);
-    if (it == tensors_.end()) throw missing(key);
-    Tensor t = std::move(it->second);
-    tensors_.erase(it);
-    if (t.shape != shape)
-      throw Error(file_ + ": key '" + key + "': shape " + shape_string(t.shape) + ", expected " + shape_string(shape));
-    require_finite(t, file_ + ": key '" + key + "'");
-    return t;
-  }
-  void require_all_used(const std::string& model) const {
-    if (!tensors_.empty())
-      throw Error(file_ + ": unexpected key '" + tensors_.begin()->first + "' (not part of RecBole's " + model +
-                  "; refusing to drop weights silently)");
-  }
-
- private:
-  Error missing(const std::string& key) const {
-    return Error(file_ + ": state_dict: missing key '" + key + "' (not a RecBole SASRec / BERT4Rec state_dict?)");
-  }
-  std::string file_;
-  std::map<std::string, Tensor> tensors_;
-};
 
 // The hyper-parameters in the pickled Config's final_config_dict. The config is consulted
 // only for what no flag gives, so a config seqrec cannot read costs nothing when the flags
@@ -165,7 +130,8 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
   // other_parameter, optimizer}; a bare model.state_dict() is accepted too (flags give the rest).
   const pickle::Value* state = root.find("state_dict");
   const pickle::Value* config_value = state ? root.find("config") : nullptr;
-  StateDict sd(file, checkpoint.state_dict(state ? *state : root));
+  StateDict sd(file, checkpoint.state_dict(state ? *state : root),
+               "(not a RecBole SASRec / BERT4Rec state_dict?)", "RecBole's SASRec / BERT4Rec");
   const RecboleConfig config(file, config_value);
 
   // Which model.
@@ -202,8 +168,7 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
     throw Error(file + ": key 'position_embedding.weight': shape " + shape_string(pos_emb.shape) + ", expected [L, " +
                 std::to_string(d) + "]");
   const int64_t pos_rows = pos_emb.shape[0];
-  int64_t blocks = 0;
-  while (sd.has("trm_encoder.layer." + std::to_string(blocks) + ".multi_head_attention.query.weight")) ++blocks;
+  const int64_t blocks = sd.count_indexed("trm_encoder.layer.", ".multi_head_attention.query.weight");
   if (blocks == 0)
     throw Error(file + ": state_dict: missing key 'trm_encoder.layer.0.multi_head_attention.query.weight' (no transformer layer)");
   const Tensor& inner = sd.peek("trm_encoder.layer.0.feed_forward.dense_1.weight");
@@ -214,28 +179,29 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
   const bool has_head = family == Family::bert4rec && sd.has("output_ffn.weight");
 
   ModelSpec spec;
-  spec.block = Block::post_ln;
-  spec.attention = family == Family::sasrec ? AttentionKind::causal : AttentionKind::bidirectional;
-  spec.mask_padded_keys = true;
-  spec.zero_padded_rows = false;
-  spec.embed_scale = false;
-  spec.embed_norm = true;
-  spec.positions = Positions::slot_index;
-  spec.padding = Padding::right;
-  spec.final_norm = false;
-  spec.head = has_head;
-  spec.output_bias = has_head;
+  BlockSpec& b = spec.blocks;
+  b.kind = BlockKind::post_ln;
+  b.attention = family == Family::sasrec ? AttentionKind::causal : AttentionKind::bidirectional;
+  b.mask_padded_keys = true;
+  spec.input.zero_padded_rows = false;
+  spec.input.embed_scale = false;
+  spec.input.embed_norm = true;
+  spec.input.positions = Positions::slot_index;
+  spec.input.padding = Padding::right;
+  spec.readout.final_norm = false;
+  spec.readout.head = has_head;
+  spec.scorer.output_bias = has_head;
   spec.d = d;
-  spec.ffn_dim = ffn_dim;
-  spec.n_layers = blocks;
+  b.ffn_dim = ffn_dim;
+  b.n_layers = blocks;
   spec.n_items = n_items;
 
   // Hyper-parameters: flag, else config, else error naming the flag.
-  spec.heads = options.heads ? *options.heads : config.get_int("n_heads", "the number of attention heads", "--heads");
-  if (spec.heads < 1 || d % spec.heads != 0)
-    throw Error((options.heads ? std::string("--heads") : config.where("n_heads")) + ": " + std::to_string(spec.heads) +
+  b.heads = options.heads ? *options.heads : config.get_int("n_heads", "the number of attention heads", "--heads");
+  if (b.heads < 1 || d % b.heads != 0)
+    throw Error((options.heads ? std::string("--heads") : config.where("n_heads")) + ": " + std::to_string(b.heads) +
                 " does not divide the hidden size d = " + std::to_string(d));
-  spec.activation = recbole.activation
+  b.activation = recbole.activation
                         ? *recbole.activation
                         : recbole_activation(config.get_string("hidden_act", "the activation", "--activation"),
                                              config.where("hidden_act"));
@@ -244,15 +210,15 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
   if (!(eps > 0 && eps < 1))
     throw Error((recbole.ln_eps ? std::string("--ln-eps") : config.where("layer_norm_eps")) + ": " + std::to_string(eps) +
                 " (expected 0 < eps < 1)");
-  spec.ln_eps = static_cast<float>(eps);
+  b.ln_eps = static_cast<float>(eps);
   if (options.score) {
-    spec.score = *options.score;
+    spec.scorer.score = *options.score;
   } else {
     const std::string loss = config.get_string("loss_type", "the loss, which sets the default --score,", "--score");
     if (loss == "CE")
-      spec.score = ScoreKind::softmax;
+      spec.scorer.score = ScoreKind::softmax;
     else if (loss == "BPR")
-      spec.score = ScoreKind::raw;
+      spec.scorer.score = ScoreKind::raw;
     else
       throw Error(config.where("loss_type") + ": unknown loss '" + loss + "' (expected CE|BPR, or pass --score)");
   }
@@ -266,7 +232,7 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
   }
   std::string layout;
   if (family == Family::sasrec || has_head) {
-    spec.readout = family == Family::sasrec ? Readout::last_slot : Readout::mask_token_drop_first;
+    spec.readout.slot = family == Family::sasrec ? Readout::last_slot : Readout::mask_token_drop_first;
     if (!max_len) {
       max_len = pos_rows;
       len_source = "position_embedding rows";
@@ -283,10 +249,10 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
                   std::to_string(pos_rows) + " (1.1, [MASK] replaces the first slot), and the config has no "
                   "MAX_ITEM_LIST_LENGTH: pass --max-len");
     if (pos_rows == *max_len + 1) {
-      spec.readout = Readout::mask_token;
+      spec.readout.slot = Readout::mask_token;
       layout = "v1.0 layout: [MASK] in slot L+1";
     } else if (pos_rows == *max_len) {
-      spec.readout = Readout::mask_token_drop_first;
+      spec.readout.slot = Readout::mask_token_drop_first;
       layout = "v1.1 layout: [MASK] replaces the first slot, no output head";
     } else {
       throw Error(file + ": key 'position_embedding.weight': shape " + shape_string(pos_emb.shape) + ", expected [" +
@@ -332,12 +298,12 @@ ModelFile convert_recbole(const ConvertOptions& options, const RecboleOptions& r
     out["head/norm/bias"] = sd.take("output_ln.bias", {d});
     out["output/bias"] = sd.take("output_bias", {n_items});
   }
-  sd.require_all_used(model_label);
+  sd.require_all_used();
 
   model.catalog = read_item_ids(*options.item_ids_file, n_items);
   model.provenance.source = "recbole";
   model.provenance.source_detail = "RecBole " + model_label + (layout.empty() ? "" : " (" + layout + ")") + ", " +
-                                   std::to_string(spec.heads) + " head(s), " + to_string(spec.activation) + ", L " +
+                                   std::to_string(b.heads) + " head(s), " + to_string(b.activation) + ", L " +
                                    std::to_string(spec.max_len);
   model.provenance.source_file = std::filesystem::path(file).filename().string();
   model.provenance.rating_threshold = options.rating_threshold;

@@ -44,19 +44,6 @@ class Metadata {
   }
   std::string where(const std::string& key) const { return file_ + ": __metadata__ '" + key + "'"; }
 
-  bool get_bool(const std::string& key) const {
-    const std::string& v = get(key);
-    if (v == "true") return true;
-    if (v == "false") return false;
-    bad(key, "true|false");
-  }
-  int64_t get_int(const std::string& key) const {
-    const std::string& v = get(key);
-    int64_t out = 0;
-    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
-    if (ec != std::errc() || end != v.data() + v.size()) bad(key, "a decimal integer");
-    return out;
-  }
   double get_number(const std::string& key) const {
     const std::string& v = get(key);
     double out = 0;
@@ -64,11 +51,6 @@ class Metadata {
     if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(out)) bad(key, "a finite decimal number");
     return out;
   }
-  template <class E>
-  E get_enum(const std::string& key, E (*parse)(const std::string&, const std::string&)) const {
-    return parse(where(key), get(key));
-  }
-
  private:
   std::string file_;
   const std::map<std::string, std::string>& values_;
@@ -140,34 +122,12 @@ ModelFile convert_safetensors(const ConvertOptions& options) {
   const safetensors::File st = safetensors::File::open(file);
   const Metadata meta(file, st.metadata());
 
-  ModelSpec spec;
-  spec.block = meta.get_enum("block", parse_block);
-  spec.attention = meta.get_enum("attention", parse_attention);
-  spec.mask_padded_keys = meta.get_bool("mask_padded_keys");
-  spec.zero_padded_rows = meta.get_bool("zero_padded_rows");
-  spec.embed_scale = meta.get_bool("embed_scale");
-  spec.embed_norm = meta.get_bool("embed_norm");
-  spec.positions = meta.get_enum("positions", parse_positions);
-  spec.padding = meta.get_enum("padding", parse_padding);
-  spec.activation = meta.get_enum("activation", parse_activation);
-  spec.final_norm = meta.get_bool("final_norm");
-  spec.readout = meta.get_enum("readout", parse_readout);
-  spec.head = meta.get_bool("head");
-  spec.output_bias = meta.get_bool("output_bias");
-  const double eps = meta.get_number("ln_eps");
-  spec.ln_eps = static_cast<float>(eps);
-  spec.score = options.score ? *options.score : meta.get_enum("score", parse_score);
-  spec.max_len = meta.get_int("max_len");
-  spec.d = meta.get_int("d");
-  spec.heads = meta.get_int("heads");
-  spec.ffn_dim = meta.get_int("ffn_dim");
-  spec.n_layers = meta.get_int("n_layers");
-  spec.n_items = meta.get_int("n_items");
-  try {
-    spec.validate();
-  } catch (const Error& e) {
-    throw Error(file + ": __metadata__: " + e.what());
-  }
+  // The spec: every metadata key but the catalog, popularity, threshold and description.
+  static const std::set<std::string> kNotSpec = {"catalog", "popularity", "rating_threshold", "description"};
+  SpecFields fields;
+  for (const auto& [key, value] : st.metadata())
+    if (!kNotSpec.count(key)) fields.emplace_back(key, key == "score" && options.score ? to_string(*options.score) : value);
+  const ModelSpec spec = parse_spec_fields(fields, file + ": __metadata__", /*unknown_fields_are_errors=*/false);
 
   ModelFile model;
   model.spec = spec;
@@ -210,32 +170,9 @@ ModelFile convert_safetensors(const ConvertOptions& options) {
 }
 
 std::map<std::string, std::string> safetensors_metadata(const ModelFile& model) {
-  const ModelSpec& s = model.spec;
-  auto flag = [](bool b) { return std::string(b ? "true" : "false"); };
-  std::map<std::string, std::string> meta = {
-      {"block", to_string(s.block)},
-      {"attention", to_string(s.attention)},
-      {"mask_padded_keys", flag(s.mask_padded_keys)},
-      {"zero_padded_rows", flag(s.zero_padded_rows)},
-      {"embed_scale", flag(s.embed_scale)},
-      {"embed_norm", flag(s.embed_norm)},
-      {"positions", to_string(s.positions)},
-      {"padding", to_string(s.padding)},
-      {"activation", to_string(s.activation)},
-      {"final_norm", flag(s.final_norm)},
-      {"readout", to_string(s.readout)},
-      {"head", flag(s.head)},
-      {"output_bias", flag(s.output_bias)},
-      {"ln_eps", number_text(s.ln_eps, 9)},  // 9 significant digits round-trip any float
-      {"score", to_string(s.score)},
-      {"max_len", std::to_string(s.max_len)},
-      {"d", std::to_string(s.d)},
-      {"heads", std::to_string(s.heads)},
-      {"ffn_dim", std::to_string(s.ffn_dim)},
-      {"n_layers", std::to_string(s.n_layers)},
-      {"n_items", std::to_string(s.n_items)},
-      {"catalog", json_array(model.catalog)},
-  };
+  std::map<std::string, std::string> meta;
+  for (const auto& [name, value] : spec_fields(model.spec)) meta[name] = value;
+  meta["catalog"] = json_array(model.catalog);
   if (!model.popularity.empty()) {
     std::string counts = "[";
     for (std::size_t i = 0; i < model.popularity.size(); ++i) counts += (i ? "," : "") + std::to_string(model.popularity[i]);

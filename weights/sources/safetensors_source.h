@@ -1,13 +1,8 @@
 // safetensors under seqrec's own names → canonical model (models.md, Source 4), and back.
 //
 // The documented route for any trainer: tensors named as required_tensors() names them
-// (engine/model_spec.h), the spec in __metadata__, one string per ModelSpec field:
-//   block attention positions padding activation readout score   enum text (to_string)
-//   mask_padded_keys zero_padded_rows embed_scale embed_norm
-//   final_norm head output_bias                                   "true" | "false"
-//   ln_eps                                                         a decimal number
-//   max_len d heads ffn_dim n_layers n_items                       decimal integers
-// plus
+// (engine/model_spec.h), the spec in __metadata__ as its named fields (spec_fields: "block"
+// picks the kind, and each kind reads its own fields; the README lists them all), plus
 //   catalog            JSON array of n_items strings: the raw item id of every row (row 0 =
 //                      padding, its text ignored); or give --item-ids instead
 //   popularity         optional JSON array of n_items integers (training interactions per row)
