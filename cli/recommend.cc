@@ -33,6 +33,7 @@ Action add_recommend(CLI::App& app) {
                                 "\" needs a history store; `seqrec recommend` takes user_interactions only");
       Workspace workspace;
       std::vector<Response> responses = loaded.recommender->recommend({&parsed.request, 1}, workspace);
+      if (const auto& error = responses.front().error) throw api::ApiError(400, error->code, error->message);
       std::cout << api::write_response(responses.front()) << "\n";
       return 0;
     } catch (const api::ApiError& e) {

@@ -187,6 +187,9 @@ void Service::off_io(const std::shared_ptr<Call>& call, std::function<void()> wo
 void Service::infer(api::RecommendRequest parsed, std::function<void(std::string json, int status)> done) {
   auto submit = [this, done](Request request) {
     const bool queued = workers_.submit(std::move(request), [done](Response response, std::exception_ptr error) {
+      // A request the model cannot answer as sent (e.g. a time-reading model and an
+      // interaction without a timestamp) is the client's error, named in the message.
+      if (!error && response.error) return done(api::write_error(response.error->code, response.error->message), 400);
       if (!error) return done(api::write_response(response), 200);
       try {
         std::rethrow_exception(error);

@@ -1,6 +1,6 @@
 // TiSASRec (Li et al., WSDM'20; pmixer/TiSASRec.pytorch): self-attention over time intervals.
 //
-// Per block, over the left-padded window of L slots (docs/models.md has the source's lines):
+// Per block, over the left-padded window of L slots (docs/sources/tisasrec.md has the source's lines):
 //   q = LN_a(x);  Q = q·W_qᵀ + b_q;  K = x·W_kᵀ + b_k;  V = x·W_vᵀ + b_v   (K, V from x itself)
 //   s_ij = (Q_i·(K_j + P^K_j) + Q_i·T^K[r_ij]) / sqrt(d_h)   causal; padded keys are NOT masked
 //   x = q + Σ_j softmax(s)_ij · (V_j + P^V_j + T^V[r_ij])   (no output projection)

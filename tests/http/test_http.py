@@ -530,10 +530,88 @@ def test_cold_start_popularity_from_store(ctx):
         server.stop()
 
 
+def write_hstu_safetensors(path, n_items=30, d=8, max_len=6, heads=2, dqk=4, dv=4, layers=2, seed=3):
+    """A small HSTU model as another trainer would export it (safetensors by hand, random
+    weights): a model that reads every interaction's time and `now`."""
+    import array
+    import random
+    import struct
+    rng = random.Random(seed)
+    n = max_len + 5  # the padded length every attention row is divided by
+    shapes = {"embedding/item/weight": [n_items, d], "embedding/position/weight": [max_len, d]}
+    for i in range(layers):
+        p = f"encoder/layer_{i}"
+        shapes[f"{p}/uvqk/weight"] = [2 * heads * (dqk + dv), d]
+        shapes[f"{p}/relative_bias/position/weight"] = [2 * n - 1]
+        shapes[f"{p}/relative_bias/time/weight"] = [129]
+        shapes[f"{p}/out/weight"] = [d, heads * dv]
+        shapes[f"{p}/out/bias"] = [d]
+    shapes["output/item/weight"] = [n_items, d]
+    metadata = {"block": "hstu", "d": str(d), "max_len": str(max_len), "n_items": str(n_items),
+                "embed_scale": "true", "positions": "slot_index", "padding": "right", "embed_norm": "false",
+                "zero_padded_rows": "false", "ln_eps": "1e-6", "heads": str(heads), "n_layers": str(layers),
+                "attention_dim": str(dqk), "linear_dim": str(dv), "attention_len": str(n),
+                "readout": "last_slot", "final_norm": "false", "head": "false", "l2_normalize": "true",
+                "output_table": "separate", "output_bias": "false", "score": "raw",
+                "catalog": json.dumps(["[PAD]"] + [f"t{r}" for r in range(1, n_items)])}
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, shape in shapes.items():
+        count = 1
+        for s in shape:
+            count *= s
+        data = array.array("f", [rng.gauss(0, 0.5) for _ in range(count)]).tobytes()
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+    return [f"t{r}" for r in range(1, n_items)]
+
+
+def test_time_model_reads_timestamps_and_now(ctx):
+    """A model that reads time (HSTU): /model says so; every positive needs a timestamp; `now`
+    moves the scores; a user_id request with `now` answers as the same history inline."""
+    folder = os.path.join(ctx.workdir, "hstu")
+    os.makedirs(folder, exist_ok=True)
+    ids = write_hstu_safetensors(os.path.join(folder, "hstu.safetensors"))
+    model = os.path.join(folder, "hstu.seqrec")
+    proc = subprocess.run([ctx.binary, "convert", "--from", "safetensors", os.path.join(folder, "hstu.safetensors"),
+                           "--out", model], capture_output=True, text=True, timeout=60)
+    check(proc.returncode == 0, f"convert: {proc.stderr}")
+    server = Server(ctx.binary, model, ctx.history(), ctx.workdir)
+    try:
+        status, info = server.get("/model")
+        check(status == 200 and info["spec"]["block"] == "hstu" and info["uses_time"] is True
+              and info["uses_now"] is True and info["format_version"] == 2, f"/model: {info}")
+        history = [{"item_id": ids[i], "timestamp": 1_600_000_000 + 3600 * i * i} for i in (3, 7, 1, 12)]
+        now = 1_600_000_000 + 3600 * 200
+        status, at_now = server.post("/recommend", {"user_interactions": history, "now": now, "k": 8})
+        check(status == 200 and len(at_now["recommendations"]) == 8, f"{status} {at_now}")
+        status, later = server.post("/recommend", {"user_interactions": history, "now": now + 86_400 * 400, "k": 8})
+        check(status == 200 and later["recommendations"] != at_now["recommendations"],
+              f"another `now` must give other scores: {at_now} vs {later}")
+        status, without = server.post("/recommend", {"user_interactions": history, "k": 8})
+        check(status == 200 and without["recommendations"] != at_now["recommendations"],
+              f"without `now` the server's clock is used: {without}")
+        untimed = history[:2] + [{"item_id": ids[20]}]
+        status, error = server.post("/recommend", {"user_interactions": untimed, "now": now})
+        check(status == 400 and "interaction 2" in error["error"]["message"] and "timestamp" in
+              error["error"]["message"], f"a positive without a timestamp is a 400 naming it: {status} {error}")
+        status, error = server.post("/recommend", {"user_interactions": history, "now": "soon"})
+        check(status == 400 and "now" in error["error"]["message"], f"a bad `now` is a 400 naming it: {error}")
+        status, got = server.post("/users/timed/interactions", {"user_interactions": history})
+        check(status == 200, got)
+        status, by_id = server.post("/recommend", {"user_id": "timed", "now": now, "k": 8})
+        check(status == 200 and by_id == at_now, f"user_id with `now` must answer as inline: {by_id} vs {at_now}")
+    finally:
+        server.stop()
+
+
 TESTS = [test_forms_and_aliases_match_cli, test_user_id_equals_inline_history, test_batch_in_order_with_errors,
          test_errors, test_metrics_count_requests, test_sigterm_drains_and_exits_zero, test_reload_under_load,
          test_lmdb_durable_after_kill9, test_redis_outage_and_recovery, test_two_replicas_share_redis,
-         test_cold_start_popularity_from_store]
+         test_cold_start_popularity_from_store, test_time_model_reads_timestamps_and_now]
 
 
 def main():

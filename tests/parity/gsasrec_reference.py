@@ -7,7 +7,7 @@ same class and attribute names (GSASRec, TransformerBlock, MultiHeadAttention), 
 train_gsasrec.py writes (`torch.save(model.state_dict(), "models/gsasrec-...pt")`).
 
 The code generations that change what a saved checkpoint computes (commits of
-asash/gSASRec-pytorch; the specification with line references is notes/gsasrec.md):
+asash/gSASRec-pytorch; the specification with line references is docs/sources/gsasrec.md):
 
   027f3f1  2023-09-05 18:34  first version: FFN dense2(dense1(x)) with no activation; scores
                              from item_embedding (tied); no output_embedding in the state_dict
@@ -321,10 +321,10 @@ def gbce_loss(model, positives, negatives, negs_per_pos, gbce_t):
     return per_slot.sum() / mask.sum()
 
 
-# ---- the algorithm seqrec runs, written out (a cross-check of notes/gsasrec.md) -------------
+# ---- the algorithm seqrec runs, written out (a cross-check of docs/sources/gsasrec.md) -------------
 
 def engine_style_scores(model, history):
-    """notes/gsasrec.md's serving algorithm in float64 numpy, from the state_dict alone:
+    """docs/sources/gsasrec.md's serving algorithm in float64 numpy, from the state_dict alone:
     only the n = min(len, L) real slots, with positions L-n .. L-1, no padded rows at all.
     Returns rows 0..num_items (row 0 = -inf), like score_history."""
     state = {key: value.detach().double().numpy() for key, value in model.state_dict().items()}

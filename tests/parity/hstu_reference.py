@@ -35,7 +35,7 @@ normalisation are not used by their evaluation and are not reproduced.
 
 `scores_for_history` is what seqrec must reproduce: every embedding row's score for one user
 history [(row, timestamp), ...] when the next item happens at `now`. `spec_scores` recomputes
-the same from the bare state_dict, one user at a time, the way notes/hstu.md tells the C++
+the same from the bare state_dict, one user at a time, the way docs/sources/hstu.md tells the C++
 engine to; `python3 hstu_reference.py` checks that the two agree.
 """
 
@@ -381,7 +381,7 @@ def build_model(max_item_id, item_embedding_dim=50, num_blocks=2, num_heads=1, d
                 linear_dropout_rate=0.0, attn_dropout_rate=0.0, linear_activation="silu", concat_ua=False):
     """train_fn with embedding_module_type "local", interaction_module_type "DotProduct",
     user_embedding_norm "l2_norm", main_module "HSTU" (defaults: gin's hstu_encoder and
-    train_fn defaults; the ml-1m/ml-20m configs override some, see notes/hstu.md).
+    train_fn defaults; the ml-1m/ml-20m configs override some, see docs/sources/hstu.md).
     max_item_id: the largest item id (ml-1m: 3952), so the table has max_item_id + 1 rows."""
     embedding_module = LocalEmbeddingModule(num_items=max_item_id, item_embedding_dim=item_embedding_dim)
     output_postproc = L2NormEmbeddingPostprocessor(embedding_dim=item_embedding_dim, eps=1e-6)
@@ -488,10 +488,10 @@ def scores_for_history(model, history, now, max_sequence_length, gr_output_lengt
     return out
 
 
-# ---- the per-user algorithm of notes/hstu.md, from the bare state_dict ----------------------
+# ---- the per-user algorithm of docs/sources/hstu.md, from the bare state_dict ----------------------
 
 def spec_scores(state_dict, history, now, max_len, heads):
-    """notes/hstu.md's forward pass, one user, only the n real slots, from a model_state_dict
+    """docs/sources/hstu.md's forward pass, one user, only the n real slots, from a model_state_dict
     (with or without "module."). Independent of the modules above; float32 like the C++."""
     sd = {(key[len("module."):] if key.startswith("module.") else key): value.detach().float()
           for key, value in state_dict.items()}

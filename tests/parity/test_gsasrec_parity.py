@@ -57,10 +57,10 @@ CONVERTER_VARIANT = {
 }
 
 # What `score` reports without --score. gSASRec trains a per-item binary classifier (gBCE is
-# BCE with a transformed positive logit), so sigmoid(logit); see notes/gsasrec.md.
+# BCE with a transformed positive logit), so sigmoid(logit); see docs/sources/gsasrec.md.
 DEFAULT_SCORE = "sigmoid"
 
-# gSASRec checkpoints carry no head count: the converter must be told (notes/gsasrec.md).
+# gSASRec checkpoints carry no head count: the converter must be told (docs/sources/gsasrec.md).
 HEADS_FLAG_REQUIRED = True
 
 GBCE_T = 0.75

@@ -377,7 +377,7 @@ def write_item_ids(item_map, path):
 
 
 def engine_style_logits(state_dict, history, num_heads, maxlen, time_span, relu):
-    """The algorithm of /work/notes/tisasrec.md written in float64 numpy from the state_dict
+    """The algorithm of docs/sources/tisasrec.md written in float64 numpy from the state_dict
     alone, the way an engine can run it: only the real slots are computed as queries (a padded
     query's row is zeroed after its block anyway), and every padded key is the K/V bias plus its
     own position row plus the time row min(t'_i, time_span). Returns every row's logit (row 0

@@ -1,5 +1,5 @@
 // TiSASRec.pytorch (github: pmixer/TiSASRec.pytorch) state_dict → canonical model (the
-// tisasrec block kind, engine/blocks/tisasrec.cc; docs/models.md has the source's lines).
+// tisasrec block kind, engine/blocks/tisasrec.cc; docs/sources/tisasrec.md has the source's lines).
 //
 // Saved as torch.save(model.state_dict()) under TiSASRec.epoch=E.lr=..layer=B.head=H.
 // hidden=d.maxlen=L.pth. Three code generations share the key names:
