@@ -1,12 +1,18 @@
 // seqrec serve: wires the model file, the history store, the inference workers and the
 // HTTP front end together, and owns the process lifetime (signals, drain, reload).
+#include <malloc.h>
+#include <sys/resource.h>
+
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "cli/commands.h"
@@ -21,14 +27,53 @@ namespace seqrec::cli {
 
 namespace {
 
-std::string read_api_key(const std::string& file) {
+// A key from a file (its first line) or an environment variable. Set but empty (or only
+// blanks) is an error: it must never quietly mean "no authentication".
+std::string read_key_file(const char* flag, const std::string& file) {
   std::ifstream in(file);
-  if (!in) throw Error("--api-key-file: cannot read '" + file + "'");
+  if (!in) throw Error(std::string(flag) + ": cannot read '" + file + "'");
   std::string key;
   std::getline(in, key);
-  while (!key.empty() && (key.back() == '\r' || key.back() == ' ')) key.pop_back();
-  if (key.empty()) throw Error("--api-key-file: '" + file + "' has an empty first line");
-  return key;
+  const auto first = key.find_first_not_of(" \t\r");
+  const auto last = key.find_last_not_of(" \t\r");
+  if (first == std::string::npos) throw Error(std::string(flag) + ": '" + file + "' has an empty first line");
+  return key.substr(first, last - first + 1);
+}
+
+std::optional<std::string> key_from_env(const char* name) {
+  const char* value = std::getenv(name);
+  if (!value) return std::nullopt;
+  std::string key(value);
+  const auto first = key.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos)
+    throw Error(std::string(name) + ": set but empty; unset it to serve without a key, or give a key");
+  const auto last = key.find_last_not_of(" \t\r\n");
+  return key.substr(first, last - first + 1);
+}
+
+bool is_loopback(const std::string& address) {
+  boost::system::error_code ec;
+  const auto parsed = boost::asio::ip::make_address(address, ec);
+  return !ec && parsed.is_loopback();
+}
+
+// http://127.0.0.1:8080, http://[::1]:8080
+std::string url_of(const std::string& address, uint16_t port) {
+  const bool v6 = address.find(':') != std::string::npos;
+  return "http://" + (v6 ? "[" + address + "]" : address) + ":" + std::to_string(port);
+}
+
+// The soft descriptor limit raised to the hard one (connections, LMDB, Redis all need
+// descriptors); returns the limit now in force.
+uint64_t raise_descriptor_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur == RLIM_INFINITY ? uint64_t{1} << 20 : static_cast<uint64_t>(limit.rlim_cur);
 }
 
 void log(const std::string& line) { std::cerr << "seqrec serve: " << line << std::endl; }
@@ -37,7 +82,9 @@ void log(const std::string& line) { std::cerr << "seqrec serve: " << line << std
 
 Action add_serve(CLI::App& app) {
   struct Flags {
-    std::string model, history = "lmdb:seqrec-history", api_key_file;
+    std::string model, history = "lmdb:seqrec-history", api_key_file, read_key_file, model_dir;
+    bool allow_unauthenticated = false;
+    int64_t max_connections = 0;  // 0: from the descriptor limit
     http_server::Options http;
     server::ServiceOptions service;
     WorkerPool::Options workers;
@@ -75,6 +122,23 @@ Action add_serve(CLI::App& app) {
   app.add_option("--api-key-file", f->api_key_file,
                  "File whose first line is the API key that write and admin routes require (or set SEQREC_API_KEY)")
       ->envname("SEQREC_API_KEY_FILE");
+  app.add_option("--read-key-file", f->read_key_file,
+                 "File whose first line is a key for reads only (or set SEQREC_READ_KEY); needs --protect-reads")
+      ->envname("SEQREC_READ_KEY_FILE");
+  app.add_flag("--protect-reads", f->service.protect_reads,
+               "Every route but /healthz and /readyz needs a key (the read key or the admin key)");
+  app.add_flag("--public-metrics", f->service.public_metrics, "With --protect-reads, /metrics stays open");
+  app.add_flag("--allow-unauthenticated", f->allow_unauthenticated,
+               "Serve on a non-loopback address without an admin key (writes then open to anyone who reaches it)");
+  app.add_option("--model-dir", f->model_dir,
+                 "POST /admin/reload {\"path\"} loads only files inside this directory (default: the --model file's)")
+      ->envname("SEQREC_MODEL_DIR");
+  app.add_option("--max-connections", f->max_connections,
+                 "Connections served at once; beyond, one short 503 (/healthz still 200) (default: 4096, or fewer "
+                 "when the descriptor limit is lower)");
+  app.add_option("--max-buffered-body-bytes", f->http.max_buffered_body_bytes,
+                 "Request-body bytes being received at once over all connections (503 beyond)")
+      ->capture_default_str();
 
   return [f] {
     auto require_positive = [](const char* flag, int64_t v) {
@@ -91,10 +155,51 @@ Action add_serve(CLI::App& app) {
     require_positive("--max-body-bytes", static_cast<int64_t>(f->http.max_body_bytes));
     require_positive("--read-timeout", f->http.read_timeout.count());
     require_positive("--history-cap", f->store.max_per_user);
+    require_positive("--max-buffered-body-bytes", static_cast<int64_t>(f->http.max_buffered_body_bytes));
+    if (f->max_connections < 0) throw Error("--max-connections: " + std::to_string(f->max_connections) + " (expected >= 1)");
+
+    // Who may do what (README "Security").
     if (!f->api_key_file.empty())
-      f->service.api_key = read_api_key(f->api_key_file);
-    else if (const char* env = std::getenv("SEQREC_API_KEY"); env && *env)
-      f->service.api_key = std::string(env);
+      f->service.api_key = read_key_file("--api-key-file", f->api_key_file);
+    else
+      f->service.api_key = key_from_env("SEQREC_API_KEY");
+    if (!f->read_key_file.empty())
+      f->service.read_key = read_key_file("--read-key-file", f->read_key_file);
+    else
+      f->service.read_key = key_from_env("SEQREC_READ_KEY");
+    if (f->service.read_key && !f->service.protect_reads)
+      throw Error("--read-key-file / SEQREC_READ_KEY: a read key needs --protect-reads (reads are open without it)");
+    if (f->service.protect_reads && !f->service.api_key && !f->service.read_key)
+      throw Error("--protect-reads: no key to protect them with (give --api-key-file and/or --read-key-file)");
+    if (f->service.public_metrics && !f->service.protect_reads)
+      throw Error("--public-metrics: only means something with --protect-reads (/metrics is open otherwise)");
+    if (!is_loopback(f->http.bind) && !f->service.api_key && !f->allow_unauthenticated)
+      throw Error("--bind " + f->http.bind +
+                  ": not a loopback address, and no admin key: anyone who reaches it could write and delete "
+                  "histories. Give --api-key-file (or SEQREC_API_KEY), or --allow-unauthenticated to mean it");
+    {
+      namespace fs = std::filesystem;
+      std::error_code ec;
+      const std::string dir = f->model_dir.empty() ? fs::absolute(f->model).parent_path().string() : f->model_dir;
+      const fs::path canonical = fs::canonical(dir, ec);
+      if (ec || !fs::is_directory(canonical))
+        throw Error("--model-dir: '" + dir + "' is not a directory" + (ec ? " (" + ec.message() + ")" : ""));
+      f->service.model_dir = canonical.string();
+    }
+    const uint64_t descriptors = raise_descriptor_limit();
+    // Room beside connections for the store, the model file, logs, the reserve descriptor and
+    // the short-lived sessions that answer connections over the cap (64 at most).
+    const int64_t connection_room = std::max<int64_t>(8, static_cast<int64_t>(descriptors) - 128 - 64);
+    f->http.max_connections = f->max_connections ? f->max_connections : std::min<int64_t>(4096, connection_room);
+    if (f->http.max_connections > connection_room)
+      log("warning: --max-connections " + std::to_string(f->http.max_connections) + " exceeds what the descriptor " +
+          "limit (" + std::to_string(descriptors) + ") leaves room for; accept() will fail first (raise ulimit -n)");
+    // Request bodies (up to --max-body-bytes) come and go in bursts: a fixed mmap threshold
+    // keeps large ones out of the heap, so freeing them returns the memory to the OS at once
+    // (glibc's default threshold grows after the first large free and keeps them in the heap).
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    f->http.log = [](const std::string& line) { log(line); };
+    f->store.log = [](const std::string& line) { log("history: " + line); };
 
     const std::optional<double> threshold = f->rating_threshold;
     server::ModelLoader loader = [threshold](const std::string& path) { return load_recommender(path, threshold); };
@@ -115,10 +220,31 @@ Action add_serve(CLI::App& app) {
     };
 
     boost::asio::io_context ioc(f->io_threads);
-    http_server::HttpServer http(ioc, f->http,
-                                 [&service](http_server::HttpRequest&& request, http_server::Reply reply) {
-                                   service.handle(std::move(request), std::move(reply));
-                                 });
+    http_server::HttpServer http(
+        ioc, f->http,
+        [&service](http_server::HttpRequest&& request, http_server::Reply reply) {
+          service.handle(std::move(request), std::move(reply));
+        },
+        [&service](const http_server::http::request_header<>& header) { return service.check_header(header); });
+    metrics.collectors.push_back([&http](std::string& out) {
+      const http_server::Stats& s = http.stats();
+      auto line = [&out](const char* name, const char* type, const char* help, uint64_t value) {
+        out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+               std::to_string(value) + "\n";
+      };
+      line("seqrec_open_connections", "gauge", "Connections being served.",
+           static_cast<uint64_t>(std::max<int64_t>(0, s.open_connections.load())));
+      line("seqrec_refused_connections_total", "counter", "Connections over --max-connections (answered 503).",
+           s.refused_connections.load());
+      line("seqrec_refused_bodies_total", "counter", "Requests refused as --max-buffered-body-bytes was reached.",
+           s.refused_bodies.load());
+      line("seqrec_accept_errors_total", "counter", "accept() failures (EMFILE at the descriptor limit, ...).",
+           s.accept_errors.load());
+      line("seqrec_buffered_body_bytes", "gauge", "Request-body bytes being received now.",
+           s.buffered_body_bytes.load());
+      line("seqrec_memory_trims_total", "counter", "Times freed memory was returned to the OS after a burst.",
+           s.memory_trims.load());
+    });
     service.load_popularity();  // cold-start answers use the store's counts from the first request on
     http.start();
 
@@ -168,7 +294,9 @@ Action add_serve(CLI::App& app) {
         ", " + std::to_string(f->workers.threads) + " inference worker(s)");
     log("kernels: " + kernel_path() + " path on " + cpu_model() + " (SEQREC_CPU_ISA may force a lower one: " +
         supported_kernel_paths() + ")");
-    log("listening on http://" + f->http.bind + ":" + std::to_string(http.port()));
+    log("listening on " + url_of(f->http.bind, http.port()) + " (at most " + std::to_string(f->http.max_connections) +
+        " connections; " + (f->service.api_key ? "writes need the admin key" : "writes open: no admin key") + "; " +
+        (f->service.protect_reads ? "reads need a key" : "reads open") + ")");
 
     std::vector<std::thread> io_threads;
     for (int i = 1; i < f->io_threads; ++i) io_threads.emplace_back([&ioc] { ioc.run(); });

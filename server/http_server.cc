@@ -1,9 +1,16 @@
 #include "server/http_server.h"
 
+#include <fcntl.h>
+#include <malloc.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
+#include <cerrno>
 #include <optional>
 
 #include "engine/error.h"
@@ -33,20 +40,72 @@ HttpResponse error_response(http::status status, const std::string& code, const 
 namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
+// A connection's read buffer beyond this after a request is given back (a large body or
+// header grew it; the next request rarely needs it).
+constexpr std::size_t kKeptBufferBytes = 64 * 1024;
+// Connections over max_connections answered with one short reply at once; beyond this many
+// they are closed without a word (a flood must not get a session each).
+constexpr int64_t kMaxOverflowSessions = 64;
+constexpr auto kOverflowReadTimeout = std::chrono::seconds(2);
+// After this many body bytes were received since the last trim, and once none is buffered,
+// freed memory is returned to the OS (glibc keeps freed heap pages otherwise).
+constexpr uint64_t kTrimAfterBytes = uint64_t{16} << 20;
 
 struct State {
   Options options;
   Handler handler;
+  HeaderCheck check;
+  Stats stats;
   std::atomic<int64_t> in_flight{0};
   std::atomic<bool> draining{false};
+  std::atomic<int64_t> overflow_sessions{0};
+  std::atomic<uint64_t> body_bytes_since_trim{0};
+
+  bool reserve_body(uint64_t bytes) {
+    const uint64_t before = stats.buffered_body_bytes.fetch_add(bytes);
+    if (before + bytes > options.max_buffered_body_bytes) {
+      stats.buffered_body_bytes.fetch_sub(bytes);
+      return false;
+    }
+    body_bytes_since_trim += bytes;
+    return true;
+  }
+  void release_body(uint64_t bytes) { stats.buffered_body_bytes.fetch_sub(bytes); }
+  void log(const std::string& line) const {
+    if (options.log) options.log(line);
+  }
 };
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+std::string_view trimmed(boost::beast::string_view value) {
+  std::string_view s(value.data(), value.size());
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, std::shared_ptr<State> state) : stream_(std::move(socket)), state_(std::move(state)) {
+  // `overflow`: a connection beyond max_connections, answered once and closed.
+  Session(tcp::socket&& socket, std::shared_ptr<State> state, bool overflow)
+      : stream_(std::move(socket)), state_(std::move(state)), overflow_(overflow) {
     // Beast reads at most the buffer's free capacity per call (512 bytes when empty): room
     // for a typical request lets one recv take it whole instead of a dozen growing reads.
     buffer_.reserve(kReadChunk);
+  }
+
+  ~Session() {
+    release_body();
+    if (overflow_)
+      --state_->overflow_sessions;
+    else
+      --state_->stats.open_connections;
   }
 
   void run() { net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this())); }
@@ -56,8 +115,9 @@ class Session : public std::enable_shared_from_this<Session> {
     if (state_->draining) return do_close();
     parser_.emplace();
     parser_->body_limit(state_->options.max_body_bytes);
-    parser_->header_limit(64 * 1024);
-    stream_.expires_after(state_->options.read_timeout);
+    parser_->header_limit(overflow_ ? 8 * 1024 : 64 * 1024);
+    stream_.expires_after(overflow_ ? std::chrono::duration_cast<std::chrono::seconds>(kOverflowReadTimeout)
+                                    : state_->options.read_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Session::on_read_header, shared_from_this()));
   }
@@ -66,9 +126,38 @@ class Session : public std::enable_shared_from_this<Session> {
     // Beast itself compares Content-Length with the body limit while parsing the header.
     if (ec == http::error::body_limit) return refuse_oversized(parser_->content_length().value_or(0));
     if (ec) return on_read_error(ec);
+    const auto& header = parser_->get();
+    if (overflow_) return answer_overflow(header);
+    // Bodies are taken as sent: a transfer or content coding we would have to undo is refused,
+    // never silently ignored.
+    if (auto te = header.find(http::field::transfer_encoding); te != header.end()) {
+      if (!iequals(trimmed(te->value()), "chunked"))
+        return refuse(http::status::unsupported_media_type, "unsupported_encoding",
+                      "Transfer-Encoding: '" + std::string(te->value()) + "' is not supported (only chunked)");
+    }
+    if (auto ce = header.find(http::field::content_encoding); ce != header.end()) {
+      if (!iequals(trimmed(ce->value()), "identity"))
+        return refuse(http::status::unsupported_media_type, "unsupported_encoding",
+                      "Content-Encoding: '" + std::string(ce->value()) + "' is not supported (send the body as is)");
+    }
+    if (state_->check) {
+      if (std::optional<HttpResponse> refused = state_->check(header.base())) {
+        refused->keep_alive(false);
+        return send(std::move(*refused));
+      }
+    }
     // Decided from Content-Length before a byte of the body is read.
-    if (auto length = parser_->content_length(); length && *length > state_->options.max_body_bytes)
-      return refuse_oversized(*length);
+    const auto length = parser_->content_length();
+    if (length && *length > state_->options.max_body_bytes) return refuse_oversized(*length);
+    const uint64_t reserve = length ? *length : (parser_->chunked() ? state_->options.max_body_bytes : 0);
+    if (reserve > 0) {
+      if (!state_->reserve_body(reserve)) {
+        ++state_->stats.refused_bodies;
+        return refuse(http::status::service_unavailable, "overloaded",
+                      "too many request bodies being received at once; retry shortly");
+      }
+      reserved_ = reserve;
+    }
     http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_read, shared_from_this()));
   }
 
@@ -76,8 +165,11 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec == http::error::body_limit) return refuse_oversized(0);
     if (ec) return on_read_error(ec);
     HttpRequest request = parser_->release();
+    parser_.reset();
+    if (buffer_.capacity() > kKeptBufferBytes) buffer_.shrink_to_fit();
     const unsigned version = request.version();
     const bool keep_alive = request.keep_alive();
+    head_ = request.method() == http::verb::head;
     stream_.expires_never();  // computing the answer is not a read; the timeout resumes with the next read
     ++state_->in_flight;
     auto self = shared_from_this();
@@ -90,25 +182,37 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // Over max_connections: health checks still answered, everything else told to come back.
+  void answer_overflow(const http::request_parser<http::string_body>::value_type& header) {
+    std::string_view target(header.target().data(), header.target().size());
+    const bool health = (header.method() == http::verb::get || header.method() == http::verb::head) &&
+                        target.substr(0, target.find('?')) == "/healthz";
+    if (health) return send(json_response(http::status::ok, R"({"status": "ok"})", 11, false));
+    refuse(http::status::service_unavailable, "overloaded",
+           "too many connections (--max-connections " + std::to_string(state_->options.max_connections) +
+               "); retry shortly");
+  }
+
   void on_read_error(beast::error_code ec) {
     if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
         ec == net::error::connection_reset || ec == net::error::eof)
       return do_close();
     if (ec.category() == beast::error_code(http::error::bad_method).category()) {
       // The bytes were not HTTP: say so once, then hang up.
-      return send(error_response(http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message(),
-                                 11, false));
+      return refuse(http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message());
     }
     do_close();
   }
 
+  void refuse(http::status status, const std::string& code, const std::string& message) {
+    send(error_response(status, code, message, 11, false));
+  }
+
   void refuse_oversized(uint64_t length) {
     const std::string limit = std::to_string(state_->options.max_body_bytes);
-    send(error_response(http::status::payload_too_large, "payload_too_large",
-                        length ? "body: Content-Length " + std::to_string(length) + " exceeds the limit of " + limit +
-                                     " bytes"
-                               : "body: exceeds the limit of " + limit + " bytes",
-                        11, false));
+    refuse(http::status::payload_too_large, "payload_too_large",
+           length ? "body: Content-Length " + std::to_string(length) + " exceeds the limit of " + limit + " bytes"
+                  : "body: exceeds the limit of " + limit + " bytes");
   }
 
   // `answers_request`: this write completes a request counted in in_flight (the drain on
@@ -116,6 +220,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void send(HttpResponse response, bool answers_request = false) {
     response_ = std::move(response);
     response_.prepare_payload();
+    if (head_ && answers_request) {
+      // HEAD: the headers GET would send (Content-Length included), no body.
+      const auto length = response_.body().size();
+      response_.body().clear();
+      response_.content_length(length);
+    }
     stream_.expires_after(state_->options.read_timeout);
     http::async_write(stream_, response_,
                       beast::bind_front_handler(&Session::on_write, shared_from_this(), !response_.keep_alive(),
@@ -124,14 +234,23 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_write(bool close, bool answers_request, beast::error_code ec, std::size_t) {
     if (answers_request) --state_->in_flight;
+    release_body();
+    response_ = {};  // the answer's memory goes now, not when the next one replaces it
+    head_ = false;
     if (ec) return;
     if (close) return do_close();
     do_read();
   }
 
+  void release_body() {
+    if (reserved_) state_->release_body(reserved_);
+    reserved_ = 0;
+  }
+
   // Half-close, then let the peer finish sending (an unread body would otherwise turn our
   // close into a reset that can destroy the answer before the client reads it).
   void do_close() {
+    release_body();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     drained_ = 0;
@@ -156,6 +275,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   HttpResponse response_;
   std::shared_ptr<State> state_;
+  const bool overflow_;
+  bool head_ = false;
+  uint64_t reserved_ = 0;  // body bytes reserved in State for the request being read
   char drain_buffer_[8192];
   uint64_t drained_ = 0;
 };
@@ -164,7 +286,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
 class Listener : public std::enable_shared_from_this<Listener> {
  public:
-  Listener(net::io_context& ioc, std::shared_ptr<State> state) : ioc_(ioc), acceptor_(net::make_strand(ioc)), state_(state) {
+  Listener(net::io_context& ioc, std::shared_ptr<State> state)
+      : ioc_(ioc), acceptor_(net::make_strand(ioc)), retry_(acceptor_.get_executor()), trim_(acceptor_.get_executor()),
+        state_(state) {
     beast::error_code ec;
     const std::string where = state->options.bind + ":" + std::to_string(state->options.port);
     const auto address = net::ip::make_address(state->options.bind, ec);
@@ -175,17 +299,29 @@ class Listener : public std::enable_shared_from_this<Listener> {
     if (!ec) acceptor_.bind(endpoint, ec);
     if (!ec) acceptor_.listen(net::socket_base::max_listen_connections, ec);
     if (ec) throw Error("cannot listen on " + where + ": " + ec.message());
+    // Held back for the moment every descriptor is taken: closing it lets us accept (and
+    // close) one waiting connection instead of leaving accept() failing in a loop.
+    reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+
+  ~Listener() {
+    if (reserve_fd_ >= 0) ::close(reserve_fd_);
   }
 
   uint16_t port() const { return acceptor_.local_endpoint().port(); }
   std::shared_ptr<State> state() const { return state_; }
 
-  void run() { do_accept(); }
+  void run() {
+    do_accept();
+    schedule_trim();
+  }
 
   void stop() {
     net::post(acceptor_.get_executor(), [self = shared_from_this()] {
       beast::error_code ec;
       self->acceptor_.close(ec);
+      self->retry_.cancel();
+      self->trim_.cancel();
     });
   }
 
@@ -196,22 +332,120 @@ class Listener : public std::enable_shared_from_this<Listener> {
 
   void on_accept(beast::error_code ec, tcp::socket socket) {
     if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
-    if (!ec) {
-      socket.set_option(tcp::no_delay(true), ec);  // small JSON answers must not wait for Nagle
-      std::make_shared<Session>(std::move(socket), state_)->run();
+    if (ec) return on_accept_error(ec);
+    socket.set_option(tcp::no_delay(true), ec);  // small JSON answers must not wait for Nagle
+    Stats& stats = state_->stats;
+    if (stats.open_connections.load() < state_->options.max_connections) {
+      ++stats.open_connections;
+      std::make_shared<Session>(std::move(socket), state_, false)->run();
+    } else {
+      ++stats.refused_connections;
+      if (state_->overflow_sessions.fetch_add(1) < kMaxOverflowSessions) {
+        std::make_shared<Session>(std::move(socket), state_, true)->run();
+      } else {
+        --state_->overflow_sessions;
+        beast::error_code ignored;
+        socket.close(ignored);
+      }
+      log_limited("connection refused: " + std::to_string(state_->options.max_connections) +
+                  " connections open (--max-connections)");
     }
     do_accept();
   }
 
+  // accept() failing must never become a busy loop: at the descriptor limit (EMFILE/ENFILE)
+  // the reserve descriptor makes room to take one waiting connection and close it (its
+  // client gets a reset rather than a hang), then accepting resumes after a pause.
+  void on_accept_error(beast::error_code ec) {
+    ++state_->stats.accept_errors;
+    const bool out_of_descriptors = ec == net::error::no_descriptors || ec.value() == ENFILE;
+    log_limited("accept failed: " + ec.message() +
+                (out_of_descriptors ? " (at the file-descriptor limit: raise `ulimit -n` or lower --max-connections)"
+                                    : ""));
+    if (out_of_descriptors && reserve_fd_ >= 0) {
+      ::close(reserve_fd_);
+      // Shed the waiting connections one descriptor at a time, each with a one-line answer:
+      // health checks still get their 200, everyone else a 503 instead of a hang.
+      for (int shed = 0; shed < 256; ++shed) {
+        const int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) break;
+        answer_and_close(fd);
+      }
+      reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    retry_.expires_after(std::chrono::milliseconds(out_of_descriptors ? 50 : 10));
+    retry_.async_wait([self = shared_from_this()](beast::error_code wait_ec) {
+      if (!wait_ec && self->acceptor_.is_open()) self->do_accept();
+    });
+  }
+
+  // At the descriptor limit there is no room for a session: whatever request already arrived
+  // is peeked at (never waited for), /healthz gets 200, anything else 503, and the socket closes.
+  static void answer_and_close(int fd) {
+    char request[256];
+    const ssize_t n = ::recv(fd, request, sizeof request, MSG_DONTWAIT);
+    const std::string_view seen(request, n > 0 ? static_cast<size_t>(n) : 0);
+    const bool health = seen.starts_with("GET /healthz ") || seen.starts_with("HEAD /healthz ");
+    static constexpr std::string_view kHealthy =
+        "HTTP/1.1 200 OK\r\nServer: seqrec\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        "Content-Length: 16\r\n\r\n{\"status\": \"ok\"}";
+    static constexpr std::string_view kBusy =
+        "HTTP/1.1 503 Service Unavailable\r\nServer: seqrec\r\nContent-Type: application/json\r\nConnection: "
+        "close\r\nContent-Length: 86\r\n\r\n{\"error\": {\"code\": \"overloaded\", \"message\": \"no file "
+        "descriptor left; retry shortly\"}}";
+    const std::string_view answer = health ? kHealthy : kBusy;
+    if (seen.starts_with("HEAD ")) {
+      const std::string_view head = answer.substr(0, answer.find("\r\n\r\n") + 4);
+      (void)!::send(fd, head.data(), head.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else {
+      (void)!::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    ::close(fd);
+  }
+
+  // One line per kind of event per 10 s at most: a flood must not flood the log too.
+  void log_limited(const std::string& line) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_log_ < std::chrono::seconds(10)) {
+      ++suppressed_;
+      return;
+    }
+    state_->log(line + (suppressed_ ? " (" + std::to_string(suppressed_) + " similar events not logged)" : ""));
+    suppressed_ = 0;
+    last_log_ = now;
+  }
+
+  // After a burst of bodies has been received and none is buffered any more, hand the freed
+  // heap back to the OS so that RSS falls back instead of staying at the burst's peak.
+  void schedule_trim() {
+    trim_.expires_after(std::chrono::seconds(1));
+    trim_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || !self->acceptor_.is_open()) return;
+      State& s = *self->state_;
+      if (s.body_bytes_since_trim.load() > kTrimAfterBytes && s.stats.buffered_body_bytes.load() == 0) {
+        s.body_bytes_since_trim = 0;
+        ::malloc_trim(0);
+        ++s.stats.memory_trims;
+      }
+      self->schedule_trim();
+    });
+  }
+
   net::io_context& ioc_;
   tcp::acceptor acceptor_;
+  net::steady_timer retry_;
+  net::steady_timer trim_;
   std::shared_ptr<State> state_;
+  int reserve_fd_ = -1;
+  std::chrono::steady_clock::time_point last_log_{};
+  uint64_t suppressed_ = 0;
 };
 
-HttpServer::HttpServer(net::io_context& ioc, Options options, Handler handler) {
+HttpServer::HttpServer(net::io_context& ioc, Options options, Handler handler, HeaderCheck check) {
   auto state = std::make_shared<State>();
   state->options = std::move(options);
   state->handler = std::move(handler);
+  state->check = std::move(check);
   listener_ = std::make_shared<Listener>(ioc, state);
 }
 
@@ -226,5 +460,6 @@ void HttpServer::stop_accepting() {
 }
 
 int64_t HttpServer::in_flight() const { return listener_->state()->in_flight; }
+const Stats& HttpServer::stats() const { return listener_->state()->stats; }
 
 }  // namespace seqrec::http_server

@@ -386,9 +386,13 @@ std::string write_interactions(const std::string& user_id, const std::vector<Int
     out += it.timestamp ? std::to_string(*it.timestamp) : "null";
     out += ", \"rating\": ";
     if (it.rating) {
-      char buf[32];
+      char buf[40];
       auto [end, ec] = std::to_chars(buf, buf + sizeof buf, *it.rating);
       out.append(buf, end);
+      // The shortest form of a huge whole rating (2^64) is a bare integer that JSON readers
+      // (simdjson among them) refuse or read as an integer: keep it a float.
+      if (std::string_view(buf, end - buf).find_first_of(".eEn") == std::string_view::npos && end - buf > 15)
+        out += ".0";
     } else {
       out += "null";
     }

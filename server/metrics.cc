@@ -95,6 +95,7 @@ std::string Metrics::render() const {
   out += "# HELP seqrec_model_info The model being served.\n";
   out += "# TYPE seqrec_model_info gauge\n";
   out += "seqrec_model_info{" + (model_labels ? model_labels() : std::string()) + "} 1\n";
+  for (const auto& collect : collectors) collect(out);
   return out;
 }
 

@@ -38,6 +38,8 @@ class Metrics {
   // Gauges read at scrape time.
   std::function<size_t()> queue_depth;
   std::function<std::string()> model_labels;  // `source="pmixer",n_items="9725",...`
+  // More families appended at scrape time (the HTTP front end's connection figures).
+  std::vector<std::function<void(std::string& out)>> collectors;
 
   std::string render() const;
 

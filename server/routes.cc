@@ -2,6 +2,7 @@
 
 #include <boost/asio/post.hpp>
 #include <chrono>
+#include <filesystem>
 
 #include "engine/platform.h"
 
@@ -93,59 +94,126 @@ void Service::handle(http_server::HttpRequest&& request, http_server::Reply repl
   }
 }
 
-bool Service::authorized(const Call& call) const {
-  if (!options_.api_key) return true;
-  std::string given;
-  if (auto it = call.request.find(http::field::authorization); it != call.request.end()) {
-    const std::string_view value(it->value().data(), it->value().size());
-    if (value.substr(0, 7) == "Bearer ") given = std::string(value.substr(7));
-  } else if (auto key = call.request.find("X-API-Key"); key != call.request.end()) {
-    given = std::string(key->value());
-  }
-  // Compare in constant time: the key must not leak through response timing.
-  const std::string& expected = *options_.api_key;
+namespace {
+
+// Constant time in the key's content: a key must not leak through response timing.
+bool same_key(std::string_view given, const std::string& expected) {
   unsigned char diff = given.size() == expected.size() ? 0 : 1;
-  for (size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(expected[i] ^ (i < given.size() ? given[i] : 0));
+  for (size_t i = 0; i < expected.size(); ++i)
+    diff |= static_cast<unsigned char>(expected[i] ^ (i < given.size() ? given[i] : 0));
   return diff == 0;
 }
 
-void Service::route(const std::shared_ptr<Call>& call) {
-  std::string_view target(call->request.target().data(), call->request.target().size());
+std::string_view path_of(std::string_view target) {
   if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
-  const http::verb method = call->request.method();
+  return target;
+}
+
+// The metrics label of a path: the route's pattern, never the raw path (user ids would make
+// one series per user).
+std::string route_label(std::string_view path) {
+  static const char* const kFixed[] = {"/recommend", "/iid_recommend", "/uid_recommend", "/recommend/batch",
+                                       "/healthz",   "/readyz",        "/metrics",       "/model",
+                                       "/admin/reload"};
+  for (const char* fixed : kFixed)
+    if (path == fixed) return fixed;
+  if (path.substr(0, 7) == "/users/") {
+    const std::string_view rest = path.substr(7);
+    return rest.size() > 13 && rest.substr(rest.size() - 13) == "/interactions" ? "/users/{id}/interactions"
+                                                                                 : "/users/{id}";
+  }
+  return "other";
+}
+
+// User ids arrive percent-encoded in paths; once decoded they must be text (UTF-8 without
+// control bytes), or `%FF` and `\xFF` sent as JSON would name the same user differently.
+std::string user_id_from_path(std::string_view encoded) {
+  std::string id = percent_decode(encoded);
+  if (visible_text(id) != id)
+    throw api::ApiError(400, "invalid_request",
+                        "path: user id '" + std::string(encoded) + "' is not UTF-8 text (control or invalid bytes)");
+  return id;
+}
+
+}  // namespace
+
+Service::Access Service::access_for(http::verb method, std::string_view target) const {
+  target = path_of(target);
+  if (target == "/healthz" || target == "/readyz") return Access::open;
+  if (target == "/admin/reload") return Access::admin;
+  if (target.substr(0, 7) == "/users/" && method != http::verb::get && method != http::verb::head)
+    return Access::admin;  // appends and deletes
+  if (target == "/metrics" && options_.public_metrics) return Access::open;
+  return options_.protect_reads ? Access::read : Access::open;
+}
+
+bool Service::authorized(const http::request_header<>& header, Access access) const {
+  if (access == Access::open) return true;
+  if (access == Access::admin && !options_.api_key) return true;  // no key configured: writes are open
+  std::string_view given;
+  if (auto it = header.find(http::field::authorization); it != header.end()) {
+    const std::string_view value(it->value().data(), it->value().size());
+    if (value.substr(0, 7) != "Bearer ") return false;
+    given = value.substr(7);
+  } else if (auto key = header.find("X-API-Key"); key != header.end()) {
+    given = std::string_view(key->value().data(), key->value().size());
+  } else {
+    return false;
+  }
+  const bool admin = options_.api_key && same_key(given, *options_.api_key);
+  if (access == Access::admin) return admin;
+  return admin || (options_.read_key && same_key(given, *options_.read_key));
+}
+
+std::optional<HttpResponse> Service::check_header(const http::request_header<>& header) const {
+  const std::string_view target(header.target().data(), header.target().size());
+  const Access access = access_for(header.method(), target);
+  if (authorized(header, access)) return std::nullopt;
+  metrics_.count_request(route_label(path_of(target)), 401, 0.0);
+  HttpResponse res = http_server::error_response(
+      http::status::unauthorized, "unauthorized",
+      std::string(access == Access::admin ? "this route needs the admin key" : "this route needs an API key") +
+          " (send Authorization: Bearer KEY or X-API-Key: KEY)",
+      header.version(), false);
+  res.set(http::field::www_authenticate, "Bearer");
+  return res;
+}
+
+void Service::route(const std::shared_ptr<Call>& call) {
+  const std::string_view target = path_of({call->request.target().data(), call->request.target().size()});
+  // HEAD is GET without the body (the session drops it); the route answers as for GET.
+  const http::verb method =
+      call->request.method() == http::verb::head ? http::verb::get : call->request.method();
+  call->route = route_label(target);
+  // The session checked the key from the header before the body was read; checked again
+  // here for callers that hand requests in directly.
+  const Access access = access_for(method, target);
+  if (!authorized(call->request.base(), access)) {
+    call->error(http::status::unauthorized, "unauthorized",
+                std::string(access == Access::admin ? "this route needs the admin key" : "this route needs an API key") +
+                    " (send Authorization: Bearer KEY or X-API-Key: KEY)");
+    return;
+  }
   auto only = [&](http::verb allowed, const char* name) {
     if (method == allowed) return true;
     call->method_not_allowed(name);
     return false;
   };
-  auto require_key = [&] {
-    if (authorized(*call)) return true;
-    call->error(http::status::unauthorized, "unauthorized",
-                "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
-    return false;
-  };
 
   if (target == "/recommend" || target == "/iid_recommend" || target == "/uid_recommend") {
-    call->route = std::string(target);
     if (only(http::verb::post, "POST")) recommend(call, call->route);
   } else if (target == "/recommend/batch") {
-    call->route = "/recommend/batch";
     if (only(http::verb::post, "POST")) recommend_batch(call);
   } else if (target == "/healthz") {
-    call->route = "/healthz";
-    if (only(http::verb::get, "GET")) call->answer(http::status::ok, R"({"status": "ok"})");
+    if (only(http::verb::get, "GET, HEAD")) call->answer(http::status::ok, R"({"status": "ok"})");
   } else if (target == "/readyz") {
-    call->route = "/readyz";
-    if (only(http::verb::get, "GET")) ready(call);
+    if (only(http::verb::get, "GET, HEAD")) ready(call);
   } else if (target == "/metrics") {
-    call->route = "/metrics";
-    if (only(http::verb::get, "GET")) call->answer(http::status::ok, metrics_.render(), "text/plain; version=0.0.4");
+    if (only(http::verb::get, "GET, HEAD")) call->answer(http::status::ok, metrics_.render(), "text/plain; version=0.0.4");
   } else if (target == "/model") {
-    call->route = "/model";
-    if (only(http::verb::get, "GET")) call->answer(http::status::ok, model_json());
+    if (only(http::verb::get, "GET, HEAD")) call->answer(http::status::ok, model_json());
   } else if (target == "/admin/reload") {
-    call->route = "/admin/reload";
-    if (only(http::verb::post, "POST") && require_key()) admin_reload(call);
+    if (only(http::verb::post, "POST")) admin_reload(call);
   } else if (target.substr(0, 7) == "/users/") {
     std::string_view rest = target.substr(7);
     const bool interactions = rest.size() > 13 && rest.substr(rest.size() - 13) == "/interactions";
@@ -154,16 +222,14 @@ void Service::route(const std::shared_ptr<Call>& call) {
       call->error(http::status::not_found, "not_found", "no route " + std::string(target));
       return;
     }
-    const std::string user_id = percent_decode(rest);
+    const std::string user_id = user_id_from_path(rest);
     if (interactions) {
-      call->route = "/users/{id}/interactions";
-      if (method == http::verb::get || (method == http::verb::post && require_key()))
+      if (method == http::verb::get || method == http::verb::post)
         user_interactions(call, user_id);
-      else if (method != http::verb::post)
-        call->method_not_allowed("GET, POST");
+      else
+        call->method_not_allowed("GET, HEAD, POST");
     } else {
-      call->route = "/users/{id}";
-      if (only(http::verb::delete_, "DELETE") && require_key()) delete_user(call, user_id);
+      if (only(http::verb::delete_, "DELETE")) delete_user(call, user_id);
     }
   } else {
     call->error(http::status::not_found, "not_found", "no route " + std::string(target));
@@ -252,7 +318,7 @@ void Service::recommend_batch(const std::shared_ptr<Call>& call) {
 }
 
 void Service::user_interactions(const std::shared_ptr<Call>& call, const std::string& user_id) {
-  if (call->request.method() == http::verb::get) {
+  if (call->request.method() == http::verb::get || call->request.method() == http::verb::head) {
     return off_io(call, [this, call, user_id] {
       call->answer(http::status::ok, api::write_interactions(user_id, store_.get(user_id)));
     });
@@ -290,12 +356,41 @@ void Service::ready(const std::shared_ptr<Call>& call) {
 
 void Service::admin_reload(const std::shared_ptr<Call>& call) {
   std::optional<std::string> path = api::parse_reload_body(call->request.body());
+  if (path) {
+    // Loading another file is a privilege of the admin key, confined to --model-dir: the
+    // route must not become a way to probe or read the server's files.
+    if (!options_.api_key)
+      throw api::ApiError(403, "forbidden",
+                          "path: reloading another file needs the admin key (serve with --api-key-file); without "
+                          "one, an empty body reloads the model file itself");
+    path = confined_model_path(*path);
+  }
   reload(path, [this, call](std::optional<std::string> error) {
     if (error)
       call->error(http::status::unprocessable_entity, "reload_failed", *error);
     else
       call->answer(http::status::ok, "{\"reloaded\": true, \"model\": " + model_json() + "}");
   });
+}
+
+std::string Service::confined_model_path(const std::string& path) const {
+  namespace fs = std::filesystem;
+  const std::string refused = "path: '" + path + "' is not inside --model-dir" +
+                              (options_.model_dir.empty() ? " (none set)" : " " + options_.model_dir);
+  if (options_.model_dir.empty()) throw api::ApiError(403, "forbidden", refused);
+  const fs::path dir(options_.model_dir);  // canonical, checked at start
+  auto inside = [&dir](const fs::path& p) {
+    const fs::path relative = p.lexically_relative(dir);
+    return !relative.empty() && relative != "." && *relative.begin() != "..";
+  };
+  // Lexically first (nothing is touched for a path that is plainly outside), then with
+  // every symlink resolved: one answer whether or not the file exists.
+  const fs::path candidate = (fs::path(path).is_absolute() ? fs::path(path) : dir / path).lexically_normal();
+  if (!inside(candidate)) throw api::ApiError(403, "forbidden", refused);
+  std::error_code ec;
+  const fs::path real = fs::weakly_canonical(candidate, ec);
+  if (ec || !inside(real)) throw api::ApiError(403, "forbidden", refused);
+  return real.string();
 }
 
 void Service::reload(std::optional<std::string> path, std::function<void(std::optional<std::string>)> done) {

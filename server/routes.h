@@ -25,7 +25,16 @@ using ModelLoader = std::function<LoadedModel(const std::string& path)>;
 struct ServiceOptions {
   api::Limits limits;
   int64_t max_batch_requests = 256;
-  std::optional<std::string> api_key;  // write and admin routes need it when set
+  // Who may do what. Write and admin routes need the admin key when one is set. With
+  // protect_reads every route but /healthz and /readyz needs a key (the read key or the admin
+  // key), /metrics too unless public_metrics.
+  std::optional<std::string> api_key;   // the admin key (writes, reload; reads too)
+  std::optional<std::string> read_key;  // reads only
+  bool protect_reads = false;
+  bool public_metrics = false;
+  // `POST /admin/reload {"path"}` loads only files that resolve (symlinks followed) inside
+  // this directory, and only with the admin key. Empty: reload with a path is refused.
+  std::string model_dir;
 };
 
 class Service {
@@ -35,6 +44,9 @@ class Service {
 
   // The http_server::Handler.
   void handle(http_server::HttpRequest&& request, http_server::Reply reply);
+  // The http_server::HeaderCheck: refuses a request whose route needs a key the header does
+  // not carry, before its body is read.
+  std::optional<http_server::HttpResponse> check_header(const boost::beast::http::request_header<>& header) const;
 
   // Loads `path` (or the current file again) off the I/O threads and swaps it in; `done`
   // gets the loader's error, or nothing on success. Requests in flight finish on the old model.
@@ -56,7 +68,13 @@ class Service {
   void delete_user(const std::shared_ptr<Call>& call, const std::string& user_id);
   void ready(const std::shared_ptr<Call>& call);
   void admin_reload(const std::shared_ptr<Call>& call);
-  bool authorized(const Call& call) const;
+  // What a route needs: nothing, a read key (when reads are protected), the admin key.
+  enum class Access { open, read, admin };
+  Access access_for(boost::beast::http::verb method, std::string_view target) const;
+  bool authorized(const boost::beast::http::request_header<>& header, Access access) const;
+  // The reload path inside model_dir, or ApiError 403 (the same message whether the file
+  // exists or not: the answer must not map the filesystem).
+  std::string confined_model_path(const std::string& path) const;
   // Runs `work` on the blocking pool; a StoreUnavailable becomes 503, any Error 500.
   void off_io(const std::shared_ptr<Call>& call, std::function<void()> work);
   // Resolves user_id (store) when needed, then queues the request for inference.

@@ -1,6 +1,7 @@
 // The embedded, durable store: one LMDB environment (a directory) with two named databases,
 //   users        key(user id)  → encoded history (encoding.h), oldest first
-//   item_counts  key(item id)  → uint64 little-endian count [+ the full id, for hashed keys]
+//   item_counts  key(item id)  → uint64 little-endian count of the stored interactions with the
+//                                item [+ the full id, for hashed keys]; absent when 0
 // Every write is a transaction committed with LMDB's default durable sync, so an append that
 // returned survives kill -9 (and power loss). Concurrent appends are group-committed: one
 // thread writes everything queued in one transaction and one sync, the others wait for it.
@@ -33,6 +34,9 @@ class CorruptValue : public Error {
 
 // LMDB forbids opening one environment twice in a process (closing either breaks the other's
 // locks), so each directory may back one open store at a time.
+// Item id → change of its count, applied in the same transaction as the histories.
+using CountDeltas = std::map<std::string, int64_t>;
+
 class OpenDirectoryClaim {
  public:
   OpenDirectoryClaim() = default;
@@ -160,7 +164,7 @@ class LmdbStore final : public HistoryStore {
         ++end;
       }
       WriteTxn txn(*this);
-      std::map<std::string, uint64_t> counts;
+      CountDeltas counts;
       // A corrupt stored value fails the whole transaction: an import never half-applies.
       for (size_t i = begin; i < end; ++i) append_in_txn(txn.txn, users[i].first, users[i].second, counts);
       add_counts(txn.txn, counts);
@@ -169,13 +173,24 @@ class LmdbStore final : public HistoryStore {
     }
   }
 
+  // The history and its contribution to the item counts go in one transaction.
   bool erase(std::string_view user_id) override {
     WriteTxn txn(*this);
     const std::string key = key_for(user_id);
-    MDB_val k{key.size(), const_cast<char*>(key.data())};
-    const int rc = mdb_del(txn.txn, users_, &k, nullptr);
+    MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
+    int rc = mdb_get(txn.txn, users_, &k, &v);
     if (rc == MDB_NOTFOUND) return false;
-    check(rc, "delete");
+    check(rc, "get");
+    CountDeltas counts;
+    std::vector<Interaction> stored;
+    try {
+      decode_history({static_cast<const char*>(v.mv_data), v.mv_size}, stored);
+    } catch (const Error&) {
+      stored.clear();  // unreadable: its items cannot be known; the history still goes
+    }
+    for (const Interaction& it : stored) --counts[it.item_id];
+    check(mdb_del(txn.txn, users_, &k, nullptr), "delete");
+    add_counts(txn.txn, counts);
     txn.commit();
     return true;
   }
@@ -285,7 +300,7 @@ class LmdbStore final : public HistoryStore {
   // Appends to one user's stored history inside `txn`, trimming to the cap, and tallies the
   // items in `counts`. Throws CorruptValue (nothing written) when the stored value is bad.
   void append_in_txn(MDB_txn* txn, std::string_view user_id, std::span<const Interaction> interactions,
-                     std::map<std::string, uint64_t>& counts) {
+                     CountDeltas& counts) {
     if (interactions.empty()) return;
     const std::string key = key_for(user_id);
     MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
@@ -307,6 +322,11 @@ class LmdbStore final : public HistoryStore {
     const size_t total = stored + interactions.size();
     if (total > static_cast<size_t>(max_per_user_)) {
       const size_t cut = record_offsets(value)[total - static_cast<size_t>(max_per_user_)];
+      // The trimmed interactions leave the counts with the history.
+      std::string trimmed = value.substr(0, cut);
+      std::vector<Interaction> removed;
+      decode_history(trimmed, removed);
+      for (const Interaction& it : removed) --counts[it.item_id];
       value.erase(1, cut - 1);
     }
     MDB_val nv{value.size(), value.data()};
@@ -314,18 +334,25 @@ class LmdbStore final : public HistoryStore {
     for (const Interaction& it : interactions) ++counts[it.item_id];
   }
 
-  void add_counts(MDB_txn* txn, const std::map<std::string, uint64_t>& counts) {
-    for (const auto& [item_id, n] : counts) {
+  // Applies count changes; a count that reaches 0 is deleted (items with no stored
+  // interaction are not listed).
+  void add_counts(MDB_txn* txn, const CountDeltas& counts) {
+    for (const auto& [item_id, delta] : counts) {
+      if (delta == 0) continue;
       const std::string key = key_for(item_id);
       MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
       const int rc = mdb_get(txn, counts_, &k, &v);
-      uint64_t total = n;
+      int64_t total = delta;
       if (rc == 0)
-        total += decode_count({static_cast<const char*>(v.mv_data), v.mv_size});
+        total += static_cast<int64_t>(decode_count({static_cast<const char*>(v.mv_data), v.mv_size}));
       else if (rc != MDB_NOTFOUND)
         check(rc, "get");
+      if (total <= 0) {
+        if (rc == 0) check(mdb_del(txn, counts_, &k, nullptr), "delete");
+        continue;
+      }
       std::string value(8, '\0');
-      for (int i = 0; i < 8; ++i) value[i] = static_cast<char>((total >> (8 * i)) & 0xff);
+      for (int i = 0; i < 8; ++i) value[i] = static_cast<char>((static_cast<uint64_t>(total) >> (8 * i)) & 0xff);
       if (key[0] == '#') value.append(item_id);  // the hashed key alone cannot give the id back
       MDB_val nv{value.size(), value.data()};
       check(mdb_put(txn, counts_, &k, &nv, 0), "put");
@@ -336,7 +363,7 @@ class LmdbStore final : public HistoryStore {
   void write_batch(const std::vector<PendingAppend*>& batch) {
     try {
       WriteTxn txn(*this);
-      std::map<std::string, uint64_t> counts;
+      CountDeltas counts;
       for (PendingAppend* p : batch) {
         try {
           append_in_txn(txn.txn, p->user_id, p->interactions, counts);

@@ -30,9 +30,14 @@ class MemoryStore final : public HistoryStore {
     for (const auto& [user_id, interactions] : users) append_locked(user_id, interactions);
   }
 
+  // The history and its contribution to the item counts go together.
   bool erase(std::string_view user_id) override {
     std::unique_lock lock(mutex_);
-    return users_.erase(std::string(user_id)) > 0;
+    auto it = users_.find(std::string(user_id));
+    if (it == users_.end()) return false;
+    for (const Interaction& interaction : it->second) uncount(interaction.item_id);
+    users_.erase(it);
+    return true;
   }
 
   std::vector<std::pair<std::string, uint64_t>> item_counts() override {
@@ -56,7 +61,15 @@ class MemoryStore final : public HistoryStore {
       history.push_back(it);
       ++counts_[it.item_id];
     }
-    while (static_cast<int64_t>(history.size()) > max_per_user_) history.pop_front();
+    while (static_cast<int64_t>(history.size()) > max_per_user_) {
+      uncount(history.front().item_id);
+      history.pop_front();
+    }
+  }
+
+  void uncount(const std::string& item_id) {
+    auto it = counts_.find(item_id);
+    if (it != counts_.end() && --it->second == 0) counts_.erase(it);
   }
 
   const int64_t max_per_user_;

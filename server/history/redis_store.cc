@@ -2,8 +2,10 @@
 //   seqrec:h:<user id>    a list, one element per interaction (encoding.h), oldest first;
 //                         appended with RPUSH + LTRIM in one MULTI/EXEC (one key, so a
 //                         Redis Cluster slot holds a user's whole history)
-//   seqrec:item_counts    a hash item id → count (HINCRBY, pipelined, after the EXEC; a
-//                         separate key, so never inside the MULTI: Cluster-safe)
+//   seqrec:item_counts    a hash item id → count of the stored interactions with that item:
+//                         HINCRBY, pipelined, after the EXEC that told which interactions
+//                         went in and which the cap trimmed (a separate key, so never inside
+//                         the MULTI: Cluster-safe); erasing a user subtracts their items
 // Connections come from a small pool; each has 1 s connect and command timeouts. A connection
 // error is StoreUnavailable and that connection (and every idle one, likely as stale) is
 // dropped, so the next call connects afresh: the server recovers by itself when Redis is back.
@@ -11,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <mutex>
@@ -82,7 +85,8 @@ class RedisStore final : public HistoryStore {
         db_(db),
         max_per_user_(std::max<int64_t>(options.max_per_user, 1)),
         description_("redis://" + (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" +
-                     std::to_string(port_) + "/" + std::to_string(db_)) {}
+                     std::to_string(port_) + "/" + std::to_string(db_)),
+        log_(options.log) {}
 
   std::vector<Interaction> get(std::string_view user_id) override {
     Lease c = acquire();
@@ -109,12 +113,12 @@ class RedisStore final : public HistoryStore {
   void append(std::string_view user_id, std::span<const Interaction> interactions) override {
     if (interactions.empty()) return;
     Lease c = acquire();
-    std::unordered_map<std::string_view, uint64_t> counts;
-    send_append(c, user_id, interactions, counts);
-    receive_append(c, user_id);
+    CountDeltas deltas;
+    send_append(c, user_id, interactions);
+    receive_append(c, user_id, interactions, deltas);
     // Counted only once the history took them (a refused append counts nothing).
-    send_counts(c, counts);
-    receive_counts(c, counts.size());
+    send_counts(c, deltas);
+    receive_counts(c, deltas.size());
     c.release();
   }
 
@@ -122,28 +126,46 @@ class RedisStore final : public HistoryStore {
     size_t begin = 0;
     while (begin < users.size()) {
       Lease c = acquire();
-      std::unordered_map<std::string_view, uint64_t> counts;
+      CountDeltas deltas;
       size_t end = begin, bytes = 0;
       while (end < users.size() && end - begin < kUsersPerPipeline && bytes < kBytesPerPipeline) {
-        if (!users[end].second.empty()) bytes += send_append(c, users[end].first, users[end].second, counts);
+        if (!users[end].second.empty()) bytes += send_append(c, users[end].first, users[end].second);
         ++end;
       }
-      send_counts(c, counts);
       for (size_t i = begin; i < end; ++i)
-        if (!users[i].second.empty()) receive_append(c, users[i].first);
-      receive_counts(c, counts.size());
+        if (!users[i].second.empty()) receive_append(c, users[i].first, users[i].second, deltas);
+      send_counts(c, deltas);
+      receive_counts(c, deltas.size());
       c.release();
       begin = end;
     }
   }
 
+  // The history and its contribution to the item counts go together (a right-to-erasure
+  // request leaves nothing behind): the list is read and deleted in one MULTI, then its
+  // items are subtracted from the counts.
   bool erase(std::string_view user_id) override {
+    const std::string key = user_key(user_id);
     Lease c = acquire();
-    c.send(Command().arg("DEL").arg(user_key(user_id)));
-    Reply reply = c.receive();
-    expect(reply, REDIS_REPLY_INTEGER, "DEL");
+    c.send(Command().arg("MULTI"));
+    c.send(Command().arg("LRANGE").arg(key).arg("0").arg("-1"));
+    c.send(Command().arg("DEL").arg(key));
+    c.send(Command().arg("EXEC"));
+    c.receive();  // +OK to MULTI
+    c.receive();  // +QUEUED to LRANGE
+    c.receive();  // +QUEUED to DEL
+    Reply exec = c.receive();
+    expect(exec, REDIS_REPLY_ARRAY, "EXEC");
+    if (exec->elements != 2 || exec->element[0]->type != REDIS_REPLY_ARRAY ||
+        exec->element[1]->type != REDIS_REPLY_INTEGER)
+      throw Error(description_ + ": user " + printable_id(user_id) + ": unexpected reply to LRANGE + DEL");
+    CountDeltas deltas;
+    subtract_elements(user_id, exec->element[0], deltas);
+    const bool existed = exec->element[1]->integer > 0;
+    send_counts(c, deltas);
+    receive_counts(c, deltas.size());
     c.release();
-    return reply->integer > 0;
+    return existed;
   }
 
   std::vector<std::pair<std::string, uint64_t>> item_counts() override {
@@ -166,12 +188,14 @@ class RedisStore final : public HistoryStore {
         const redisReply* n = fields->element[i + 1];
         if (id->type != REDIS_REPLY_STRING || n->type != REDIS_REPLY_STRING)
           throw Error(description_ + ": unexpected HSCAN reply");
-        uint64_t value = 0;
+        int64_t value = 0;
         const auto [end, ec] = std::from_chars(n->str, n->str + n->len, value);
         if (ec != std::errc() || end != n->str + n->len)
           throw Error(description_ + ": " + kItemCountsKey + " field " + printable_id({id->str, id->len}) +
-                      ": count " + printable_id({n->str, n->len}) + " is not a non-negative integer");
-        counts[std::string(id->str, id->len)] = value;
+                      ": count " + printable_id({n->str, n->len}) + " is not an integer");
+        // 0 (or less, had a count been edited by hand): no stored interaction left.
+        if (value > 0) counts[std::string(id->str, id->len)] = static_cast<uint64_t>(value);
+        else counts.erase(std::string(id->str, id->len));
       }
     } while (cursor != "0");
     c.release();
@@ -212,6 +236,7 @@ class RedisStore final : public HistoryStore {
         const std::string reason = c_->errstr[0] ? c_->errstr : "connection lost";
         c_.reset();
         store_.drop_idle();
+        store_.mark_down(reason);
         throw StoreUnavailable(store_.description_ + ": " + reason);
       }
       Reply reply(static_cast<redisReply*>(raw));
@@ -238,26 +263,30 @@ class RedisStore final : public HistoryStore {
       throw Error(description_ + ": unexpected reply type " + std::to_string(reply->type) + " to " + command);
   }
 
-  // Queues MULTI, RPUSH, LTRIM, EXEC for one user and tallies its items; returns bytes queued.
-  size_t send_append(Lease& c, std::string_view user_id, std::span<const Interaction> interactions,
-                     std::unordered_map<std::string_view, uint64_t>& counts) {
+  // Item id → change of its count.
+  using CountDeltas = std::unordered_map<std::string, int64_t>;
+
+  // Queues MULTI, RPUSH, LRANGE (what the cap will trim), LTRIM, EXEC for one user; returns
+  // the bytes queued.
+  size_t send_append(Lease& c, std::string_view user_id, std::span<const Interaction> interactions) {
     const std::string key = user_key(user_id);
     Command rpush;
     rpush.arg("RPUSH").arg(key);
-    for (const Interaction& it : interactions) {
-      rpush.arg(encode_history({&it, 1}));
-      ++counts[it.item_id];
-    }
+    for (const Interaction& it : interactions) rpush.arg(encode_history({&it, 1}));
     c.send(Command().arg("MULTI"));
     c.send(rpush);
+    c.send(Command().arg("LRANGE").arg(key).arg("0").arg(std::to_string(-max_per_user_ - 1)));
     c.send(Command().arg("LTRIM").arg(key).arg(std::to_string(-max_per_user_)).arg("-1"));
     c.send(Command().arg("EXEC"));
     return rpush.bytes();
   }
 
-  void receive_append(Lease& c, std::string_view user_id) {
+  // Reads the EXEC of send_append; the appended items count up and the trimmed ones down.
+  void receive_append(Lease& c, std::string_view user_id, std::span<const Interaction> interactions,
+                      CountDeltas& deltas) {
     c.receive();  // +OK to MULTI
     c.receive();  // +QUEUED to RPUSH
+    c.receive();  // +QUEUED to LRANGE
     c.receive();  // +QUEUED to LTRIM
     Reply exec = c.receive();
     expect(exec, REDIS_REPLY_ARRAY, "EXEC");
@@ -265,10 +294,33 @@ class RedisStore final : public HistoryStore {
       if (exec->element[i]->type == REDIS_REPLY_ERROR)
         throw Error(description_ + ": user " + printable_id(user_id) + ": redis error: " +
                     std::string(exec->element[i]->str, exec->element[i]->len));
+    if (exec->elements != 3 || exec->element[1]->type != REDIS_REPLY_ARRAY)
+      throw Error(description_ + ": user " + printable_id(user_id) + ": unexpected reply to RPUSH + LRANGE + LTRIM");
+    for (const Interaction& it : interactions) ++deltas[it.item_id];
+    subtract_elements(user_id, exec->element[1], deltas);
   }
 
-  void send_counts(Lease& c, const std::unordered_map<std::string_view, uint64_t>& counts) {
-    for (const auto& [item_id, n] : counts)
+  // Subtracts the items of stored list elements (an LRANGE reply) from the counts.
+  void subtract_elements(std::string_view user_id, const redisReply* elements, CountDeltas& deltas) const {
+    std::vector<Interaction> removed;
+    for (size_t i = 0; i < elements->elements; ++i) {
+      const redisReply* e = elements->element[i];
+      removed.clear();
+      try {
+        if (e->type != REDIS_REPLY_STRING) throw Error("not a string");
+        decode_history({e->str, e->len}, removed);
+      } catch (const Error&) {
+        // The history is already gone or trimmed; an unreadable element's item cannot be
+        // known, so its count stays (the only loss is that item's popularity, by one).
+        continue;
+      }
+      for (const Interaction& it : removed) --deltas[it.item_id];
+    }
+  }
+
+  void send_counts(Lease& c, CountDeltas& deltas) {
+    std::erase_if(deltas, [](const auto& entry) { return entry.second == 0; });
+    for (const auto& [item_id, n] : deltas)
       c.send(Command().arg("HINCRBY").arg(kItemCountsKey).arg(item_id).arg(std::to_string(n)));
   }
 
@@ -309,10 +361,21 @@ class RedisStore final : public HistoryStore {
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
+  // The log says when Redis goes away and when it is back, once each (not per request).
+  void mark_down(const std::string& reason) {
+    if (reachable_.exchange(0) != 0 && log_) log_(description_ + " unreachable (" + reason + "); answering 503 until it is back");
+  }
+  void mark_up() {
+    if (reachable_.exchange(1) == 0 && log_) log_(description_ + " reachable again");
+  }
+
   Context connect() {
     Context c(redisConnectWithTimeout(host_.c_str(), port_, kConnectTimeout));
     if (!c) throw StoreUnavailable(description_ + ": cannot connect: out of memory");
-    if (c->err) throw StoreUnavailable(description_ + ": cannot connect: " + c->errstr);
+    if (c->err) {
+      mark_down(c->errstr);
+      throw StoreUnavailable(description_ + ": cannot connect: " + c->errstr);
+    }
     if (redisSetTimeout(c.get(), kCommandTimeout) != REDIS_OK)
       throw StoreUnavailable(description_ + ": cannot set the command timeout: " + c->errstr);
     redisEnableKeepAlive(c.get());
@@ -322,6 +385,7 @@ class RedisStore final : public HistoryStore {
       if (reply->type == REDIS_REPLY_ERROR)
         throw Error(description_ + ": SELECT " + std::to_string(db_) + ": " + std::string(reply->str, reply->len));
     }
+    mark_up();
     return c;
   }
 
@@ -332,6 +396,8 @@ class RedisStore final : public HistoryStore {
   const std::string description_;
   std::mutex pool_mutex_;
   std::vector<Context> idle_;
+  const std::function<void(const std::string&)> log_;
+  std::atomic<int> reachable_{-1};  // -1 not yet known, 0 down, 1 up
 };
 
 }  // namespace

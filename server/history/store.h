@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -29,6 +30,8 @@ struct StoreOptions {
   // LMDB: the memory map's size, the most the database can ever hold (a sparse file, so a
   // large value costs nothing up front). A write beyond it fails with an Error saying so.
   uint64_t lmdb_map_bytes = uint64_t{64} << 30;
+  // One line for the server's log when the backend goes away or comes back (Redis).
+  std::function<void(const std::string&)> log;
 };
 
 // Every method may be called from many threads at once. Besides StoreUnavailable (backend
@@ -42,8 +45,8 @@ class HistoryStore {
   // the user is unknown. Throws StoreUnavailable.
   virtual std::vector<Interaction> get(std::string_view user_id) = 0;
 
-  // Appends in the given order, trims to max_per_user (oldest dropped) and counts each
-  // interaction towards its item's popularity. Returns only once durable (LMDB: committed
+  // Appends in the given order, trims to max_per_user (oldest dropped) and keeps the item
+  // counts equal to the stored interactions (appended ones up, trimmed ones down). Returns only once durable (LMDB: committed
   // and synced). Throws StoreUnavailable.
   virtual void append(std::string_view user_id, std::span<const Interaction> interactions) = 0;
 
@@ -51,11 +54,13 @@ class HistoryStore {
   // as append for each user.
   virtual void append_many(std::span<const std::pair<std::string, std::vector<Interaction>>> users) = 0;
 
-  // Erases the user's history; returns whether the user existed. Throws StoreUnavailable.
+  // Erases the user's history and its contribution to the item counts (a right-to-erasure
+  // request leaves no trace in cold-start answers); returns whether the user existed.
+  // Throws StoreUnavailable.
   virtual bool erase(std::string_view user_id) = 0;
 
-  // Interactions counted per item id over everything appended (imported + ingested),
-  // most counted first (ties by id): the popularity used for cold start. Throws StoreUnavailable.
+  // Stored interactions per item id (imported + ingested, minus trimmed and erased), items
+  // with none left omitted, most counted first (ties by id): the popularity used for cold start. Throws StoreUnavailable.
   virtual std::vector<std::pair<std::string, uint64_t>> item_counts() = 0;
 
   // Whether the backend is reachable now (GET /readyz). Never throws.

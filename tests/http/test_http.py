@@ -299,7 +299,9 @@ def test_errors(ctx):
         status, got, headers = server.request("GET", "/recommend")
         check(status == 405 and "POST" in headers.get("Allow", ""), f"{status} {headers}")
         status, got, _ = server.request("PUT", "/users/u1")
-        check(status == 405, got)
+        check(status == 401, f"the key is checked before the method: {got}")
+        status, got, headers = server.request("PUT", "/users/u1", headers={"X-API-Key": "s3cret"})
+        check(status == 405 and headers.get("Allow") == "DELETE", f"{status} {got} {headers}")
         body = {"user_interactions": [{"item_id": "1", "timestamp": 1}]}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"}):
             status, got = server.post("/users/u1/interactions", body, headers)
@@ -389,7 +391,11 @@ def test_reload_under_load(ctx):
         data = f.read()
     with open(bad, "wb") as f:
         f.write(data[: len(data) // 2])
-    server = Server(ctx.binary, good_copy, ctx.history(), ctx.workdir)
+    key_file = os.path.join(ctx.workdir, "reload-key")
+    with open(key_file, "w") as f:
+        f.write("reload-key\n")
+    admin = {"X-API-Key": "reload-key"}
+    server = Server(ctx.binary, good_copy, ctx.history(), ctx.workdir, "--api-key-file", key_file)
     body = {"user_interactions": interactions_of(item_ids()[:20]), "k": 10}
     failures, done = [], threading.Event()
     count = [0]
@@ -409,11 +415,11 @@ def test_reload_under_load(ctx):
         for t in threads:
             t.start()
         time.sleep(0.3)
-        status, got = server.post("/admin/reload", "")
+        status, got = server.post("/admin/reload", "", admin)
         check(status == 200 and got["reloaded"], got)
-        status, got = server.post("/admin/reload", {"path": bad})
+        status, got = server.post("/admin/reload", {"path": bad}, admin)
         check(status == 422 and "corrupt.seqrec" in got["error"]["message"], f"corrupt file refused: {status} {got}")
-        status, got = server.post("/admin/reload", {"path": good_copy})
+        status, got = server.post("/admin/reload", {"path": good_copy}, admin)
         check(status == 200, got)
         server.proc.send_signal(signal.SIGHUP)
         time.sleep(0.3)
@@ -608,10 +614,295 @@ def test_time_model_reads_timestamps_and_now(ctx):
         server.stop()
 
 
+def raw_exchange(port, data, read_timeout=5.0, send_after=None):
+    """Sends raw bytes on a new connection and returns (status, headers text, body) of the first
+    answer ("" status when the server closed without one). `send_after`: bytes sent after the
+    answer arrived (a body the server must not have waited for)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        s.sendall(data)
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            match = re.search(rb"Content-Length: (\d+)", head)
+            while match and len(body) < int(match.group(1)):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        except OSError:
+            head, body = received, b""
+        if send_after:
+            try:
+                s.sendall(send_after)
+            except OSError:
+                pass
+    status = head.split(b" ")[1].decode() if head.startswith(b"HTTP/") else ""
+    return status, head.decode(errors="replace"), body.decode(errors="replace")
+
+
+def serve_refused(ctx, *flags, env=None):
+    """`seqrec serve` with flags that must be refused: (exit code, stderr)."""
+    proc = subprocess.run([ctx.binary, "serve", "--model", ctx.model, "--history", "memory", "--port", "0", *flags],
+                          capture_output=True, text=True, timeout=30, env=env)
+    return proc.returncode, proc.stderr.strip()
+
+
+def test_keys_must_mean_something(ctx):
+    if ctx.backend != "memory":
+        raise Skip("flag checks: once is enough")
+    for value in ("", "   "):
+        code, err = serve_refused(ctx, env={**os.environ, "SEQREC_API_KEY": value})
+        check(code != 0 and len(err.splitlines()) == 1 and "SEQREC_API_KEY" in err,
+              f"an empty SEQREC_API_KEY must be refused, not mean 'no auth': {code} {err!r}")
+    empty = os.path.join(ctx.workdir, "empty-key")
+    with open(empty, "w") as f:
+        f.write(" \n")
+    code, err = serve_refused(ctx, "--api-key-file", empty)
+    check(code != 0 and "--api-key-file" in err, err)
+    code, err = serve_refused(ctx, "--bind", "0.0.0.0")
+    check(code != 0 and "--bind 0.0.0.0" in err and "--allow-unauthenticated" in err, err)
+    code, err = serve_refused(ctx, "--protect-reads")
+    check(code != 0 and "--protect-reads" in err, err)
+    server = ctx.serve("--bind", "0.0.0.0", "--allow-unauthenticated")  # said explicitly: allowed
+    server.stop()
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return  # no IPv6 loopback here
+    port = free_port()
+    proc = subprocess.Popen([ctx.binary, "serve", "--model", ctx.model, "--history", "memory", "--bind", "::1",
+                             "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        line = ""
+        while time.time() < deadline and "listening" not in line:
+            line = proc.stderr.readline()
+        check(f"http://[::1]:{port}" in line, f"an IPv6 address is logged in brackets: {line!r}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_protected_reads_and_keys(ctx):
+    if ctx.backend != "memory":
+        raise Skip("access rules do not depend on the store")
+    admin_file, read_file = os.path.join(ctx.workdir, "admin"), os.path.join(ctx.workdir, "reader")
+    with open(admin_file, "w") as f:
+        f.write("admin-key\n")
+    with open(read_file, "w") as f:
+        f.write("read-key\n")
+    admin, reader = {"X-API-Key": "admin-key"}, {"Authorization": "Bearer read-key"}
+    body = {"user_interactions": interactions_of(item_ids()[:3])}
+    server = ctx.serve("--api-key-file", admin_file, "--read-key-file", read_file, "--protect-reads")
+    try:
+        for path in ("/healthz", "/readyz"):
+            check(server.get(path)[0] == 200, f"{path} stays open")
+        for method, path, payload in (("POST", "/recommend", body), ("GET", "/model", None), ("GET", "/metrics", None),
+                                      ("GET", "/users/u/interactions", None), ("GET", "/nowhere", None)):
+            status = server.request(method, path, payload)[0]
+            check(status == 401, f"{method} {path} without a key: {status}")
+            status = server.request(method, path, payload, headers=reader)[0]
+            check(status in (200, 404), f"{method} {path} with the read key: {status}")
+            status = server.request(method, path, payload, headers=admin)[0]
+            check(status in (200, 404), f"{method} {path} with the admin key: {status}")
+        status, got = server.post("/users/u/interactions", body, reader)
+        check(status == 401, f"the read key must not write: {status} {got}")
+        check(server.post("/users/u/interactions", body, admin)[0] == 200, "the admin key writes")
+    finally:
+        server.stop()
+    server = ctx.serve("--api-key-file", admin_file, "--protect-reads", "--public-metrics")
+    try:
+        check(server.get("/metrics")[0] == 200, "--public-metrics keeps /metrics open")
+        check(server.post("/recommend", body)[0] == 401, "reads still need the (admin) key")
+    finally:
+        server.stop()
+
+
+def test_auth_is_decided_before_the_body(ctx):
+    if ctx.backend != "memory":
+        raise Skip("front-end behaviour")
+    key_file = os.path.join(ctx.workdir, "key-early")
+    with open(key_file, "w") as f:
+        f.write("k\n")
+    server = ctx.serve("--api-key-file", key_file)
+    try:
+        # Only the header is sent; the 401 must come without waiting for the 900,000 bytes.
+        started = time.time()
+        status, head, body = raw_exchange(server.port, b"POST /users/x/interactions HTTP/1.1\r\nHost: a\r\n"
+                                                       b"Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n",
+                                          read_timeout=10)
+        check(status == "401" and "unauthorized" in body, f"401 from the header alone: {status} {head} {body}")
+        check(time.time() - started < 5, "the answer must not wait for the body (read timeout)")
+    finally:
+        server.stop()
+
+
+def test_http_edges(ctx):
+    if ctx.backend != "memory":
+        raise Skip("front-end behaviour")
+    server = ctx.serve()
+    try:
+        status, head, body = raw_exchange(server.port, b"HEAD /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        get_status, _, get_body = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        check(status == "200" and body == "" and f"Content-Length: {len(get_body)}" in head,
+              f"HEAD answers as GET without the body: {status} {head!r} {body!r}")
+        status, head, body = raw_exchange(server.port, b"HEAD /model HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        check(status == "200" and body == "", f"HEAD /model: {status} {head}")
+        status, _, body = raw_exchange(server.port, b"POST /recommend HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, "
+                                                    b"chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        check(status == "415" and "Transfer-Encoding" in body, f"gzip transfer coding refused: {status} {body}")
+        status, _, body = raw_exchange(server.port, b"POST /recommend HTTP/1.1\r\nHost: a\r\nContent-Encoding: gzip\r\n"
+                                                    b"Content-Length: 2\r\n\r\n{}")
+        check(status == "415" and "Content-Encoding" in body, f"gzip content coding refused: {status} {body}")
+        payload = json.dumps({"user_interactions": interactions_of(item_ids()[:2]), "k": 2}).encode()
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
+        status, _, body = raw_exchange(server.port, b"POST /recommend HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                                                    b"chunked\r\nConnection: close\r\n\r\n" + chunked)
+        check(status == "200" and "recommendations" in body, f"plain chunked bodies still work: {status} {body}")
+        status, _, body = raw_exchange(server.port, b"GARBAGE\r\n\r\n")
+        check(status in ("400", ""), f"not HTTP: {status}")
+        if status == "400":
+            check('"bad_request"' in body, body)
+        for encoded in ("%FF", "a%00b", "%C3%28"):
+            status, got = server.get(f"/users/{encoded}/interactions")
+            check(status == 400 and encoded in got["error"]["message"], f"user id {encoded}: {status} {got}")
+        status, got = server.get("/users/%C3%A9t%C3%A9/interactions")
+        check(status == 200 and got["user_id"] == "été", got)
+    finally:
+        server.stop()
+
+
+def test_reload_is_confined_and_never_echoes_files(ctx):
+    if ctx.backend != "memory":
+        raise Skip("reload rules do not depend on the store")
+    models = os.path.join(ctx.workdir, "models")
+    os.makedirs(models, exist_ok=True)
+    model = os.path.join(models, "m.seqrec")
+    shutil.copy(ctx.model, model)
+    outside = os.path.join(ctx.workdir, "outside.seqrec")
+    shutil.copy(ctx.model, outside)
+    link = os.path.join(models, "escape.seqrec")
+    if not os.path.lexists(link):
+        os.symlink(outside, link)
+    inside_link = os.path.join(models, "alias.seqrec")
+    if not os.path.lexists(inside_link):
+        os.symlink(model, inside_link)
+    with open(os.path.join(models, "secret.txt"), "w") as f:
+        f.write("root:*:19000:0:99999:7:::\n")
+    key_file = os.path.join(ctx.workdir, "reload-admin")
+    with open(key_file, "w") as f:
+        f.write("adm\n")
+    admin = {"X-API-Key": "adm"}
+    server = Server(ctx.binary, model, ctx.history(), ctx.workdir, "--api-key-file", key_file)
+    try:
+        messages = {}
+        for path in ("/etc/passwd", "/etc/no-such-file-here", outside, link, "../outside.seqrec", "/",
+                     models + "/../outside.seqrec"):
+            status, got = server.post("/admin/reload", {"path": path}, admin)
+            check(status == 403 and got["error"]["code"] == "forbidden", f"{path}: {status} {got}")
+            messages[path] = got["error"]["message"].replace(f"'{path}'", "PATH")
+        check(len(set(messages.values())) == 1, f"one answer whatever exists outside: {messages}")
+        # A NUL inside user text is shown, not cut there.
+        status, got = server.post("/admin/reload", '{"path": "a\\u0000b"}', admin)
+        check(status == 422 and "a\\x00b: cannot open" in got["error"]["message"], f"message cut at NUL: {got}")
+        status, got = server.post("/admin/reload", {"path": "secret.txt"}, admin)
+        check(status == 422 and "root" not in json.dumps(got), f"a file's bytes are never echoed: {got}")
+        for path in ("alias.seqrec", model):
+            status, got = server.post("/admin/reload", {"path": path}, admin)
+            check(status == 200, f"{path} inside --model-dir reloads: {status} {got}")
+        status, got = server.post("/admin/reload", {"path": model})
+        check(status == 401, f"reload needs the key: {status}")
+    finally:
+        server.stop()
+    server = Server(ctx.binary, model, ctx.history(), ctx.workdir)  # no key at all
+    try:
+        status, got = server.post("/admin/reload", {"path": model})
+        check(status == 403 and "admin key" in got["error"]["message"], f"a path needs a key: {status} {got}")
+        check(server.post("/admin/reload", "")[0] == 200, "the same file reloads without a key")
+    finally:
+        server.stop()
+
+
+def test_connection_and_body_caps(ctx):
+    if ctx.backend != "memory":
+        raise Skip("front-end behaviour")
+    server = ctx.serve("--max-connections", "4", "--max-body-bytes", "8000", "--max-buffered-body-bytes", "12000")
+    held = []
+    try:
+        for _ in range(4):
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        time.sleep(0.3)
+        status, _, body = raw_exchange(server.port, b"POST /recommend HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+        check(status == "503" and "max-connections" in body, f"over the cap: {status} {body}")
+        status, _, body = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        check(status == "200", f"/healthz answers over the cap: {status} {body}")
+        for s in held:
+            s.close()
+        held.clear()
+        time.sleep(0.3)
+        # Two bodies of 8000 bytes cannot be received at once within 12000.
+        first = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        held.append(first)
+        first.sendall(b"POST /recommend HTTP/1.1\r\nHost: a\r\nContent-Length: 8000\r\n\r\n" + b" " * 100)
+        time.sleep(0.3)
+        status, _, body = raw_exchange(server.port, b"POST /recommend HTTP/1.1\r\nHost: a\r\nContent-Length: 8000\r\n\r\n")
+        check(status == "503" and "bodies" in body, f"over the body budget: {status} {body}")
+        first.close()
+        held.clear()
+        time.sleep(0.3)
+        status, got = server.post("/recommend", {"user_interactions": interactions_of(item_ids()[:2])})
+        check(status == 200, f"serves normally once they are gone: {status} {got}")
+        status, text = server.get("/metrics")
+        check(re.search(r"^seqrec_refused_connections_total [1-9]", text, re.M) and
+              re.search(r"^seqrec_refused_bodies_total 1$", text, re.M), text[-1500:])
+    finally:
+        for s in held:
+            s.close()
+        server.stop()
+
+
+def test_erased_users_leave_no_popularity(ctx):
+    if ctx.backend == "memory":
+        raise Skip("needs a store that outlives the server")
+    store = ctx.history()
+    ids = item_ids()
+    secret = [ids[-1], ids[-2]]  # two of the least known items
+    key_file = os.path.join(ctx.workdir, "erase-key")
+    with open(key_file, "w") as f:
+        f.write("e\n")
+    headers = {"X-API-Key": "e"}
+    server = ctx.serve("--api-key-file", key_file, history=store)
+    try:
+        status, got = server.post("/users/secretuser/interactions",
+                                  {"user_interactions": interactions_of(secret)}, headers)
+        check(status == 200, got)
+        status, got = server.request("DELETE", "/users/secretuser", headers=headers)[:2]
+        check(status == 200 and got["deleted"], got)
+    finally:
+        server.stop()
+    server = ctx.serve(history=store)
+    try:
+        status, got = server.post("/recommend", {"user_interactions": [], "k": 2})
+        returned = [str(r["id"]) for r in got["recommendations"]]
+        check(status == 200 and sorted(returned) != sorted(secret),
+              f"an erased user's items must not come back as the popular ones: {got}")
+    finally:
+        server.stop()
+
+
 TESTS = [test_forms_and_aliases_match_cli, test_user_id_equals_inline_history, test_batch_in_order_with_errors,
          test_errors, test_metrics_count_requests, test_sigterm_drains_and_exits_zero, test_reload_under_load,
          test_lmdb_durable_after_kill9, test_redis_outage_and_recovery, test_two_replicas_share_redis,
-         test_cold_start_popularity_from_store, test_time_model_reads_timestamps_and_now]
+         test_cold_start_popularity_from_store, test_time_model_reads_timestamps_and_now,
+         test_keys_must_mean_something, test_protected_reads_and_keys, test_auth_is_decided_before_the_body,
+         test_http_edges, test_reload_is_confined_and_never_echoes_files, test_connection_and_body_caps,
+         test_erased_users_leave_no_popularity]
 
 
 def main():

@@ -203,21 +203,30 @@ TEST_P(HistoryStoreTest, CapTrimsTheOldest) {
   for (int i = 100; i < 112; ++i) many.push_back(item(std::to_string(i), i));
   store->append("v", many);  // one append longer than the cap
   EXPECT_EQ((std::vector<std::string>{"107", "108", "109", "110", "111"}), ids_of(store->get("v")));
-  // Trimmed interactions still counted towards popularity.
-  EXPECT_EQ(1u, count_of(store->item_counts(), "100"));
+  // The counts are the stored interactions: trimmed ones leave them with the history.
+  EXPECT_EQ(0u, count_of(store->item_counts(), "100"));
+  EXPECT_EQ(0u, count_of(store->item_counts(), "2"));
+  EXPECT_EQ(1u, count_of(store->item_counts(), "3"));
+  EXPECT_EQ(1u, count_of(store->item_counts(), "111"));
+  EXPECT_EQ(10u, store->item_counts().size());  // 3..7 and 107..111
 }
 
-TEST_P(HistoryStoreTest, EraseRemovesTheHistoryButNotTheCounts) {
+TEST_P(HistoryStoreTest, EraseRemovesTheHistoryAndItsCounts) {
   auto store = open();
-  store->append("u", std::vector<Interaction>{item("a"), item("b")});
+  store->append("u", std::vector<Interaction>{item("a"), item("b"), item("secret", 3)});
   store->append("w", std::vector<Interaction>{item("a")});
   EXPECT_TRUE(store->erase("u"));
   EXPECT_TRUE(store->get("u").empty());
   EXPECT_FALSE(store->erase("u"));
   EXPECT_EQ(1u, store->get("w").size());
-  EXPECT_EQ(2u, count_of(store->item_counts(), "a"));
+  // A right-to-erasure request leaves nothing in the cold-start popularity.
+  const std::vector<std::pair<std::string, uint64_t>> left = {{"a", 1}};
+  EXPECT_EQ(left, store->item_counts());
   store->append("u", std::vector<Interaction>{item("c")});
   EXPECT_EQ((std::vector<std::string>{"c"}), ids_of(store->get("u")));
+  EXPECT_TRUE(store->erase("w"));
+  EXPECT_TRUE(store->erase("u"));
+  EXPECT_TRUE(store->item_counts().empty());
 }
 
 TEST_P(HistoryStoreTest, ItemCountsCountEveryInteractionMostCountedFirst) {
@@ -248,6 +257,8 @@ TEST_P(HistoryStoreTest, AppendManyHasTheSemanticsOfAppend) {
   EXPECT_TRUE(store->get("empty").empty());
   EXPECT_EQ((std::vector<std::string>{"i5"}), ids_of(store->get("bulk299")));
   EXPECT_EQ(43u, count_of(store->item_counts(), "i0"));  // u = 0, 7, ..., 294
+  EXPECT_EQ(0u, count_of(store->item_counts(), "o1"));   // trimmed by the cap
+  EXPECT_EQ(1u, count_of(store->item_counts(), "o2"));
 }
 
 TEST_P(HistoryStoreTest, BinaryUnsafeIdsAreKeptApartAndIntact) {
@@ -338,7 +349,8 @@ TEST_P(HistoryStoreTest, ANewStoreObjectSeesWhatWasWritten) {
   auto reopened = open();
   expect_same({item("1", 10, 2.5), item("2")}, reopened->get("u"));
   EXPECT_TRUE(reopened->get("gone").empty());
-  EXPECT_EQ(1u, count_of(reopened->item_counts(), "3"));
+  EXPECT_EQ(0u, count_of(reopened->item_counts(), "3"));  // erased with its user
+  EXPECT_EQ(1u, count_of(reopened->item_counts(), "2"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, HistoryStoreTest, ::testing::Values("memory", "lmdb", "redis"),
@@ -604,7 +616,7 @@ TEST_F(ImportTest, ChunksAppendInFileOrderAndTheCapHolds) {
   options.progress = [&](uint64_t, uint64_t) { ++progress_calls; };
   EXPECT_EQ(10u, InteractionFile(path).load_into(*store, options).interactions);
   EXPECT_EQ((std::vector<std::string>{"6", "7", "8", "9"}), ids_of(store->get("u")));
-  EXPECT_EQ(10u, store->item_counts().size());
+  EXPECT_EQ(4u, store->item_counts().size());  // the counts are of the stored interactions
   EXPECT_GT(progress_calls, 0u);
 }
 
