@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "engine/platform.h"
+#include "server/console/console.h"
 
 namespace seqrec::server {
 
@@ -42,10 +43,10 @@ struct Service::Call {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::atomic<bool> answered{false};
 
-  void answer(http::status status, std::string body, const char* content_type = "application/json") {
+  void answer(http::status status, std::string body, std::string_view content_type = "application/json") {
     if (answered.exchange(true)) return;
     HttpResponse res = http_server::json_response(status, std::move(body));
-    res.set(http::field::content_type, content_type);
+    res.set(http::field::content_type, boost::beast::string_view(content_type.data(), content_type.size()));
     if (status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
     metrics->count_request(route, static_cast<int>(status),
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -140,6 +141,8 @@ std::string user_id_from_path(std::string_view encoded) {
 Service::Access Service::access_for(http::verb method, std::string_view target) const {
   target = path_of(target);
   if (target == "/healthz" || target == "/readyz") return Access::open;
+  // The console's static files hold no data; the routes it calls check keys as usual.
+  if (target == "/" || target == "/console" || target.substr(0, 9) == "/console/") return Access::open;
   if (target == "/admin/reload") return Access::admin;
   if (target.substr(0, 7) == "/users/" && method != http::verb::get && method != http::verb::head)
     return Access::admin;  // appends and deletes
@@ -231,6 +234,9 @@ void Service::route(const std::shared_ptr<Call>& call) {
     } else {
       if (only(http::verb::delete_, "DELETE")) delete_user(call, user_id);
     }
+  } else if (const console::Asset* asset = console::find(target)) {
+    // The web console: static files from the binary, read-only; it calls the routes above.
+    if (only(http::verb::get, "GET, HEAD")) call->answer(http::status::ok, std::string(asset->body), asset->content_type);
   } else {
     call->error(http::status::not_found, "not_found", "no route " + std::string(target));
   }
