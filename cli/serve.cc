@@ -188,8 +188,8 @@ Action add_serve(CLI::App& app) {
     }
     const uint64_t descriptors = raise_descriptor_limit();
     // Room beside connections for the store, the model file, logs, the reserve descriptor and
-    // the short-lived sessions that answer connections over the cap (64 at most).
-    const int64_t connection_room = std::max<int64_t>(8, static_cast<int64_t>(descriptors) - 128 - 64);
+    // the short-lived sessions that answer connections over the cap (1024 at most).
+    const int64_t connection_room = std::max<int64_t>(8, static_cast<int64_t>(descriptors) - 128 - 1024);
     f->http.max_connections = f->max_connections ? f->max_connections : std::min<int64_t>(4096, connection_room);
     if (f->http.max_connections > connection_room)
       log("warning: --max-connections " + std::to_string(f->http.max_connections) + " exceeds what the descriptor " +
@@ -276,7 +276,7 @@ Action add_serve(CLI::App& app) {
       signals.async_wait([&](boost::system::error_code ec, int signal) {
         if (ec) return;
         if (signal == SIGHUP) {
-          log("SIGHUP: reloading " + f->model);
+          log("SIGHUP: reloading the model file being served");
           service.reload(std::nullopt, [](std::optional<std::string> error) {
             log(error ? "reload refused, the old model keeps serving: " + *error : "reloaded");
           });

@@ -16,6 +16,12 @@ void append_never_recommended_rows(const Catalog& catalog, const Request& reques
   if (!request.recommend_seen) rows.insert(rows.end(), prepared.seen_rows.begin(), prepared.seen_rows.end());
   std::sort(rows.begin() + first, rows.end());
   rows.erase(std::unique(rows.begin() + first, rows.end()), rows.end());
+  if (!prepared.filtered_out.empty()) {  // both sorted: merge
+    const auto middle = static_cast<std::ptrdiff_t>(rows.size());
+    rows.insert(rows.end(), prepared.filtered_out.begin(), prepared.filtered_out.end());
+    std::inplace_merge(rows.begin() + first, rows.begin() + middle, rows.end());
+    rows.erase(std::unique(rows.begin() + first, rows.end()), rows.end());
+  }
 }
 
 int64_t select_rows(const float* scores, const Catalog& catalog, const Request& request,
@@ -39,20 +45,16 @@ int64_t select_rows(const float* scores, const Catalog& catalog, const Request& 
   for (int32_t r : never) skip[static_cast<size_t>(r)] = 1;
 
   rows.resize(static_cast<size_t>(std::min(k, n)));
-  if (!request.candidate_ids) return kernels::top_k(scores, n, skip.data(), k, rows.data());
-  std::vector<int32_t>& candidates = scratch.candidates;
-  candidates.clear();
-  for (const std::string& id : *request.candidate_ids)
-    if (const int32_t r = catalog.row(id); r > 0) candidates.push_back(r);
-  std::sort(candidates.begin(), candidates.end());  // a candidate listed twice counts once
-  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  if (!prepared.restricted) return kernels::top_k(scores, n, skip.data(), k, rows.data());
+  const std::vector<int32_t>& candidates = prepared.candidate_rows;
   return kernels::top_k_of(scores, candidates.data(), static_cast<int64_t>(candidates.size()), skip.data(), k,
                            rows.data());
 }
 
 std::vector<std::string> unknown_candidates(const Catalog& catalog, const Request& request) {
   std::vector<std::string> unknown;
-  if (!request.candidate_ids) return unknown;
+  // An id the model does not know has no tags in its catalog: a filter never lets it through.
+  if (!request.candidate_ids || request.filter) return unknown;
   // Ids that block an unknown candidate: exclusions, and (unless recommend_seen) interactions.
   std::unordered_set<std::string> blocked(request.exclude_ids.begin(), request.exclude_ids.end());
   if (!request.recommend_seen)

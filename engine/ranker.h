@@ -12,7 +12,8 @@
 namespace seqrec {
 
 // The rows a request can never get back, sorted, without duplicates: row 0 (padding), its
-// exclusions, and the rows it has seen unless recommend_seen. Appended to `rows`.
+// exclusions, the rows it has seen unless recommend_seen, and the rows its filter removes.
+// Appended to `rows`.
 void append_never_recommended_rows(const Catalog& catalog, const Request& request, const PreparedRequest& prepared,
                                    std::vector<int32_t>& rows);
 
@@ -20,12 +21,12 @@ void append_never_recommended_rows(const Catalog& catalog, const Request& reques
 // allocates nothing once it has grown.
 struct RankScratch {
   std::vector<uint8_t> skip;  // [catalog size], all 0 between calls
-  std::vector<int32_t> never, candidates;
+  std::vector<int32_t> never;
 };
 
 // The request's k best eligible rows of `scores` ([catalog.size()], higher is better; row 0 is
 // never returned), best first, ties by lower row: over the whole catalog, or over its
-// candidate_ids the model knows. Writes at most request.k rows to `rows`; returns how many.
+// candidate rows (prepared.restricted: its known candidate_ids, or its filter's few rows). Writes at most request.k rows to `rows`; returns how many.
 int64_t select_rows(const float* scores, const Catalog& catalog, const Request& request,
                     const PreparedRequest& prepared, RankScratch& scratch, std::vector<int32_t>& rows);
 

@@ -23,6 +23,14 @@ Recommender::Recommender(const ModelSpec& spec, WeightMap weights, std::vector<s
   if (std::all_of(popularity_.begin(), popularity_.end(), [](uint64_t c) { return c == 0; })) popularity_.clear();
 }
 
+void Recommender::set_item_tags(std::shared_ptr<const ItemTags> tags) {
+  if (tags && tags->n_rows() != catalog_.size())
+    throw Error("item tags: built for " + std::to_string(tags->n_rows()) + " rows, catalog has " +
+                std::to_string(catalog_.size()));
+  tags_ = std::move(tags);
+  rules_.tags = tags_.get();
+}
+
 std::vector<Response> Recommender::recommend(std::span<const Request> requests, Workspace& ws,
                                              const std::vector<uint64_t>* popularity) const {
   const ModelSpec& spec = model_.spec();
@@ -131,7 +139,7 @@ void Recommender::score_and_select(std::span<const Request> requests, const floa
   ws.scans.clear();
   for (size_t b = 0; b < batch; ++b) {
     const Request& r = requests[ws.model_batch[b]];
-    if (!r.candidate_ids) {
+    if (!ws.prepared[ws.model_batch[b]].restricted) {
       append_never_recommended_rows(catalog_, r, ws.prepared[ws.model_batch[b]], ws.never_rows);
       kernels::ScanTopK scan;
       scan.h = hidden + b * d;
@@ -152,12 +160,10 @@ void Recommender::score_and_select(std::span<const Request> requests, const floa
   scorer.exact_top_k(ws.scans.data(), static_cast<int64_t>(ws.scans.size()), ws.scan);
   Workspace::grow(ws.logits, n);
   for (size_t b = 0; b < batch; ++b) {
-    const Request& r = requests[ws.model_batch[b]];
     const float* h = hidden + b * d;
     if (ws.scan_of[b] == SIZE_MAX) {
       // Candidate lists: only the candidates are scored, exactly (select reads only them).
-      for (const std::string& id : *r.candidate_ids)
-        if (const int32_t row = catalog_.row(id); row > 0) ws.logits[row] = scorer.exact_score(h, row);
+      for (const int32_t row : ws.prepared[ws.model_batch[b]].candidate_rows) ws.logits[row] = scorer.exact_score(h, row);
       select_from(b, ws.logits.data());
     } else if (const int64_t found = ws.scans[ws.scan_of[b]].found; found < 0) {
       // A hidden state beyond the bounds (not finite, or huge): rank its full logits.

@@ -7,6 +7,9 @@
 //                          candidate lists, or one scoring product for the batch
 //   select   (ranker.cc)   each request's top-k with its own filters
 //   answer   (answer.cc)   ids, reported scores, the message
+//
+// Item-to-item similarity (similar_items.cc) takes the same prepare / select / answer stages
+// around a cosine scan of the item table instead of encode / score.
 #pragma once
 
 #include <memory>
@@ -41,6 +44,18 @@ class Recommender {
   std::vector<Response> recommend(std::span<const Request> requests, Workspace& ws,
                                   const std::vector<uint64_t>* popularity = nullptr) const;
 
+  // The k items most similar to one item: the cosine of the model's item representations (the
+  // rows it scores with), the item itself excluded, with the request's candidate_ids,
+  // exclude_ids and filter (its interactions, recommend_seen and now are not used). Exact:
+  // the int8 copy of a large table bounds every cosine and only rows that can make the top-k
+  // are computed in full (engine/similar_items.cc). An unknown item is the error
+  // "item_not_found".
+  Response similar_items(const std::string& item_id, const Request& request, Workspace& ws) const;
+
+  // Item tags for request filters (set before the recommender is shared; null: no metadata).
+  void set_item_tags(std::shared_ptr<const ItemTags> tags);
+  const ItemTags* item_tags() const { return tags_.get(); }
+
  private:
   // score + select for the model batch: each request's best rows and raw scores into
   // ws.top_rows / ws.top_scores (top_count[b] of them from top_at[b]), and ws.reports[b].
@@ -50,6 +65,7 @@ class Recommender {
   Catalog catalog_;
   std::vector<uint64_t> popularity_;
   PrepareRules rules_;
+  std::shared_ptr<const ItemTags> tags_;
 };
 
 }  // namespace seqrec

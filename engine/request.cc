@@ -54,12 +54,58 @@ namespace {
 constexpr int64_t kLooksLikeMilliseconds = int64_t{100'000'000'000};
 }  // namespace
 
+namespace {
+
+// Below this share of the catalog, a filter's rows are scored one by one like candidates
+// instead of ranking the whole catalog without the rest.
+constexpr int64_t kFilterAsCandidatesDivisor = 8;
+
+// The request's candidate rows and its filter, as rows (PreparedRequest::restricted).
+void restrict_rows(const Request& request, const Catalog& catalog, const PrepareRules& rules, PreparedRequest& out) {
+  out.restricted = request.candidate_ids.has_value();
+  out.candidate_rows.clear();
+  out.filtered_out.clear();
+  if (request.candidate_ids) {
+    for (const std::string& id : *request.candidate_ids)
+      if (const int32_t r = catalog.row(id); r > 0) out.candidate_rows.push_back(r);
+    std::sort(out.candidate_rows.begin(), out.candidate_rows.end());  // a candidate listed twice counts once
+    out.candidate_rows.erase(std::unique(out.candidate_rows.begin(), out.candidate_rows.end()), out.candidate_rows.end());
+  }
+  if (!request.filter) return;
+  if (!rules.tags) {
+    out.error = RequestError{"invalid_request", "filter: this server has no item metadata to filter by "
+                                                "(serve with --items FILE)"};
+    return;
+  }
+  const std::vector<int32_t> allowed = rules.tags->allowed_rows(*request.filter);
+  if (out.restricted) {
+    std::vector<int32_t> kept;
+    std::set_intersection(out.candidate_rows.begin(), out.candidate_rows.end(), allowed.begin(), allowed.end(),
+                          std::back_inserter(kept));
+    out.candidate_rows.swap(kept);
+  } else if (static_cast<int64_t>(allowed.size()) * kFilterAsCandidatesDivisor < catalog.size()) {
+    out.restricted = true;
+    out.candidate_rows = allowed;
+  } else {
+    size_t a = 0;
+    for (int32_t r = 1; r < catalog.size(); ++r) {
+      if (a < allowed.size() && allowed[a] == r)
+        ++a;
+      else
+        out.filtered_out.push_back(r);
+    }
+  }
+}
+
+}  // namespace
+
 void prepare_request(const Request& request, const Catalog& catalog, const PrepareRules& rules, PreparedRequest& out,
                      PrepareScratch& scratch) {
   out.seen_rows.clear();
   out.unknown_ids.clear();
   out.notes.clear();
   out.error.reset();
+  restrict_rows(request, catalog, rules, out);
   std::vector<TimedRow>& entries = scratch.entries;
   entries.clear();
   for (size_t i = 0; i < request.interactions.size(); ++i) {

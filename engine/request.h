@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/catalog.h"
+#include "engine/item_filter.h"
 #include "engine/model_spec.h"
 
 namespace seqrec {
@@ -29,6 +30,9 @@ struct Request {
   // When the recommendation is asked for, in the unit of the timestamps (models that read it:
   // HSTU); none: the server's clock, in Unix seconds.
   std::optional<int64_t> now;
+  // Only items whose tags pass this (item metadata needed); applied before ranking, so k
+  // results come back whenever k eligible items exist.
+  std::optional<ItemFilter> filter;
 };
 
 // Why a request cannot be answered (it is not the request's JSON that is wrong, but what the
@@ -47,6 +51,12 @@ struct PreparedRequest {
   std::vector<std::string> unknown_ids;  // positives the model does not know, skipped, in input order
   std::vector<std::string> notes;        // sentences for the response's message
   std::optional<RequestError> error;     // set: answer with this error instead
+  // Where the answer may come from. restricted: only candidate_rows (the request's known
+  // candidate_ids, or the rows its filter allows when they are few), ascending, once each;
+  // else the whole catalog minus filtered_out (the rows its filter removes, ascending).
+  bool restricted = false;
+  std::vector<int32_t> candidate_rows;
+  std::vector<int32_t> filtered_out;
 };
 
 // One interaction as the time order sees it.
@@ -82,6 +92,7 @@ struct PrepareRules {
   bool uses_time = false;                  // the model reads timestamps: every known positive needs one
   bool uses_now = false;                   // the model reads "now"
   const char* model_kind = "";             // named in errors ("hstu")
+  const ItemTags* tags = nullptr;          // item tags by row, for filters (none: filters are refused)
 };
 PrepareRules prepare_rules(const ModelSpec& spec, std::optional<double> rating_threshold);
 

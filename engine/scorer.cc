@@ -64,6 +64,18 @@ float Scorer::exact_score(const float* hidden, int32_t row) const {
   return s;
 }
 
+const std::vector<float>& Scorer::inverse_norms() const {
+  std::call_once(inverse_norms_once_, [this] {
+    inverse_norms_.resize(static_cast<size_t>(n_items_));
+    for (int64_t r = 0; r < n_items_; ++r) {
+      double sum = 0;
+      for (int64_t j = 0; j < d_; ++j) sum += static_cast<double>(table_[r * d_ + j]) * table_[r * d_ + j];
+      inverse_norms_[static_cast<size_t>(r)] = sum > 0 ? static_cast<float>(1.0 / std::sqrt(sum)) : 0.0f;
+    }
+  });
+  return inverse_norms_;
+}
+
 void ScoreReport::set_logits(const float* logits, int64_t n) {
   if (kind_ != ScoreKind::softmax) return;
   // Probability over the whole catalog (every row the model was trained to predict).

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "engine/model_spec.h"
@@ -46,12 +47,21 @@ class Scorer {
   // The exact score of one row, as exact_top_k reports it.
   float exact_score(const float* hidden, int32_t row) const;
 
+  // The item representations it scores with, for item-to-item similarity: row r's vector
+  // ([d]), the int8 copy (null when there is none), and 1 / ||row|| per row (0 for a zero
+  // row), computed on first use.
+  const float* row(int32_t r) const { return table_ + static_cast<int64_t>(r) * d_; }
+  const uint8_t* quantized_table() const { return quantized_table_.empty() ? nullptr : quantized_table_.data(); }
+  const std::vector<float>& inverse_norms() const;
+
  private:
   int64_t n_items_ = 0, d_ = 0;
   const float* table_ = nullptr;  // [n_items, d]
   const float* bias_ = nullptr;   // [n_items] or null
   kernels::PackedLinear product_;
   std::vector<uint8_t, AlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
+  mutable std::once_flag inverse_norms_once_;
+  mutable std::vector<float> inverse_norms_;
 };
 
 // What the API reports for a raw logit (ScoreKind): sigmoid, raw, or the softmax over every

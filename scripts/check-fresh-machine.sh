@@ -185,7 +185,8 @@ if has_check deb; then
   in_root "$install_root" "set -e; seqrec --version; id seqrec; test -f /lib/systemd/system/seqrec.service; test -f /etc/default/seqrec; test -d /var/lib/seqrec"
   in_root "$install_root" "set -e
     port=18090
-    runuser -u seqrec -- seqrec serve --model /usr/share/seqrec/example/movielens.seqrec --history lmdb:/var/lib/seqrec/check --port \$port > /tmp/serve.log 2>&1 &
+    # setpriv execs (runuser would stay as a parent and turn our SIGTERM into exit 143)
+    setpriv --reuid=seqrec --regid=seqrec --init-groups seqrec serve --model /usr/share/seqrec/example/movielens.seqrec --history lmdb:/var/lib/seqrec/check --port \$port > /tmp/serve.log 2>&1 &
     pid=\$!
     for i in \$(seq 1 100); do (echo > /dev/tcp/127.0.0.1/\$port) 2>/dev/null && break; sleep 0.2; done
     exec 3<>/dev/tcp/127.0.0.1/\$port

@@ -11,6 +11,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <cerrno>
+#include <limits>
 #include <optional>
 
 #include "engine/error.h"
@@ -45,8 +46,13 @@ constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr std::size_t kKeptBufferBytes = 64 * 1024;
 // Connections over max_connections answered with one short reply at once; beyond this many
 // they are closed without a word (a flood must not get a session each).
-constexpr int64_t kMaxOverflowSessions = 64;
-constexpr auto kOverflowReadTimeout = std::chrono::seconds(2);
+constexpr int64_t kMaxOverflowSessions = 1024;
+constexpr auto kOverflowReadTimeout = std::chrono::milliseconds(200);
+// At the descriptor limit, waiting connections shed per accept retry (10 ms apart): enough to
+// keep the backlog short under a flood, so that health checks get through.
+constexpr int kShedPerRetry = 1024;
+// Body bytes read (and reserved in the shared budget) at a time.
+constexpr uint64_t kBodyChunk = 16 * 1024;
 // After this many body bytes were received since the last trim, and once none is buffered,
 // freed memory is returned to the OS (glibc keeps freed heap pages otherwise).
 constexpr uint64_t kTrimAfterBytes = uint64_t{16} << 20;
@@ -94,7 +100,7 @@ class Session : public std::enable_shared_from_this<Session> {
  public:
   // `overflow`: a connection beyond max_connections, answered once and closed.
   Session(tcp::socket&& socket, std::shared_ptr<State> state, bool overflow)
-      : stream_(std::move(socket)), state_(std::move(state)), overflow_(overflow) {
+      : stream_(std::move(socket)), wait_timer_(stream_.get_executor()), state_(std::move(state)), overflow_(overflow) {
     // Beast reads at most the buffer's free capacity per call (512 bytes when empty): room
     // for a typical request lets one recv take it whole instead of a dozen growing reads.
     buffer_.reserve(kReadChunk);
@@ -116,8 +122,10 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->body_limit(state_->options.max_body_bytes);
     parser_->header_limit(overflow_ ? 8 * 1024 : 64 * 1024);
-    stream_.expires_after(overflow_ ? std::chrono::duration_cast<std::chrono::seconds>(kOverflowReadTimeout)
-                                    : state_->options.read_timeout);
+    if (overflow_)
+      stream_.expires_after(kOverflowReadTimeout);
+    else
+      stream_.expires_after(state_->options.read_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Session::on_read_header, shared_from_this()));
   }
@@ -149,16 +157,50 @@ class Session : public std::enable_shared_from_this<Session> {
     // Decided from Content-Length before a byte of the body is read.
     const auto length = parser_->content_length();
     if (length && *length > state_->options.max_body_bytes) return refuse_oversized(*length);
-    const uint64_t reserve = length ? *length : (parser_->chunked() ? state_->options.max_body_bytes : 0);
-    if (reserve > 0) {
-      if (!state_->reserve_body(reserve)) {
+    if (parser_->is_done()) return on_read({}, 0);
+    do_read_body();
+  }
+
+  // The body piece by piece, each piece (at most kBodyChunk bytes) reserved in the shared
+  // budget before it is read, and only once bytes are waiting: a Content-Length alone, or a
+  // connection that goes quiet, holds no budget, so announcing bodies blocks no one.
+  void do_read_body() {
+    if (buffer_.size() > 0) return read_body_chunk();
+    wait_timer_.expires_after(state_->options.read_timeout);
+    wait_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec) return;  // cancelled: the bytes came
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);  // quiet for the whole read timeout
+    });
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      self->wait_timer_.cancel();
+      if (ec) return self->do_close();
+      self->read_body_chunk();
+    });
+  }
+
+  void read_body_chunk() {
+    const uint64_t held = parser_->get().body().size() + buffer_.size();
+    const uint64_t wanted = held + kBodyChunk;
+    if (wanted > reserved_) {
+      if (!state_->reserve_body(wanted - reserved_)) {
         ++state_->stats.refused_bodies;
         return refuse(http::status::service_unavailable, "overloaded",
                       "too many request bodies being received at once; retry shortly");
       }
-      reserved_ = reserve;
+      reserved_ = wanted;
     }
-    http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_read, shared_from_this()));
+    buffer_.max_size(buffer_.size() + kBodyChunk);  // one read takes no more than was reserved
+    http::async_read_some(stream_, buffer_, *parser_,
+                          beast::bind_front_handler(&Session::on_read_body, shared_from_this()));
+  }
+
+  void on_read_body(beast::error_code ec, std::size_t) {
+    buffer_.max_size(std::numeric_limits<std::size_t>::max());
+    if (ec == http::error::body_limit) return refuse_oversized(0);
+    if (ec) return on_read_error(ec);
+    if (!parser_->is_done()) return do_read_body();
+    on_read({}, 0);
   }
 
   void on_read(beast::error_code ec, std::size_t) {
@@ -205,6 +247,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void refuse(http::status status, const std::string& code, const std::string& message) {
+    parser_.reset();  // a refused request's body is not needed any more
+    buffer_.consume(buffer_.size());
+    buffer_.shrink_to_fit();
+    release_body();
     send(error_response(status, code, message, 11, false));
   }
 
@@ -250,6 +296,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // Half-close, then let the peer finish sending (an unread body would otherwise turn our
   // close into a reset that can destroy the answer before the client reads it).
   void do_close() {
+    // What the request held goes now, with its budget: the session may live on a while to
+    // drain what the peer still sends.
+    parser_.reset();
+    buffer_.consume(buffer_.size());
+    buffer_.shrink_to_fit();
     release_body();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
@@ -271,6 +322,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   beast::tcp_stream stream_;
+  net::steady_timer wait_timer_;  // bounds the wait for a body's next bytes
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   HttpResponse response_;
@@ -344,6 +396,7 @@ class Listener : public std::enable_shared_from_this<Listener> {
         std::make_shared<Session>(std::move(socket), state_, true)->run();
       } else {
         --state_->overflow_sessions;
+        answer_briefly(socket.native_handle());  // whatever request already arrived gets its short answer
         beast::error_code ignored;
         socket.close(ignored);
       }
@@ -366,33 +419,37 @@ class Listener : public std::enable_shared_from_this<Listener> {
       ::close(reserve_fd_);
       // Shed the waiting connections one descriptor at a time, each with a one-line answer:
       // health checks still get their 200, everyone else a 503 instead of a hang.
-      for (int shed = 0; shed < 256; ++shed) {
+      for (int shed = 0; shed < kShedPerRetry; ++shed) {
         const int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) break;
-        answer_and_close(fd);
+        answer_briefly(fd);
+        ::close(fd);
       }
       reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
-    retry_.expires_after(std::chrono::milliseconds(out_of_descriptors ? 50 : 10));
+    retry_.expires_after(std::chrono::milliseconds(10));
     retry_.async_wait([self = shared_from_this()](beast::error_code wait_ec) {
       if (!wait_ec && self->acceptor_.is_open()) self->do_accept();
     });
   }
 
-  // At the descriptor limit there is no room for a session: whatever request already arrived
-  // is peeked at (never waited for), /healthz gets 200, anything else 503, and the socket closes.
-  static void answer_and_close(int fd) {
+  // No room for a session (over the caps, or at the descriptor limit): whatever request already
+  // arrived is peeked at, /healthz gets 200, anything else 503. The caller closes the socket.
+  static void answer_briefly(int fd) {
+    // Never waited for: under a flood the connection has usually sat in the backlog long
+    // enough for its request line to be there, and waiting would slow the shedding down.
     char request[256];
     const ssize_t n = ::recv(fd, request, sizeof request, MSG_DONTWAIT);
     const std::string_view seen(request, n > 0 ? static_cast<size_t>(n) : 0);
     const bool health = seen.starts_with("GET /healthz ") || seen.starts_with("HEAD /healthz ");
-    static constexpr std::string_view kHealthy =
-        "HTTP/1.1 200 OK\r\nServer: seqrec\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        "Content-Length: 16\r\n\r\n{\"status\": \"ok\"}";
-    static constexpr std::string_view kBusy =
-        "HTTP/1.1 503 Service Unavailable\r\nServer: seqrec\r\nContent-Type: application/json\r\nConnection: "
-        "close\r\nContent-Length: 86\r\n\r\n{\"error\": {\"code\": \"overloaded\", \"message\": \"no file "
-        "descriptor left; retry shortly\"}}";
+    auto reply = [](std::string_view status, std::string_view body) {
+      return "HTTP/1.1 " + std::string(status) + "\r\nServer: seqrec\r\nContent-Type: application/json\r\n" +
+             "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
+    };
+    static const std::string kHealthy = reply("200 OK", R"({"status": "ok"})");
+    static const std::string kBusy =
+        reply("503 Service Unavailable",
+              R"({"error": {"code": "overloaded", "message": "too many connections open; retry shortly"}})");
     const std::string_view answer = health ? kHealthy : kBusy;
     if (seen.starts_with("HEAD ")) {
       const std::string_view head = answer.substr(0, answer.find("\r\n\r\n") + 4);
@@ -400,7 +457,6 @@ class Listener : public std::enable_shared_from_this<Listener> {
     } else {
       (void)!::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     }
-    ::close(fd);
   }
 
   // One line per kind of event per 10 s at most: a flood must not flood the log too.
