@@ -37,8 +37,9 @@ uint64_t get_varint(std::string_view value, size_t& pos, const char* field) {
   corrupt(start, std::string(field) + " varint longer than 10 bytes");
 }
 
-// Parses the record at `pos`; fills `out` when given. Returns the position after it.
-size_t parse_record(std::string_view value, size_t pos, Interaction* out) {
+// Parses the record at `pos`; fills `out` when given, and `timestamp_out` with the record's
+// timestamp when it has one. Returns the position after it.
+size_t parse_record(std::string_view value, size_t pos, Interaction* out, std::optional<int64_t>* timestamp_out = nullptr) {
   const size_t start = pos;
   const uint64_t id_size = get_varint(value, pos, "item id length");
   if (id_size > value.size() - pos)
@@ -62,6 +63,7 @@ size_t parse_record(std::string_view value, size_t pos, Interaction* out) {
     pos += 8;
     rating = std::bit_cast<double>(bits);
   }
+  if (timestamp_out && timestamp) *timestamp_out = timestamp;
   if (out) {
     out->item_id.assign(id);
     out->timestamp = timestamp;
@@ -111,6 +113,16 @@ std::vector<size_t> record_offsets(std::string_view value) {
     pos = parse_record(value, pos, nullptr);
   }
   return offsets;
+}
+
+RecordIndex index_records(std::string_view value) {
+  check_version(value);
+  RecordIndex index;
+  for (size_t pos = 1; pos < value.size();) {
+    index.offsets.push_back(pos);
+    pos = parse_record(value, pos, nullptr, &index.latest_timestamp);
+  }
+  return index;
 }
 
 void decode_history(std::string_view value, std::vector<Interaction>& out) {

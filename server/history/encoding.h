@@ -13,6 +13,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,6 +34,14 @@ std::string encode_history(std::span<const Interaction> interactions);
 // Byte offsets (into `value`) of the start of every record, after validating the whole value.
 // Throws seqrec::Error describing what is wrong and at which byte.
 std::vector<size_t> record_offsets(std::string_view value);
+
+// What an append needs of a stored value without decoding it (one validating pass, no item
+// id copied): where every record starts and the last timestamp (none: no record has one).
+struct RecordIndex {
+  std::vector<size_t> offsets;
+  std::optional<int64_t> latest_timestamp;
+};
+RecordIndex index_records(std::string_view value);
 
 // Decodes a complete value, appending its interactions to `out`. Throws seqrec::Error.
 void decode_history(std::string_view value, std::vector<Interaction>& out);

@@ -1,7 +1,12 @@
-// The embedded, durable store: one LMDB environment (a directory) with two named databases,
-//   users        key(user id)  → encoded history (encoding.h), oldest first
-//   item_counts  key(item id)  → uint64 little-endian count of the stored interactions with the
-//                                item [+ the full id, for hashed keys]; absent when 0
+// The embedded, durable store: one LMDB environment (a directory) with three named databases,
+//   users          key(user id)  → encoded history (encoding.h), in time order (time_order.h)
+//   item_counts    key(item id)  → uint64 little-endian count of the stored interactions with the
+//                                  item [+ the full id, for hashed keys]; absent when 0
+//   long_user_ids  key(user id)  → the user id, for ids too long to be their own key (hashed),
+//                                  so that a walk over the users can name them
+// key(id) is '=' + the id, or '#' + its SHA-256 when the id is longer than LMDB's key limit.
+// An append in time order (the common case) adds its records to the stored bytes after one
+// validating pass over them; one that is not decodes the history, merges and re-encodes it.
 // Every write is a transaction committed with LMDB's default durable sync, so an append that
 // returned survives kill -9 (and power loss). Concurrent appends are group-committed: one
 // thread writes everything queued in one transaction and one sync, the others wait for it.
@@ -18,6 +23,7 @@
 
 #include "server/history/backends.h"
 #include "server/history/encoding.h"
+#include "server/history/time_order.h"
 
 namespace seqrec::history {
 namespace {
@@ -25,6 +31,7 @@ namespace {
 // Largest encoded batch written by one append_many transaction: bounds LMDB's dirty pages.
 constexpr size_t kMaxBytesPerTransaction = size_t{64} << 20;
 constexpr unsigned kMaxReaders = 1024;
+constexpr unsigned kNamedDatabases = 3;
 
 // A stored value that does not decode: the caller's request fails, the batch goes on.
 class CorruptValue : public Error {
@@ -87,7 +94,7 @@ class LmdbStore final : public HistoryStore {
     claim_ = OpenDirectoryClaim(path, describe());
     check(mdb_env_create(&env_), "mdb_env_create");
     try {
-      check(mdb_env_set_maxdbs(env_, 2), "mdb_env_set_maxdbs");
+      check(mdb_env_set_maxdbs(env_, kNamedDatabases), "mdb_env_set_maxdbs");
       check(mdb_env_set_mapsize(env_, options.lmdb_map_bytes), "mdb_env_set_mapsize");
       check(mdb_env_set_maxreaders(env_, kMaxReaders), "mdb_env_set_maxreaders");
       // MDB_NOTLS: read transactions are not tied to threads (the server's threads share
@@ -99,11 +106,12 @@ class LmdbStore final : public HistoryStore {
       max_key_size_ = static_cast<size_t>(mdb_env_get_maxkeysize(env_));
       MDB_txn* txn = nullptr;
       check(mdb_txn_begin(env_, nullptr, 0, &txn), "begin");
-      int rc_users = mdb_dbi_open(txn, "users", MDB_CREATE, &users_);
-      int rc_counts = rc_users ? rc_users : mdb_dbi_open(txn, "item_counts", MDB_CREATE, &counts_);
-      if (rc_counts != 0) {
+      int rc_open = mdb_dbi_open(txn, "users", MDB_CREATE, &users_);
+      if (rc_open == 0) rc_open = mdb_dbi_open(txn, "item_counts", MDB_CREATE, &counts_);
+      if (rc_open == 0) rc_open = mdb_dbi_open(txn, "long_user_ids", MDB_CREATE, &long_ids_);
+      if (rc_open != 0) {
         mdb_txn_abort(txn);
-        check(rc_counts, "opening the named databases");
+        check(rc_open, "opening the named databases");
       }
       check(mdb_txn_commit(txn), "commit");
     } catch (...) {
@@ -190,6 +198,10 @@ class LmdbStore final : public HistoryStore {
     }
     for (const Interaction& it : stored) --counts[it.item_id];
     check(mdb_del(txn.txn, users_, &k, nullptr), "delete");
+    if (key[0] == '#') {
+      rc = mdb_del(txn.txn, long_ids_, &k, nullptr);
+      if (rc != MDB_NOTFOUND) check(rc, "delete");
+    }
     add_counts(txn.txn, counts);
     txn.commit();
     return true;
@@ -218,10 +230,103 @@ class LmdbStore final : public HistoryStore {
     return out;
   }
 
+  std::unique_ptr<UserScan> scan_users() override { return std::make_unique<Scan>(*this); }
+
   bool ready() override { return true; }
   std::string describe() const override { return "lmdb:" + path_; }
 
  private:
+  struct Cursor {
+    Cursor(LmdbStore& store, MDB_txn* txn, MDB_dbi dbi) { store.check(mdb_cursor_open(txn, dbi, &cursor), "cursor"); }
+    ~Cursor() { mdb_cursor_close(cursor); }
+    MDB_cursor* cursor = nullptr;
+  };
+
+  // A walk in key order, one short read transaction per batch (a long one would keep every
+  // page it saw from being reused while writers go on), resuming after the last key seen.
+  class Scan final : public UserScan {
+   public:
+    explicit Scan(LmdbStore& store) : store_(store) {
+      ReadTxn txn(store);
+      MDB_stat stat{};
+      store.check(mdb_stat(txn.txn, store.users_, &stat), "stat");
+      estimated_ = stat.ms_entries;
+    }
+
+    bool next(std::vector<StoredUser>& batch, size_t max_users) override {
+      batch.clear();
+      if (done_) return false;
+      max_users = std::max<size_t>(max_users, 1);
+      ReadTxn txn(store_);
+      Cursor cursor(store_, txn.txn, store_.users_);
+      MDB_val k{}, v{};
+      int rc;
+      if (after_) {
+        k = {after_->size(), after_->data()};
+        rc = mdb_cursor_get(cursor.cursor, &k, &v, MDB_SET_RANGE);
+        if (rc == 0 && std::string_view(static_cast<const char*>(k.mv_data), k.mv_size) == *after_)
+          rc = mdb_cursor_get(cursor.cursor, &k, &v, MDB_NEXT);
+      } else {
+        rc = mdb_cursor_get(cursor.cursor, &k, &v, MDB_FIRST);
+      }
+      for (; rc == 0; rc = mdb_cursor_get(cursor.cursor, &k, &v, MDB_NEXT)) {
+        const std::string_view key{static_cast<const char*>(k.mv_data), k.mv_size};
+        batch.push_back(store_.read_user(txn.txn, key, {static_cast<const char*>(v.mv_data), v.mv_size}));
+        after_ = std::string(key);
+        if (batch.size() == max_users) return true;
+      }
+      if (rc != MDB_NOTFOUND) store_.check(rc, "cursor");
+      done_ = true;
+      return !batch.empty();
+    }
+
+    std::optional<uint64_t> estimated_users() const override { return estimated_; }
+
+   private:
+    LmdbStore& store_;
+    std::optional<std::string> after_;
+    bool done_ = false;
+    uint64_t estimated_ = 0;
+  };
+
+  // One entry of the users database as a walk reports it; bad bytes are the user's error.
+  StoredUser read_user(MDB_txn* txn, std::string_view key, std::string_view value) const {
+    StoredUser user;
+    if (!key.empty() && key[0] == '=') {
+      user.user_id = key.substr(1);
+    } else if (key.size() == 33 && key[0] == '#') {
+      MDB_val k{key.size(), const_cast<char*>(key.data())}, id;
+      const int rc = mdb_get(txn, long_ids_, &k, &id);
+      if (rc == 0) {
+        user.user_id.assign(static_cast<const char*>(id.mv_data), id.mv_size);
+      } else {
+        if (rc != MDB_NOTFOUND) check(rc, "get");
+        // Written by a seqrec before long ids were kept: only the id's hash is known.
+        static constexpr char kHex[] = "0123456789abcdef";
+        std::string hex;
+        for (char c : key.substr(1)) {
+          hex += kHex[static_cast<uint8_t>(c) >> 4];
+          hex += kHex[static_cast<uint8_t>(c) & 15];
+        }
+        user.user_id = "sha256:" + hex;
+        user.error = describe() + ": a user id longer than " + std::to_string(max_key_size_ - 1) +
+                     " bytes stored by an older seqrec under its SHA-256 " + hex + " only: the id is unknown";
+        return user;
+      }
+    } else {
+      user.user_id = key;
+      user.error = describe() + ": users entry with a malformed key " + printable_id(key);
+      return user;
+    }
+    try {
+      decode_history(value, user.interactions);
+    } catch (const Error& e) {
+      user.interactions.clear();
+      user.error = describe() + ": user " + printable_id(user.user_id) + ": " + e.what();
+    }
+    return user;
+  }
+
   struct PendingAppend {
     std::string_view user_id;
     std::span<const Interaction> interactions;
@@ -297,41 +402,81 @@ class LmdbStore final : public HistoryStore {
     return n;
   }
 
-  // Appends to one user's stored history inside `txn`, trimming to the cap, and tallies the
-  // items in `counts`. Throws CorruptValue (nothing written) when the stored value is bad.
+  // Merges into one user's stored history inside `txn` (time_order.h), trimming to the cap,
+  // and tallies the items in `counts`. Throws CorruptValue (nothing written) when the stored
+  // value is bad.
   void append_in_txn(MDB_txn* txn, std::string_view user_id, std::span<const Interaction> interactions,
                      CountDeltas& counts) {
     if (interactions.empty()) return;
     const std::string key = key_for(user_id);
     MDB_val k{key.size(), const_cast<char*>(key.data())}, v;
     const int rc = mdb_get(txn, users_, &k, &v);
+    const size_t cap = static_cast<size_t>(max_per_user_);
     std::string value;
-    size_t stored = 0;
+    RecordIndex index;
+    bool in_order = true;
+    std::vector<Interaction> history;
+    std::string_view stored;
     if (rc == MDB_NOTFOUND) {
-      value.push_back(static_cast<char>(kEncodingVersion));
+      in_order = appends_in_order(kEarliestTime, interactions);
     } else {
       check(rc, "get");
-      value.assign(static_cast<const char*>(v.mv_data), v.mv_size);
+      stored = {static_cast<const char*>(v.mv_data), v.mv_size};
       try {
-        stored = record_offsets(value).size();
+        index = index_records(stored);
+        in_order = appends_in_order(index.latest_timestamp.value_or(kEarliestTime), interactions);
+        if (!in_order) decode_history(stored, history);
       } catch (const Error& e) {
         throw CorruptValue(describe() + ": user " + printable_id(user_id) + ": " + e.what());
       }
     }
-    encode_records(interactions, value);
-    const size_t total = stored + interactions.size();
-    if (total > static_cast<size_t>(max_per_user_)) {
-      const size_t cut = record_offsets(value)[total - static_cast<size_t>(max_per_user_)];
+    if (!in_order) {
+      // Older than what is stored (or unsorted itself): merge and re-encode.
+      std::vector<Interaction> trimmed;
+      merge_in_time_order(history, interactions);
+      trim_oldest(history, cap, trimmed);
+      for (const Interaction& it : trimmed) --counts[it.item_id];
+      for (const Interaction& it : interactions) ++counts[it.item_id];
+      value = encode_history(history);
+      MDB_val nv{value.size(), value.data()};
+      check(mdb_put(txn, users_, &k, &nv, 0), "put");
+      remember_long_id(txn, key, user_id);
+      return;
+    }
+    if (rc == MDB_NOTFOUND) {
+      value.push_back(static_cast<char>(kEncodingVersion));
+    } else {
+      value.reserve(stored.size() + interactions.size() * 24);
+      value.assign(stored);
+    }
+    // In time order: the new records go after the stored bytes.
+    std::vector<size_t>& offsets = index.offsets;
+    for (const Interaction& it : interactions) {
+      offsets.push_back(value.size());
+      encode_records({&it, 1}, value);
+    }
+    if (offsets.size() > cap) {
       // The trimmed interactions leave the counts with the history.
-      std::string trimmed = value.substr(0, cut);
+      const size_t cut = offsets[offsets.size() - cap];
       std::vector<Interaction> removed;
-      decode_history(trimmed, removed);
+      decode_history(std::string_view(value).substr(0, cut), removed);
       for (const Interaction& it : removed) --counts[it.item_id];
       value.erase(1, cut - 1);
     }
     MDB_val nv{value.size(), value.data()};
     check(mdb_put(txn, users_, &k, &nv, 0), "put");
+    remember_long_id(txn, key, user_id);
     for (const Interaction& it : interactions) ++counts[it.item_id];
+  }
+
+  // A hashed key keeps its id on the side, for walks over the users (after the user's own
+  // put: LMDB values read in a write transaction are valid only until its next update).
+  void remember_long_id(MDB_txn* txn, const std::string& key, std::string_view user_id) {
+    if (key[0] != '#') return;
+    MDB_val k{key.size(), const_cast<char*>(key.data())};
+    MDB_val id{user_id.size(), const_cast<char*>(user_id.data())};
+    const int rc = mdb_put(txn, long_ids_, &k, &id, MDB_NOOVERWRITE);
+    if (rc != MDB_KEYEXIST) check(rc, "put");
   }
 
   // Applies count changes; a count that reaches 0 is deleted (items with no stored
@@ -384,7 +529,7 @@ class LmdbStore final : public HistoryStore {
   const int64_t max_per_user_;
   OpenDirectoryClaim claim_;
   MDB_env* env_ = nullptr;
-  MDB_dbi users_ = 0, counts_ = 0;
+  MDB_dbi users_ = 0, counts_ = 0, long_ids_ = 0;
   size_t max_key_size_ = 511;
 
   std::mutex queue_mutex_;

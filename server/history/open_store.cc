@@ -57,6 +57,17 @@ std::unique_ptr<HistoryStore> open_redis(const std::string& spec, std::string_vi
 
 }  // namespace
 
+std::unique_ptr<UserScan> HistoryStore::scan_users() {
+  throw Error(describe() + ": this store cannot list its users");
+}
+
+void HistoryStore::for_each_user(const std::function<void(StoredUser&&)>& visit, size_t batch_size) {
+  const std::unique_ptr<UserScan> scan = scan_users();
+  std::vector<StoredUser> batch;
+  while (scan->next(batch, batch_size))
+    for (StoredUser& user : batch) visit(std::move(user));
+}
+
 std::unique_ptr<HistoryStore> open_store(const std::string& spec, const StoreOptions& options) {
   if (options.max_per_user < 1)
     throw Error("history store '" + spec + "': max interactions per user " + std::to_string(options.max_per_user) +

@@ -1,29 +1,36 @@
 // The shared store: many `seqrec serve` replicas behind one Redis.
-//   seqrec:h:<user id>    a list, one element per interaction (encoding.h), oldest first;
-//                         appended with RPUSH + LTRIM in one MULTI/EXEC (one key, so a
-//                         Redis Cluster slot holds a user's whole history)
+//   seqrec:h:<user id>    a list, one element per interaction (encoding.h), in time order
+//                         (time_order.h); an append in time order is one EVALSHA of the
+//                         append script (check + RPUSH + LTRIM, atomic), one out of order a
+//                         WATCH/MULTI rewrite of the list merged (redis_common.h). One key
+//                         per user: a Redis Cluster slot holds a user's whole history
 //   seqrec:item_counts    a hash item id → count of the stored interactions with that item:
-//                         HINCRBY, pipelined, after the EXEC that told which interactions
+//                         HINCRBY, pipelined, after the append that told which interactions
 //                         went in and which the cap trimmed (a separate key, so never inside
-//                         the MULTI: Cluster-safe); erasing a user subtracts their items
+//                         the script or the MULTI); erasing a user subtracts their items
 // Connections come from a small pool; each has 1 s connect and command timeouts. A connection
 // error is StoreUnavailable and that connection (and every idle one, likely as stale) is
 // dropped, so the next call connects afresh: the server recovers by itself when Redis is back.
-#include <hiredis/hiredis.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "server/history/backends.h"
 #include "server/history/encoding.h"
+#include "server/history/redis_common.h"
 
 namespace seqrec::history {
 namespace {
+
+using redis::Command;
+using redis::Context;
+using redis::CountDeltas;
+using redis::Reply;
 
 constexpr timeval kConnectTimeout{1, 0};
 constexpr timeval kCommandTimeout{1, 0};
@@ -31,51 +38,10 @@ constexpr size_t kMaxIdleConnections = 16;
 // append_many sends users in pipelined groups of at most this many users / bytes.
 constexpr size_t kUsersPerPipeline = 1000;
 constexpr size_t kBytesPerPipeline = size_t{8} << 20;
+// A walk over the users asks SCAN for about this many keys a step.
+constexpr const char* kScanCount = "1000";
 const std::string kUserKeyPrefix = "seqrec:h:";
 const std::string kItemCountsKey = "seqrec:item_counts";
-
-struct ReplyDeleter {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
-
-struct ContextDeleter {
-  void operator()(redisContext* c) const { redisFree(c); }
-};
-using Context = std::unique_ptr<redisContext, ContextDeleter>;
-
-// One command as binary-safe arguments (the argv form of hiredis: explicit lengths, like %b).
-class Command {
- public:
-  Command& arg(const char* a) { return arg(std::string_view(a)); }
-  Command& arg(std::string_view a) {
-    storage_.emplace_back(a);
-    return *this;
-  }
-  Command& arg(std::string&& a) {
-    storage_.push_back(std::move(a));
-    return *this;
-  }
-  void append_to(redisContext* c) const {
-    std::vector<const char*> argv;
-    std::vector<size_t> lengths;
-    argv.reserve(storage_.size());
-    lengths.reserve(storage_.size());
-    for (const std::string& s : storage_) {
-      argv.push_back(s.data());
-      lengths.push_back(s.size());
-    }
-    redisAppendCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lengths.data());
-  }
-  size_t bytes() const {
-    size_t n = 0;
-    for (const std::string& s : storage_) n += s.size() + 16;
-    return n;
-  }
-
- private:
-  std::vector<std::string> storage_;
-};
 
 class RedisStore final : public HistoryStore {
  public:
@@ -90,21 +56,14 @@ class RedisStore final : public HistoryStore {
 
   std::vector<Interaction> get(std::string_view user_id) override {
     Lease c = acquire();
-    c.send(Command().arg("LRANGE").arg(user_key(user_id)).arg("0").arg("-1"));
+    c.send(Command("LRANGE").arg(user_key(user_id)).arg("0").arg("-1"));
     Reply reply = c.receive();
     expect(reply, REDIS_REPLY_ARRAY, "LRANGE");
     std::vector<Interaction> out;
-    out.reserve(reply->elements);
-    for (size_t i = 0; i < reply->elements; ++i) {
-      const redisReply* e = reply->element[i];
-      if (e->type != REDIS_REPLY_STRING)
-        throw Error(description_ + ": user " + printable_id(user_id) + ": a history element is not a string");
-      try {
-        decode_history({e->str, e->len}, out);
-      } catch (const Error& error) {
-        throw Error(description_ + ": user " + printable_id(user_id) + ": element " + std::to_string(i) + ": " +
-                    error.what());
-      }
+    try {
+      out = redis::decode_elements(*reply, "user " + printable_id(user_id));
+    } catch (const Error& e) {
+      throw Error(description_ + ": " + e.what());
     }
     c.release();
     return out;
@@ -114,8 +73,8 @@ class RedisStore final : public HistoryStore {
     if (interactions.empty()) return;
     Lease c = acquire();
     CountDeltas deltas;
-    send_append(c, user_id, interactions);
-    receive_append(c, user_id, interactions, deltas);
+    redis::append_user(c, script_, user_key(user_id), interactions, max_per_user_, deltas,
+                       "user " + printable_id(user_id));
     // Counted only once the history took them (a refused append counts nothing).
     send_counts(c, deltas);
     receive_counts(c, deltas.size());
@@ -126,14 +85,42 @@ class RedisStore final : public HistoryStore {
     size_t begin = 0;
     while (begin < users.size()) {
       Lease c = acquire();
+      script_.ensure_loaded(c);
       CountDeltas deltas;
+      // In-order appends go pipelined as the script; the others (and those the script finds
+      // out of order) are merged one by one after the pipeline.
+      // A user listed twice starts a new group: its second list goes after its first.
       size_t end = begin, bytes = 0;
+      std::vector<size_t> sent, merge;
+      std::unordered_set<std::string_view> in_group;
       while (end < users.size() && end - begin < kUsersPerPipeline && bytes < kBytesPerPipeline) {
-        if (!users[end].second.empty()) bytes += send_append(c, users[end].first, users[end].second);
+        if (!in_group.insert(users[end].first).second) break;
+        const auto& [user_id, interactions] = users[end];
+        if (!interactions.empty()) {
+          if (redis::script_can_append(interactions)) {
+            const Command command = script_.command(false, user_key(user_id), max_per_user_, interactions);
+            c.send(command);
+            bytes += command.bytes();
+            sent.push_back(end);
+          } else {
+            merge.push_back(end);
+          }
+        }
         ++end;
       }
-      for (size_t i = begin; i < end; ++i)
-        if (!users[i].second.empty()) receive_append(c, users[i].first, users[i].second, deltas);
+      std::vector<size_t> by_source;
+      for (size_t i : sent) {
+        const std::string label = "user " + printable_id(users[i].first);
+        switch (redis::receive_append(c, users[i].second, deltas, label)) {
+          case redis::ScriptOutcome::appended: break;
+          case redis::ScriptOutcome::out_of_order: merge.push_back(i); break;
+          case redis::ScriptOutcome::no_script: by_source.push_back(i); break;
+        }
+      }
+      for (size_t i : by_source) merge.push_back(i);
+      for (size_t i : merge)
+        redis::append_user(c, script_, user_key(users[i].first), users[i].second, max_per_user_, deltas,
+                           "user " + printable_id(users[i].first));
       send_counts(c, deltas);
       receive_counts(c, deltas.size());
       c.release();
@@ -145,23 +132,9 @@ class RedisStore final : public HistoryStore {
   // request leaves nothing behind): the list is read and deleted in one MULTI, then its
   // items are subtracted from the counts.
   bool erase(std::string_view user_id) override {
-    const std::string key = user_key(user_id);
     Lease c = acquire();
-    c.send(Command().arg("MULTI"));
-    c.send(Command().arg("LRANGE").arg(key).arg("0").arg("-1"));
-    c.send(Command().arg("DEL").arg(key));
-    c.send(Command().arg("EXEC"));
-    c.receive();  // +OK to MULTI
-    c.receive();  // +QUEUED to LRANGE
-    c.receive();  // +QUEUED to DEL
-    Reply exec = c.receive();
-    expect(exec, REDIS_REPLY_ARRAY, "EXEC");
-    if (exec->elements != 2 || exec->element[0]->type != REDIS_REPLY_ARRAY ||
-        exec->element[1]->type != REDIS_REPLY_INTEGER)
-      throw Error(description_ + ": user " + printable_id(user_id) + ": unexpected reply to LRANGE + DEL");
     CountDeltas deltas;
-    subtract_elements(user_id, exec->element[0], deltas);
-    const bool existed = exec->element[1]->integer > 0;
+    const bool existed = redis::erase_user(c, user_key(user_id), deltas, "user " + printable_id(user_id));
     send_counts(c, deltas);
     receive_counts(c, deltas.size());
     c.release();
@@ -170,33 +143,13 @@ class RedisStore final : public HistoryStore {
 
   std::vector<std::pair<std::string, uint64_t>> item_counts() override {
     // HSCAN rather than HGETALL: a large hash is read in steps without blocking Redis.
-    // SCAN may return a field twice; the map keeps one.
     std::unordered_map<std::string, uint64_t> counts;
     Lease c = acquire();
     std::string cursor = "0";
     do {
-      c.send(Command().arg("HSCAN").arg(kItemCountsKey).arg(cursor).arg("COUNT").arg("1000"));
+      c.send(Command("HSCAN").arg(kItemCountsKey).arg(cursor).arg("COUNT").arg("1000"));
       Reply reply = c.receive();
-      expect(reply, REDIS_REPLY_ARRAY, "HSCAN");
-      if (reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_STRING ||
-          reply->element[1]->type != REDIS_REPLY_ARRAY || reply->element[1]->elements % 2 != 0)
-        throw Error(description_ + ": unexpected HSCAN reply");
-      cursor.assign(reply->element[0]->str, reply->element[0]->len);
-      const redisReply* fields = reply->element[1];
-      for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-        const redisReply* id = fields->element[i];
-        const redisReply* n = fields->element[i + 1];
-        if (id->type != REDIS_REPLY_STRING || n->type != REDIS_REPLY_STRING)
-          throw Error(description_ + ": unexpected HSCAN reply");
-        int64_t value = 0;
-        const auto [end, ec] = std::from_chars(n->str, n->str + n->len, value);
-        if (ec != std::errc() || end != n->str + n->len)
-          throw Error(description_ + ": " + kItemCountsKey + " field " + printable_id({id->str, id->len}) +
-                      ": count " + printable_id({n->str, n->len}) + " is not an integer");
-        // 0 (or less, had a count been edited by hand): no stored interaction left.
-        if (value > 0) counts[std::string(id->str, id->len)] = static_cast<uint64_t>(value);
-        else counts.erase(std::string(id->str, id->len));
-      }
+      cursor = redis::read_count_page(*reply, kItemCountsKey, counts, description_);
     } while (cursor != "0");
     c.release();
     std::vector<std::pair<std::string, uint64_t>> out(counts.begin(), counts.end());
@@ -204,10 +157,12 @@ class RedisStore final : public HistoryStore {
     return out;
   }
 
+  std::unique_ptr<UserScan> scan_users() override { return std::make_unique<Scan>(*this); }
+
   bool ready() override {
     try {
       Lease c = acquire();
-      c.send(Command().arg("PING"));
+      c.send(Command("PING"));
       Reply reply = c.receive();
       if (reply->type != REDIS_REPLY_STATUS || std::string_view(reply->str, reply->len) != "PONG") return false;
       c.release();
@@ -222,15 +177,14 @@ class RedisStore final : public HistoryStore {
  private:
   // A connection borrowed from the pool. It goes back only through release(), after a
   // complete exchange; on any exception it is closed (its replies may be out of step).
-  class Lease {
+  class Lease final : public redis::Connection {
    public:
     Lease(RedisStore& store, Context c) : store_(store), c_(std::move(c)) {}
     Lease(Lease&&) = default;
-    ~Lease() = default;
 
-    void send(const Command& command) { command.append_to(c_.get()); }
+    void send(const Command& command) override { command.append_to(c_.get()); }
 
-    Reply receive() {
+    Reply receive_raw() override {
       void* raw = nullptr;
       if (redisGetReply(c_.get(), &raw) != REDIS_OK || raw == nullptr) {
         const std::string reason = c_->errstr[0] ? c_->errstr : "connection lost";
@@ -239,17 +193,101 @@ class RedisStore final : public HistoryStore {
         store_.mark_down(reason);
         throw StoreUnavailable(store_.description_ + ": " + reason);
       }
-      Reply reply(static_cast<redisReply*>(raw));
-      if (reply->type == REDIS_REPLY_ERROR)
-        throw Error(store_.description_ + ": redis error: " + std::string(reply->str, reply->len));
-      return reply;
+      return Reply(static_cast<redisReply*>(raw));
     }
 
-    void release() { store_.give_back(std::move(c_)); }
+    [[noreturn]] void fail(const redisReply& error) override {
+      // LOADING: a restarted Redis still reading its data; BUSY: a script running long.
+      const std::string text(error.str, error.len);
+      if (text.starts_with("LOADING") || text.starts_with("BUSY") || text.starts_with("MASTERDOWN"))
+        throw StoreUnavailable(store_.description_ + ": " + text);
+      throw Error(store_.description_ + ": redis error: " + text);
+    }
+
+    std::string describe() const override { return store_.description_; }
+
+    // A complete exchange: Redis answers (the one sign it is back: a frozen Redis still
+    // accepts connections, so a connect alone proves nothing).
+    void release() {
+      store_.mark_up();
+      store_.give_back(std::move(c_));
+    }
 
    private:
     RedisStore& store_;
     Context c_;
+  };
+
+  // SCAN over the user keys, each step's lists read with one pipeline of LRANGEs. SCAN may
+  // return a key twice (while Redis resizes its table): a key seen before is skipped, by a
+  // 64-bit hash of it.
+  class Scan final : public UserScan {
+   public:
+    explicit Scan(RedisStore& store) : store_(store) {}
+
+    bool next(std::vector<StoredUser>& batch, size_t max_users) override {
+      batch.clear();
+      max_users = std::max<size_t>(max_users, 1);
+      while (batch.size() < max_users) {
+        if (pending_.empty()) {
+          if (done_) break;
+          scan_step();
+          continue;
+        }
+        const size_t n = std::min(pending_.size(), max_users - batch.size());
+        Lease c = store_.acquire();
+        for (size_t i = 0; i < n; ++i) c.send(Command("LRANGE").arg(pending_[i]).arg("0").arg("-1"));
+        for (size_t i = 0; i < n; ++i) {
+          Reply reply = c.receive_raw();
+          StoredUser user;
+          user.user_id = pending_[i].substr(kUserKeyPrefix.size());
+          const std::string label = "user " + printable_id(user.user_id);
+          if (reply->type == REDIS_REPLY_ERROR) {
+            user.error = store_.description_ + ": " + label + ": " + std::string(reply->str, reply->len);
+          } else if (reply->type != REDIS_REPLY_ARRAY) {
+            user.error = store_.description_ + ": " + label + ": unexpected reply to LRANGE";
+          } else if (reply->elements == 0) {
+            continue;  // erased since SCAN listed it
+          } else {
+            try {
+              user.interactions = redis::decode_elements(*reply, label);
+            } catch (const Error& e) {
+              user.interactions.clear();
+              user.error = store_.description_ + ": " + e.what();
+            }
+          }
+          batch.push_back(std::move(user));
+        }
+        c.release();
+        pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
+      }
+      return !batch.empty();
+    }
+
+   private:
+    void scan_step() {
+      Lease c = store_.acquire();
+      c.send(Command("SCAN").arg(cursor_).arg("MATCH").arg(kUserKeyPrefix + "*").arg("COUNT").arg(kScanCount));
+      Reply reply = c.receive();
+      if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_STRING ||
+          reply->element[1]->type != REDIS_REPLY_ARRAY)
+        throw Error(store_.description_ + ": unexpected SCAN reply");
+      for (size_t i = 0; i < reply->element[1]->elements; ++i) {
+        const redisReply* key = reply->element[1]->element[i];
+        if (key->type != REDIS_REPLY_STRING) continue;
+        std::string text(key->str, key->len);
+        if (seen_.insert(std::hash<std::string>{}(text)).second) pending_.push_back(std::move(text));
+      }
+      cursor_.assign(reply->element[0]->str, reply->element[0]->len);
+      done_ = cursor_ == "0";
+      c.release();
+    }
+
+    RedisStore& store_;
+    std::string cursor_ = "0";
+    bool done_ = false;
+    std::vector<std::string> pending_;
+    std::unordered_set<size_t> seen_;
   };
 
   std::string user_key(std::string_view user_id) const {
@@ -263,65 +301,9 @@ class RedisStore final : public HistoryStore {
       throw Error(description_ + ": unexpected reply type " + std::to_string(reply->type) + " to " + command);
   }
 
-  // Item id → change of its count.
-  using CountDeltas = std::unordered_map<std::string, int64_t>;
-
-  // Queues MULTI, RPUSH, LRANGE (what the cap will trim), LTRIM, EXEC for one user; returns
-  // the bytes queued.
-  size_t send_append(Lease& c, std::string_view user_id, std::span<const Interaction> interactions) {
-    const std::string key = user_key(user_id);
-    Command rpush;
-    rpush.arg("RPUSH").arg(key);
-    for (const Interaction& it : interactions) rpush.arg(encode_history({&it, 1}));
-    c.send(Command().arg("MULTI"));
-    c.send(rpush);
-    c.send(Command().arg("LRANGE").arg(key).arg("0").arg(std::to_string(-max_per_user_ - 1)));
-    c.send(Command().arg("LTRIM").arg(key).arg(std::to_string(-max_per_user_)).arg("-1"));
-    c.send(Command().arg("EXEC"));
-    return rpush.bytes();
-  }
-
-  // Reads the EXEC of send_append; the appended items count up and the trimmed ones down.
-  void receive_append(Lease& c, std::string_view user_id, std::span<const Interaction> interactions,
-                      CountDeltas& deltas) {
-    c.receive();  // +OK to MULTI
-    c.receive();  // +QUEUED to RPUSH
-    c.receive();  // +QUEUED to LRANGE
-    c.receive();  // +QUEUED to LTRIM
-    Reply exec = c.receive();
-    expect(exec, REDIS_REPLY_ARRAY, "EXEC");
-    for (size_t i = 0; i < exec->elements; ++i)
-      if (exec->element[i]->type == REDIS_REPLY_ERROR)
-        throw Error(description_ + ": user " + printable_id(user_id) + ": redis error: " +
-                    std::string(exec->element[i]->str, exec->element[i]->len));
-    if (exec->elements != 3 || exec->element[1]->type != REDIS_REPLY_ARRAY)
-      throw Error(description_ + ": user " + printable_id(user_id) + ": unexpected reply to RPUSH + LRANGE + LTRIM");
-    for (const Interaction& it : interactions) ++deltas[it.item_id];
-    subtract_elements(user_id, exec->element[1], deltas);
-  }
-
-  // Subtracts the items of stored list elements (an LRANGE reply) from the counts.
-  void subtract_elements(std::string_view user_id, const redisReply* elements, CountDeltas& deltas) const {
-    std::vector<Interaction> removed;
-    for (size_t i = 0; i < elements->elements; ++i) {
-      const redisReply* e = elements->element[i];
-      removed.clear();
-      try {
-        if (e->type != REDIS_REPLY_STRING) throw Error("not a string");
-        decode_history({e->str, e->len}, removed);
-      } catch (const Error&) {
-        // The history is already gone or trimmed; an unreadable element's item cannot be
-        // known, so its count stays (the only loss is that item's popularity, by one).
-        continue;
-      }
-      for (const Interaction& it : removed) --deltas[it.item_id];
-    }
-  }
-
   void send_counts(Lease& c, CountDeltas& deltas) {
     std::erase_if(deltas, [](const auto& entry) { return entry.second == 0; });
-    for (const auto& [item_id, n] : deltas)
-      c.send(Command().arg("HINCRBY").arg(kItemCountsKey).arg(item_id).arg(std::to_string(n)));
+    for (const auto& [item_id, n] : deltas) c.send(Command("HINCRBY").arg(kItemCountsKey).arg(item_id).arg(n));
   }
 
   void receive_counts(Lease& c, size_t n) {
@@ -361,7 +343,8 @@ class RedisStore final : public HistoryStore {
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
-  // The log says when Redis goes away and when it is back, once each (not per request).
+  // The log says when Redis goes away and when it is back, once each (not per request): down
+  // when a connect or an exchange fails, up when an exchange completes (Lease::release).
   void mark_down(const std::string& reason) {
     if (reachable_.exchange(0) != 0 && log_) log_(description_ + " unreachable (" + reason + "); answering 503 until it is back");
   }
@@ -385,7 +368,6 @@ class RedisStore final : public HistoryStore {
       if (reply->type == REDIS_REPLY_ERROR)
         throw Error(description_ + ": SELECT " + std::to_string(db_) + ": " + std::string(reply->str, reply->len));
     }
-    mark_up();
     return c;
   }
 
@@ -398,6 +380,7 @@ class RedisStore final : public HistoryStore {
   std::vector<Context> idle_;
   const std::function<void(const std::string&)> log_;
   std::atomic<int> reachable_{-1};  // -1 not yet known, 0 down, 1 up
+  redis::AppendScript script_;
 };
 
 }  // namespace

@@ -14,12 +14,15 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "server/history/encoding.h"
 #include "server/history/import.h"
 #include "server/history/store.h"
+#include "server/history/time_order.h"
 
 namespace seqrec::history {
 namespace {
@@ -171,7 +174,7 @@ TEST_P(HistoryStoreTest, UnknownUserHasEmptyHistory) {
   EXPECT_TRUE(store->item_counts().empty());
 }
 
-TEST_P(HistoryStoreTest, AppendKeepsAppendOrderAndEveryField) {
+TEST_P(HistoryStoreTest, AppendKeepsEveryFieldInTimeOrder) {
   auto store = open();
   const std::vector<Interaction> first = {item("10", 1704060026, 4.5), item("11"), item("12", -5),
                                           item("13", std::nullopt, -0.5)};
@@ -179,10 +182,170 @@ TEST_P(HistoryStoreTest, AppendKeepsAppendOrderAndEveryField) {
   store->append("alice", first);
   store->append("alice", second);
   store->append("bob", std::vector<Interaction>{item("99", 1)});
-  std::vector<Interaction> expected = first;
-  expected.insert(expected.end(), second.begin(), second.end());
-  expect_same(expected, store->get("alice"));
+  // 11 and 13 have no timestamp: "now", after what came before them (10 at 1704060026).
+  expect_same({item("9", INT64_MIN, 1e300), item("12", -5), item("10", 1704060026, 4.5), item("11"),
+               item("13", std::nullopt, -0.5), item("10", INT64_MAX, 0.0)},
+              store->get("alice"));
   expect_same({item("99", 1)}, store->get("bob"));
+}
+
+TEST_P(HistoryStoreTest, OutOfOrderAppendsAreMergedByTime) {
+  auto store = open();
+  store->append("u", std::vector<Interaction>{item("a", 10), item("b", 20), item("c", 30)});
+  store->append("u", std::vector<Interaction>{item("late", 15)});  // an older event arriving late
+  store->append("u", std::vector<Interaction>{item("d", 40)});     // back in order
+  store->append("u", std::vector<Interaction>{item("x", 35), item("y", 5), item("z", 25)});  // unsorted itself
+  EXPECT_EQ((std::vector<std::string>{"y", "a", "late", "b", "z", "c", "x", "d"}), ids_of(store->get("u")));
+  const auto history = store->get("u");
+  for (size_t i = 1; i < history.size(); ++i) EXPECT_LE(*history[i - 1].timestamp, *history[i].timestamp);
+}
+
+TEST_P(HistoryStoreTest, EqualTimestampsKeepArrivalOrder) {
+  auto store = open();
+  store->append("u", std::vector<Interaction>{item("a", 10), item("b", 10), item("c", 20)});
+  store->append("u", std::vector<Interaction>{item("d", 10)});  // after a and b, before c
+  store->append("u", std::vector<Interaction>{item("e", 20), item("f", 10)});
+  store->append("u", std::vector<Interaction>{item("g", 20)});  // the in-order path: after c and e
+  EXPECT_EQ((std::vector<std::string>{"a", "b", "d", "f", "c", "e", "g"}), ids_of(store->get("u")));
+}
+
+TEST_P(HistoryStoreTest, MissingTimestampsCountAsNow) {
+  auto store = open();
+  store->append("u", std::vector<Interaction>{item("untimed1")});
+  store->append("u", std::vector<Interaction>{item("t50", 50), item("untimed2"), item("t40", 40)});
+  // untimed2 came after t50: it stays after it; t40 is older than both.
+  EXPECT_EQ((std::vector<std::string>{"untimed1", "t40", "t50", "untimed2"}), ids_of(store->get("u")));
+  store->append("u", std::vector<Interaction>{item("untimed3")});  // after everything stored
+  store->append("u", std::vector<Interaction>{item("t50b", 50)});  // equal time: after untimed2 and 3
+  store->append("u", std::vector<Interaction>{item("t45", 45)});   // before t50 (and what inherits 50)
+  EXPECT_EQ((std::vector<std::string>{"untimed1", "t40", "t45", "t50", "untimed2", "untimed3", "t50b"}),
+            ids_of(store->get("u")));
+  // A history without any timestamp keeps arrival order.
+  store->append("v", std::vector<Interaction>{item("1"), item("2")});
+  store->append("v", std::vector<Interaction>{item("3")});
+  EXPECT_EQ((std::vector<std::string>{"1", "2", "3"}), ids_of(store->get("v")));
+}
+
+TEST_P(HistoryStoreTest, CapTrimsTheOldestByTime) {
+  StoreOptions options;
+  options.max_per_user = 4;
+  auto store = open(options);
+  store->append("u", std::vector<Interaction>{item("a", 10), item("b", 20), item("c", 30), item("d", 40)});
+  store->append("u", std::vector<Interaction>{item("late", 25)});  // full: a (the oldest) goes
+  EXPECT_EQ((std::vector<std::string>{"b", "late", "c", "d"}), ids_of(store->get("u")));
+  store->append("u", std::vector<Interaction>{item("ancient", 1)});  // older than all: trimmed at once
+  EXPECT_EQ((std::vector<std::string>{"b", "late", "c", "d"}), ids_of(store->get("u")));
+  store->append("u", std::vector<Interaction>{item("e", 50), item("older", 5), item("f", 35)});
+  EXPECT_EQ((std::vector<std::string>{"c", "f", "d", "e"}), ids_of(store->get("u")));
+  const auto counts = store->item_counts();
+  for (const char* gone : {"a", "b", "late", "ancient", "older"}) EXPECT_EQ(0u, count_of(counts, gone)) << gone;
+  for (const char* kept : {"c", "d", "e", "f"}) EXPECT_EQ(1u, count_of(counts, kept)) << kept;
+  EXPECT_EQ(4u, counts.size());
+}
+
+TEST_P(HistoryStoreTest, AppendManyMergesByTime) {
+  StoreOptions options;
+  options.max_per_user = 3;
+  auto store = open(options);
+  store->append("u", std::vector<Interaction>{item("b", 20), item("d", 40)});
+  std::vector<std::pair<std::string, std::vector<Interaction>>> batch;
+  batch.push_back({"u", {item("a", 10), item("c", 30)}});  // older than what is stored
+  batch.push_back({"v", {item("y", 2), item("x", 1)}});
+  batch.push_back({"u", {item("e", 50)}});  // the same user again, after its first list
+  store->append_many(batch);
+  EXPECT_EQ((std::vector<std::string>{"c", "d", "e"}), ids_of(store->get("u")));
+  EXPECT_EQ((std::vector<std::string>{"x", "y"}), ids_of(store->get("v")));
+  const auto counts = store->item_counts();
+  EXPECT_EQ(5u, counts.size());
+  EXPECT_EQ(0u, count_of(counts, "a"));
+  EXPECT_EQ(0u, count_of(counts, "b"));
+}
+
+// The rules of store.h as an insertion, written independently of time_order.cc: each appended
+// interaction goes after every stored one whose effective time (its timestamp, else the one
+// before it's) is <= its timestamp, or at the end without one; then the oldest are trimmed.
+void reference_append(std::vector<Interaction>& history, const std::vector<Interaction>& appended, size_t cap,
+                      std::map<std::string, int64_t>& counts) {
+  for (const Interaction& it : appended) {
+    size_t at = history.size();
+    if (it.timestamp) {
+      int64_t previous = INT64_MIN;
+      at = 0;
+      for (size_t i = 0; i < history.size(); ++i) {
+        previous = history[i].timestamp.value_or(previous);
+        if (previous <= *it.timestamp) at = i + 1;
+      }
+    }
+    history.insert(history.begin() + static_cast<std::ptrdiff_t>(at), it);
+    ++counts[it.item_id];
+  }
+  while (history.size() > cap) {
+    --counts[history.front().item_id];
+    history.erase(history.begin());
+  }
+}
+
+TEST_P(HistoryStoreTest, RandomAppendsMatchTheRules) {
+  StoreOptions options;
+  options.max_per_user = 12;
+  auto store = open(options);
+  // Extreme and nearby values: a comparison through doubles (beyond 2^53) or a sign slip shows.
+  const std::vector<int64_t> times = {INT64_MIN, INT64_MIN + 1, -(int64_t{1} << 53) - 1, -(int64_t{1} << 53), -300,
+                                      -1, 0, 1, 7, 300, (int64_t{1} << 53), (int64_t{1} << 53) + 1,
+                                      (int64_t{1} << 62) + 1, (int64_t{1} << 62), INT64_MAX - 1, INT64_MAX};
+  std::mt19937 random(7);
+  std::map<std::string, std::vector<Interaction>> expected;
+  std::map<std::string, int64_t> counts;
+  for (int step = 0; step < 300; ++step) {
+    const std::string user = "u" + std::to_string(random() % 4);
+    std::vector<Interaction> appended;
+    const size_t n = 1 + random() % 4;
+    for (size_t i = 0; i < n; ++i) {
+      std::optional<int64_t> time;
+      if (random() % 5 != 0) time = times[random() % times.size()];
+      appended.push_back(item("i" + std::to_string(random() % 9), time));
+    }
+    if (step % 3 == 0) {
+      store->append_many(std::vector<std::pair<std::string, std::vector<Interaction>>>{{user, appended}});
+    } else {
+      store->append(user, appended);
+    }
+    reference_append(expected[user], appended, 12, counts);
+    ASSERT_EQ(ids_of(expected[user]), ids_of(store->get(user))) << "step " << step;
+  }
+  for (const auto& [user, history] : expected) expect_same(history, store->get(user));
+  for (const auto& [id, n] : counts) EXPECT_EQ(static_cast<uint64_t>(n), count_of(store->item_counts(), id)) << id;
+  uint64_t total = 0;
+  for (const auto& [id, n] : store->item_counts()) total += n;
+  EXPECT_EQ(4u * 12u, total);
+}
+
+TEST_P(HistoryStoreTest, ConcurrentOutOfOrderAppendsLoseNothing) {
+  StoreOptions options;
+  options.max_per_user = 100000;
+  auto store = open(options);
+  constexpr int kThreads = 6, kAppends = 30;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 random(t);
+      try {
+        for (int i = 0; i < kAppends; ++i)
+          store->append("shared", std::vector<Interaction>{item(std::to_string(t) + ":" + std::to_string(i),
+                                                                static_cast<int64_t>(random() % 1000))});
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const auto shared = store->get("shared");
+  ASSERT_EQ(static_cast<size_t>(kThreads * kAppends), shared.size());
+  for (size_t i = 1; i < shared.size(); ++i) EXPECT_LE(*shared[i - 1].timestamp, *shared[i].timestamp);
+  std::set<std::string> ids;
+  for (const Interaction& it : shared) ids.insert(it.item_id);
+  EXPECT_EQ(shared.size(), ids.size());
+  EXPECT_EQ(shared.size(), store->item_counts().size());
 }
 
 TEST_P(HistoryStoreTest, EmptyAppendStoresNothing) {
@@ -227,6 +390,27 @@ TEST_P(HistoryStoreTest, EraseRemovesTheHistoryAndItsCounts) {
   EXPECT_TRUE(store->erase("w"));
   EXPECT_TRUE(store->erase("u"));
   EXPECT_TRUE(store->item_counts().empty());
+}
+
+TEST_P(HistoryStoreTest, AWalkVisitsEveryUserOnceWithTheirHistory) {
+  auto store = open();
+  std::map<std::string, std::vector<std::string>> expected;
+  for (int u = 0; u < 700; ++u) {  // several batches, and several SCAN steps on Redis
+    const std::string id = "user-" + std::to_string(u) + (u % 7 == 0 ? std::string(60, 'x') : "");  // long ids too
+    std::vector<Interaction> history{item("i" + std::to_string(u % 13), 100 + u), item("j", 200 + u)};
+    store->append(id, history);
+    expected[id] = {"i" + std::to_string(u % 13), "j"};
+  }
+  store->append("gone", std::vector<Interaction>{item("a")});
+  ASSERT_TRUE(store->erase("gone"));
+  std::map<std::string, std::vector<std::string>> seen;
+  store->for_each_user(
+      [&](history::StoredUser&& user) {
+        EXPECT_FALSE(user.error) << *user.error;
+        EXPECT_TRUE(seen.emplace(user.user_id, ids_of(user.interactions)).second) << "visited twice: " << user.user_id;
+      },
+      64);
+  EXPECT_EQ(expected, seen);
 }
 
 TEST_P(HistoryStoreTest, ItemCountsCountEveryInteractionMostCountedFirst) {
@@ -558,6 +742,52 @@ TEST_F(RedisStoreTest, ForeignOrCorruptValuesAreErrorsNotCrashes) {
   EXPECT_TRUE(store->ready());
 }
 
+TEST_F(RedisStoreTest, AppendsSurviveAFlushedScriptCache) {
+  if (!redis_.cli("PING")) GTEST_SKIP() << "redis-cli is not installed";
+  auto store = open_store(redis_.url());
+  store->append("u", std::vector<Interaction>{item("a", 1)});
+  ASSERT_TRUE(redis_.cli("SCRIPT FLUSH"));  // as after a restart or an operator's flush
+  store->append("u", std::vector<Interaction>{item("b", 2)});
+  std::vector<std::pair<std::string, std::vector<Interaction>>> batch = {{"u", {item("c", 3)}}, {"v", {item("d", 4)}}};
+  ASSERT_TRUE(redis_.cli("SCRIPT FLUSH"));
+  store->append_many(batch);
+  EXPECT_EQ((std::vector<std::string>{"a", "b", "c"}), ids_of(store->get("u")));
+  EXPECT_EQ(1u, count_of(store->item_counts(), "d"));
+}
+
+TEST_F(RedisStoreTest, TimestampsBeyondDoublePrecisionAreComparedExactly) {
+  // 2^53 + 1 and 2^53 + 2 are the same double: the script compares the zigzag halves.
+  auto store = open_store(redis_.url());
+  const int64_t big = int64_t{1} << 53;
+  store->append("ns", std::vector<Interaction>{item("second", big + 2)});
+  store->append("ns", std::vector<Interaction>{item("first", big + 1)});
+  store->append("ns", std::vector<Interaction>{item("third", big + 3)});
+  EXPECT_EQ((std::vector<std::string>{"first", "second", "third"}), ids_of(store->get("ns")));
+  store->append("neg", std::vector<Interaction>{item("b", -big - 1)});
+  store->append("neg", std::vector<Interaction>{item("a", -big - 2)});
+  store->append("neg", std::vector<Interaction>{item("c", -1)});
+  store->append("neg", std::vector<Interaction>{item("z", INT64_MIN)});
+  EXPECT_EQ((std::vector<std::string>{"z", "a", "b", "c"}), ids_of(store->get("neg")));
+}
+
+TEST_F(RedisStoreTest, ACorruptElementFailsATimedAppendOnly) {
+  if (!redis_.cli("PING")) GTEST_SKIP() << "redis-cli is not installed";
+  auto store = open_store(redis_.url());
+  ASSERT_TRUE(redis_.cli("RPUSH seqrec:h:bad garbage"));
+  try {
+    store->append("bad", std::vector<Interaction>{item("1", 5)});  // needs the last timestamp: cannot read it
+    FAIL() << "expected an error";
+  } catch (const StoreUnavailable&) {
+    FAIL() << "corruption is not an outage";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'bad'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(0u, count_of(store->item_counts(), "1"));  // nothing written, nothing counted
+  store->append("bad", std::vector<Interaction>{item("2")});  // "now" needs no reading: appended
+  EXPECT_EQ(1u, count_of(store->item_counts(), "2"));
+  EXPECT_THROW(store->get("bad"), Error);
+}
+
 // ---- import: what `seqrec import` wrote, read back -------------------------------------------
 
 class ImportTest : public ::testing::Test {
@@ -694,6 +924,28 @@ TEST_F(ImportTest, TheMovieLensRatings) {
   uint64_t total = 0;
   for (const auto& [id, n] : counts) total += n;
   EXPECT_EQ(100836u, total);
+}
+
+// ---- time order ---------------------------------------------------------------------------
+
+TEST(TimeOrder, AHistoryInArrivalOrderIsSortedByTheFirstMerge) {
+  // As an older seqrec stored it: arrival order, a missing timestamp inheriting the one before.
+  std::vector<Interaction> history = {item("c", 30), item("after-c"), item("a", 10), item("b", 20)};
+  EXPECT_EQ(20, latest_time(history));
+  merge_in_time_order(history, std::vector<Interaction>{item("x", 15), item("now")});
+  EXPECT_EQ((std::vector<std::string>{"a", "x", "b", "c", "after-c", "now"}), ids_of(history));
+  std::vector<Interaction> trimmed;
+  trim_oldest(history, 4, trimmed);
+  EXPECT_EQ((std::vector<std::string>{"a", "x"}), ids_of(trimmed));
+  EXPECT_EQ((std::vector<std::string>{"b", "c", "after-c", "now"}), ids_of(history));
+}
+
+TEST(TimeOrder, InOrderMeansNoTimestampBelowTheLatest) {
+  EXPECT_TRUE(appends_in_order(kEarliestTime, {}));
+  EXPECT_TRUE(appends_in_order(5, std::vector<Interaction>{item("a"), item("b", 5), item("c"), item("d", 9)}));
+  EXPECT_FALSE(appends_in_order(5, std::vector<Interaction>{item("a", 4)}));
+  EXPECT_FALSE(appends_in_order(kEarliestTime, std::vector<Interaction>{item("a", 9), item("b"), item("c", 8)}));
+  EXPECT_EQ(kEarliestTime, latest_time(std::vector<Interaction>{item("a"), item("b")}));
 }
 
 // ---- encoding -----------------------------------------------------------------------------
