@@ -16,5 +16,7 @@ Action add_import(CLI::App& app);
 Action add_serve(CLI::App& app);
 Action add_export(CLI::App& app);
 Action add_eval(CLI::App& app);
+Action add_similar(CLI::App& app);
+Action add_routes(CLI::App& app);
 
 }  // namespace seqrec::cli

@@ -19,8 +19,12 @@ int main(int argc, char** argv) {
     actions[sub] = add_command(*sub);
   };
   add("convert", "Convert a training checkpoint into a .seqrec model file", seqrec::cli::add_convert);
-  add("recommend", "Answer one POST /recommend request body (stdin) with the response (stdout)",
+  add("recommend",
+      "Answer one POST /recommend request body (stdin) with the response (stdout), or export every user's "
+      "recommendations from a history store (--history, --out)",
       seqrec::cli::add_recommend);
+  add("similar", "The items most similar to one item (as POST /similar_items)", seqrec::cli::add_similar);
+  add("routes", "List the HTTP API's routes (method, path, who may call it)", seqrec::cli::add_routes);
   add("inspect", "Print a model file's architecture, sizes, catalog size and provenance", seqrec::cli::add_inspect);
   add("import", "Bulk-load users' interaction histories from a CSV/TSV file into a history store",
       seqrec::cli::add_import);

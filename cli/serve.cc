@@ -20,6 +20,8 @@
 #include "engine/platform.h"
 #include "server/history/store.h"
 #include "server/http_server.h"
+#include "server/items/item_metadata.h"
+#include "server/model_registry.h"
 #include "server/routes.h"
 #include "weights/model_loader.h"
 
@@ -82,7 +84,9 @@ void log(const std::string& line) { std::cerr << "seqrec serve: " << line << std
 
 Action add_serve(CLI::App& app) {
   struct Flags {
-    std::string model, history = "lmdb:seqrec-history", api_key_file, read_key_file, model_dir;
+    std::vector<std::string> models;
+    std::string history = "lmdb:seqrec-history", api_key_file, read_key_file, model_dir, split;
+    std::string items, item_columns, tags_separator = "|";
     bool allow_unauthenticated = false;
     int64_t max_connections = 0;  // 0: from the descriptor limit
     http_server::Options http;
@@ -95,7 +99,21 @@ Action add_serve(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   f->workers.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--model", f->model, "The .seqrec model file")->required()->envname("SEQREC_MODEL");
+  app.add_option("--model", f->models,
+                 "A .seqrec model file, or NAME=PATH; repeat to serve several (the first is the default; a plain "
+                 "PATH is named after its file name)")
+      ->required()
+      ->envname("SEQREC_MODEL");
+  app.add_option("--split", f->split,
+                 "A/B split of the default traffic: NAME=PERCENT,NAME=PERCENT (summing to 100), by a hash of user_id "
+                 "(or routing_key); change it live with POST /admin/split");
+  app.add_option("--items", f->items,
+                 "Item metadata: a CSV/TSV file with a header (titles, tags for filters; MovieLens movies.csv works as it is)")
+      ->envname("SEQREC_ITEMS");
+  app.add_option("--item-columns", f->item_columns,
+                 "Columns of --items: item=NAME,title=NAME,tags=NAME (default: item_id/movieId/id, title/name, "
+                 "tags/genres/categories)");
+  app.add_option("--tags-separator", f->tags_separator, "What separates the tags in the tags column")->capture_default_str();
   app.add_option("--history", f->history, "History store: lmdb:PATH | redis://HOST:PORT[/DB] | memory")
       ->capture_default_str()
       ->envname("SEQREC_HISTORY");
@@ -180,7 +198,8 @@ Action add_serve(CLI::App& app) {
     {
       namespace fs = std::filesystem;
       std::error_code ec;
-      const std::string dir = f->model_dir.empty() ? fs::absolute(f->model).parent_path().string() : f->model_dir;
+      const std::string first_path = server::parse_model_flag(f->models.front()).second;
+      const std::string dir = f->model_dir.empty() ? fs::absolute(first_path).parent_path().string() : f->model_dir;
       const fs::path canonical = fs::canonical(dir, ec);
       if (ec || !fs::is_directory(canonical))
         throw Error("--model-dir: '" + dir + "' is not a directory" + (ec ? " (" + ec.message() + ")" : ""));
@@ -202,21 +221,62 @@ Action add_serve(CLI::App& app) {
     f->store.log = [](const std::string& line) { log("history: " + line); };
 
     const std::optional<double> threshold = f->rating_threshold;
-    server::ModelLoader loader = [threshold](const std::string& path) { return load_recommender(path, threshold); };
-    LoadedModel model = loader(f->model);
+    server::ModelLoader loader = [threshold](const std::string& path, const items::ItemMetadata* items) {
+      ItemTagsFor tags_for;
+      if (items)
+        tags_for = [items](const Catalog& catalog) {
+          return std::make_shared<const ItemTags>(catalog, [items](const std::string& id) {
+            const items::ItemRecord* record = items->find(id);
+            return record ? &record->tags : nullptr;
+          });
+        };
+      return load_recommender(path, threshold, tags_for);
+    };
+    server::ItemsLoader items_loader;
+    std::shared_ptr<const items::ItemMetadata> item_metadata;
+    if (!f->items.empty()) {
+      const items::ItemColumns columns = items::parse_item_columns(f->item_columns);
+      items_loader = [path = f->items, columns, separator = f->tags_separator] {
+        return items::ItemMetadata::load(path, columns, separator);
+      };
+      item_metadata = items_loader();
+      log("item metadata: " + std::to_string(item_metadata->size()) + " items from " + f->items + " (" +
+          std::to_string(item_metadata->n_tag_assignments()) + " tags)");
+    } else if (!f->item_columns.empty()) {
+      throw Error("--item-columns: only means something with --items FILE");
+    }
+    std::vector<std::pair<std::string, LoadedModel>> loaded_models;
+    for (const std::string& flag : f->models) {
+      auto [name, path] = server::parse_model_flag(flag);
+      for (const auto& [seen, ignored] : loaded_models)
+        if (seen == name)
+          throw Error("--model " + flag + ": the name '" + name + "' is already taken (name them: --model NAME=PATH)");
+      loaded_models.emplace_back(name, loader(path, item_metadata.get()));
+    }
+    server::ModelRegistry models(std::move(loaded_models));
+    if (!f->split.empty()) {
+      try {
+        models.set_split(server::parse_split_flag(f->split));
+      } catch (const Error& e) {
+        throw Error("--split " + f->split + ": " + e.what());
+      }
+    }
     std::unique_ptr<history::HistoryStore> store = history::open_store(f->history, f->store);
 
     server::Metrics metrics;
-    WorkerPool workers(model.recommender, f->workers,
-                       [&metrics](size_t size, double seconds) { metrics.observe_batch(size, seconds); });
+    WorkerPool workers(f->workers, [&metrics](size_t size, double seconds) { metrics.observe_batch(size, seconds); });
     metrics.queue_depth = [&workers] { return workers.queue_depth(); };
     boost::asio::thread_pool blocking(4);  // history store calls and model loading
-    server::Service service(f->service, workers, *store, metrics, blocking, loader, model);
-    metrics.model_labels = [&service, &workers] {
-      const ModelSpec& s = workers.recommender()->model().spec();
-      return "block=\"" + std::string(to_string(s.blocks.kind)) + "\",n_items=\"" + std::to_string(s.n_items - 1) +
-             "\",d=\"" + std::to_string(s.d) + "\",layers=\"" + std::to_string(s.blocks.n_layers) + "\",score=\"" +
-             to_string(s.scorer.score) + "\"";
+    server::Service service(f->service, workers, models, *store, metrics, blocking, loader, items_loader, item_metadata);
+    metrics.model_labels = [&models] {
+      std::vector<std::string> out;
+      for (const auto& served : models.all()) {
+        const ModelSpec& s = served->loaded.recommender->model().spec();
+        out.push_back("model=\"" + served->name + "\",block=\"" + std::string(to_string(s.blocks.kind)) + "\",n_items=\"" +
+                      std::to_string(s.n_items - 1) + "\",d=\"" + std::to_string(s.d) + "\",layers=\"" +
+                      std::to_string(s.blocks.n_layers) + "\",score=\"" + to_string(s.scorer.score) + "\"");
+      }
+      return out;
     };
 
     boost::asio::io_context ioc(f->io_threads);
@@ -276,9 +336,12 @@ Action add_serve(CLI::App& app) {
       signals.async_wait([&](boost::system::error_code ec, int signal) {
         if (ec) return;
         if (signal == SIGHUP) {
-          log("SIGHUP: reloading the model file being served");
-          service.reload(std::nullopt, [](std::optional<std::string> error) {
-            log(error ? "reload refused, the old model keeps serving: " + *error : "reloaded");
+          log("SIGHUP: reloading every model (and the item metadata)");
+          service.reload(std::nullopt, std::nullopt, [](std::optional<std::string> error, std::vector<std::string> reloaded) {
+            std::string names;
+            for (const std::string& name : reloaded) names += " " + name;
+            log(error ? "reload refused, the old model keeps serving: " + *error + (names.empty() ? "" : " (reloaded before it:" + names + ")")
+                      : "reloaded" + names);
           });
           return wait_for_signal();
         }
@@ -289,9 +352,11 @@ Action add_serve(CLI::App& app) {
     };
     wait_for_signal();
 
-    const ModelSpec& s = model.recommender->model().spec();
-    log("serving " + f->model + " (" + std::to_string(s.n_items - 1) + " items) with history " + store->describe() +
-        ", " + std::to_string(f->workers.threads) + " inference worker(s)");
+    for (const auto& served : models.all())
+      log("serving model " + served->name + (served == models.default_model() ? " (default)" : "") + ": " +
+          served->loaded.path + " (" + std::to_string(served->loaded.recommender->catalog().size() - 1) + " items)");
+    log("history " + store->describe() + ", " + std::to_string(f->workers.threads) + " inference worker(s)" +
+        (f->split.empty() ? "" : ", split " + f->split));
     log("kernels: " + kernel_path() + " path on " + cpu_model() + " (SEQREC_CPU_ISA may force a lower one: " +
         supported_kernel_paths() + ")");
     log("listening on " + url_of(f->http.bind, http.port()) + " (at most " + std::to_string(f->http.max_connections) +

@@ -6,8 +6,7 @@
 
 namespace seqrec {
 
-WorkerPool::WorkerPool(std::shared_ptr<const Recommender> recommender, Options options, BatchObserver observer)
-    : options_(options), observer_(std::move(observer)), recommender_(std::move(recommender)) {
+WorkerPool::WorkerPool(Options options, BatchObserver observer) : options_(options), observer_(std::move(observer)) {
   if (options_.threads < 1) options_.threads = 1;
   if (options_.max_batch < 1) options_.max_batch = 1;
   // The workers are the parallelism: each GEMM runs on the calling worker's thread only,
@@ -18,24 +17,22 @@ WorkerPool::WorkerPool(std::shared_ptr<const Recommender> recommender, Options o
 
 WorkerPool::~WorkerPool() { shutdown(); }
 
-bool WorkerPool::submit(Request request, Completion done) {
+bool WorkerPool::enqueue(Job job) {
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || static_cast<int64_t>(queue_.size()) >= options_.queue_capacity) return false;
-    queue_.push_back(Job{std::move(request), std::move(done)});
+    queue_.push_back(std::move(job));
   }
   work_ready_.notify_one();
   return true;
 }
 
-void WorkerPool::set_recommender(std::shared_ptr<const Recommender> recommender) {
-  recommender_.store(std::move(recommender));
+bool WorkerPool::submit(ModelHandle model, Request request, Completion done) {
+  return enqueue(Job{std::move(model), std::move(request), std::nullopt, std::move(done)});
 }
 
-std::shared_ptr<const Recommender> WorkerPool::recommender() const { return recommender_.load(); }
-
-void WorkerPool::set_popularity(std::shared_ptr<const std::vector<uint64_t>> counts) {
-  popularity_.store(std::move(counts));
+bool WorkerPool::submit_similar(ModelHandle model, std::string item_id, Request request, Completion done) {
+  return enqueue(Job{std::move(model), std::move(request), std::move(item_id), std::move(done)});
 }
 
 size_t WorkerPool::queue_depth() const {
@@ -58,7 +55,9 @@ void WorkerPool::shutdown() {
 void WorkerPool::run() {
   Workspace workspace;  // this worker's scratch, reused across batches
   std::vector<Job> batch;
+  std::vector<size_t> group;  // indices into batch: one model's recommend jobs
   std::vector<Request> requests;
+  std::vector<bool> done_jobs;
   for (;;) {
     batch.clear();
     {
@@ -70,21 +69,47 @@ void WorkerPool::run() {
         queue_.pop_front();
       }
     }
-    requests.clear();
-    for (Job& job : batch) requests.push_back(std::move(job.request));
-    const std::shared_ptr<const Recommender> model = recommender_.load();  // held for the whole batch
-    const std::shared_ptr<const std::vector<uint64_t>> popularity = popularity_.load();
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<Response> responses;
-    std::exception_ptr error;
-    try {
-      responses = model->recommend(requests, workspace, popularity.get());
-    } catch (...) {
-      error = std::current_exception();
+    done_jobs.assign(batch.size(), false);
+    for (size_t first = 0; first < batch.size(); ++first) {
+      if (done_jobs[first]) continue;
+      Job& lead = batch[first];
+      if (lead.similar_to) {  // one item at a time: a scan of the item table, no forward pass
+        Response response;
+        std::exception_ptr error;
+        try {
+          response = lead.model.recommender->similar_items(*lead.similar_to, lead.request, workspace);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        done_jobs[first] = true;
+        lead.done(std::move(response), error);
+        continue;
+      }
+      // Every recommend job of this model (and cold-start counts) taken in this batch: one pass.
+      group.clear();
+      requests.clear();
+      for (size_t i = first; i < batch.size(); ++i) {
+        if (done_jobs[i] || batch[i].similar_to || batch[i].model.recommender != lead.model.recommender ||
+            batch[i].model.popularity != lead.model.popularity)
+          continue;
+        group.push_back(i);
+        requests.push_back(std::move(batch[i].request));
+      }
+      const auto start = std::chrono::steady_clock::now();
+      std::vector<Response> responses;
+      std::exception_ptr error;
+      try {
+        responses = lead.model.recommender->recommend(requests, workspace, lead.model.popularity.get());
+      } catch (...) {
+        error = std::current_exception();
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (observer_) observer_(group.size(), seconds);
+      for (size_t g = 0; g < group.size(); ++g) {
+        done_jobs[group[g]] = true;
+        batch[group[g]].done(error ? Response{} : std::move(responses[g]), error);
+      }
     }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (observer_) observer_(batch.size(), seconds);
-    for (size_t i = 0; i < batch.size(); ++i) batch[i].done(error ? Response{} : std::move(responses[i]), error);
   }
 }
 

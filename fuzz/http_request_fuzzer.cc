@@ -87,40 +87,31 @@ const std::filesystem::path& model_dir() {
   return dir;
 }
 
-// One model served: what lives as long as the process (the workers) and its loader.
-struct Served {
-  seqrec::LoadedModel model;
-  seqrec::WorkerPool workers;
-  server::ModelLoader loader;
-
-  Served(seqrec::LoadedModel loaded, server::Metrics& metrics)
-      : model(std::move(loaded)),
-        workers(model.recommender, seqrec::WorkerPool::Options{.threads = 1, .max_batch = 64, .queue_capacity = 4096},
-                [&metrics](size_t size, double seconds) { metrics.observe_batch(size, seconds); }) {
-    // This model's own path reloads it; any other path is refused as a missing file would be.
-    // Nothing is read from disk. A path outside the model folder must never get this far.
-    loader = [known = model](const std::string& path) {
-      const std::filesystem::path relative = std::filesystem::path(path).lexically_normal().lexically_relative(model_dir());
-      if (relative.empty() || *relative.begin() == "..") fail("reload passed a path outside the model folder: " + path);
-      if (path != known.path) throw seqrec::Error(path + ": cannot open: no such file");
-      return known;
-    };
-  }
-};
-
 struct Process {
   const bool verbose = std::getenv("SEQREC_FUZZ_VERBOSE") != nullptr;  // print each request's answer
   server::Metrics metrics;
   boost::asio::thread_pool blocking{kBlockingThreads};
-  std::unique_ptr<Served> sasrec, hstu;
+  seqrec::LoadedModel sasrec, hstu;
+  std::unique_ptr<seqrec::WorkerPool> workers;
+  server::ModelLoader loader;
 
   Process() {
-    sasrec = std::make_unique<Served>(tiny_model(seqrec::testing::small_spec(12, 6, 8, 2), model_dir() / "sasrec.seqrec", 3.5),
-                                      metrics);
-    hstu = std::make_unique<Served>(tiny_model(seqrec::testing::hstu_spec(12, 6, 8, 2), model_dir() / "hstu.seqrec", std::nullopt),
-                                    metrics);
-    metrics.queue_depth = [this] { return sasrec->workers.queue_depth() + hstu->workers.queue_depth(); };
-    metrics.model_labels = [] { return std::string("block=\"fuzz\""); };
+    sasrec = tiny_model(seqrec::testing::small_spec(12, 6, 8, 2), model_dir() / "sasrec.seqrec", 3.5);
+    hstu = tiny_model(seqrec::testing::hstu_spec(12, 6, 8, 2), model_dir() / "hstu.seqrec", std::nullopt);
+    workers = std::make_unique<seqrec::WorkerPool>(
+        seqrec::WorkerPool::Options{.threads = 1, .max_batch = 64, .queue_capacity = 4096},
+        [this](size_t size, double seconds) { metrics.observe_batch(size, seconds); });
+    // A model's own path reloads it; any other path is refused as a missing file would be.
+    // Nothing is read from disk. A path outside the model folder must never get this far.
+    loader = [known = std::vector<seqrec::LoadedModel>{sasrec, hstu}](const std::string& path, const server::items::ItemMetadata*) {
+      const std::filesystem::path relative = std::filesystem::path(path).lexically_normal().lexically_relative(model_dir());
+      if (relative.empty() || *relative.begin() == "..") fail("reload passed a path outside the model folder: " + path);
+      for (const seqrec::LoadedModel& model : known)
+        if (path == model.path) return model;
+      throw seqrec::Error(path + ": cannot open: no such file");
+    };
+    metrics.queue_depth = [this] { return workers->queue_depth(); };
+    metrics.model_labels = [] { return std::vector<std::string>{"block=\"fuzz\""}; };
   }
 };
 
@@ -216,11 +207,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   Process& p = process();
   const auto model_header = request->find("X-Fuzz-Model");
-  Served& served = model_header != request->end() && model_header->value() == "hstu" ? *p.hstu : *p.sasrec;
-  // A fresh store and service per input, so an input replays alone exactly as it ran.
+  const bool hstu_first = model_header != request->end() && model_header->value() == "hstu";
+  // A fresh store, registry and service per input, so an input replays alone exactly as it ran.
+  // Both models are served (names "sasrec", "hstu"); the header picks the default.
   const std::unique_ptr<history::HistoryStore> store = history::make_memory_store(history::StoreOptions{});
   const server::ServiceOptions options = service_options(*request);
-  server::Service service(options, served.workers, *store, p.metrics, p.blocking, served.loader, served.model);
+  std::vector<std::pair<std::string, seqrec::LoadedModel>> served;
+  served.emplace_back("sasrec", p.sasrec);
+  served.emplace_back("hstu", p.hstu);
+  if (hstu_first) std::swap(served[0], served[1]);
+  server::ModelRegistry models(std::move(served));
+  server::Service service(options, *p.workers, models, *store, p.metrics, p.blocking, p.loader, {}, nullptr);
   service.load_popularity();  // the workers' cold-start counts: this (empty) store's
 
   auto slot = std::make_shared<ReplySlot>();

@@ -2,7 +2,8 @@
 # Installs seqrec's build and test dependencies from Debian packages (run as root or via sudo);
 # enough on a brand-new minimal Debian 12 or 13 (scripts/check-fresh-machine.sh proves it).
 #   scripts/install-deps.sh          build + run dependencies
-#   scripts/install-deps.sh --test   also what the test suite needs (PyTorch for parity, Redis)
+#   scripts/install-deps.sh --test   also what the test suite needs (PyTorch for parity, Redis,
+#                                    Chromium + Node.js/npm for the web console's browser test)
 #   scripts/install-deps.sh --deb    also what building the Debian package needs (dpkg-shlibdeps)
 #   scripts/install-deps.sh --bench  also what bench/ runs against: PyTorch, wrk, Node.js + npm,
 #                                    and onnxruntime-node (npm, into bench/node_modules)
@@ -14,7 +15,15 @@ packages=(cmake g++ make pkg-config libdnnl-dev ocl-icd-opencl-dev libopenblas-d
           libsimdjson-dev libcli11-dev libxxhash-dev liblmdb-dev libhiredis-dev libgtest-dev libgmock-dev libbenchmark-dev)
 case "${1:-}" in
   "") ;;
-  --test) packages+=(python3 python3-torch python3-numpy redis-server) ;;
+  --test)
+    packages+=(python3 python3-torch python3-numpy redis-server)
+    # The web console's test (tests/console): playwright-core (npm, installed by the test itself
+    # with `npm ci`) drives Debian's chromium headless. Node.js may come from another apt source
+    # that bundles npm; add Debian's only if missing.
+    packages+=(chromium)
+    command -v node >/dev/null || packages+=(nodejs)
+    command -v npm >/dev/null || packages+=(npm)
+    ;;
   --deb) packages+=(dpkg-dev file) ;;
   --bench)
     packages+=(python3 python3-torch python3-numpy wrk)

@@ -28,5 +28,13 @@ Ready-to-paste requests (MovieLens movieIds; user ids 1..610 are in the imported
 
   curl -s localhost:$port/recommend -H 'Content-Type: application/json' -d '{"user_id": "1", "k": 5}'
 
+  curl -s localhost:$port/recommend -H 'Content-Type: application/json' \
+    -d '{"user_id": "1", "k": 5, "filter": {"tags_any": ["Comedy"]}, "fields": ["title", "tags"]}'
+
+  curl -s localhost:$port/similar_items -H 'Content-Type: application/json' -d '{"item_id": 260, "k": 5, "fields": ["title"]}'
+
+The web console: http://127.0.0.1:$port/
+
 CURL
-exec build/seqrec serve --model build/demo/movielens.seqrec --history lmdb:build/demo/history --port "$port"
+exec build/seqrec serve --model build/demo/movielens.seqrec --history lmdb:build/demo/history \
+  --items "$example/movies.csv" --port "$port"

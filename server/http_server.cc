@@ -180,8 +180,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_body_chunk() {
-    const uint64_t held = parser_->get().body().size() + buffer_.size();
-    const uint64_t wanted = held + kBodyChunk;
+    // A piece is at most kBodyChunk, and no more than the Content-Length still to come: a
+    // small body reserves only its own size.
+    const uint64_t body = parser_->get().body().size();
+    uint64_t piece = kBodyChunk;
+    if (const auto length = parser_->content_length(); length && *length > body)
+      piece = std::min<uint64_t>(piece, *length - body);
+    const uint64_t wanted = body + buffer_.size() + piece;
     if (wanted > reserved_) {
       if (!state_->reserve_body(wanted - reserved_)) {
         ++state_->stats.refused_bodies;
@@ -190,7 +195,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       reserved_ = wanted;
     }
-    buffer_.max_size(buffer_.size() + kBodyChunk);  // one read takes no more than was reserved
+    buffer_.max_size(buffer_.size() + piece);  // one read takes no more than was reserved
     http::async_read_some(stream_, buffer_, *parser_,
                           beast::bind_front_handler(&Session::on_read_body, shared_from_this()));
   }

@@ -206,6 +206,52 @@ void append_score(std::string& out, float score) {
   out.append(buf, end);
 }
 
+std::string read_name(const Path& field, const element& value) {
+  if (!value.is_string()) wrong_type(field, "a string", value);
+  std::string text(std::string_view(value.get_string().value_unsafe()));
+  if (text.empty()) invalid(field.str() + ": empty");
+  return text;
+}
+
+std::vector<std::string> read_string_list(const Path& field, const element& value, int64_t max_count) {
+  if (!value.is_array()) wrong_type(field, "an array of strings", value);
+  simdjson::dom::array array = value.get_array().value_unsafe();
+  if (static_cast<int64_t>(array.size()) > max_count)
+    invalid(field.str() + ": " + std::to_string(array.size()) + " entries, at most " + std::to_string(max_count) +
+            " allowed");
+  std::vector<std::string> out;
+  out.reserve(array.size());
+  size_t i = 0;
+  for (element member : array) out.push_back(read_name(Path::index(field, i++), member));
+  return out;
+}
+
+// {"tags_any": [...], "tags_all": [...], "tags_none": [...]}, each optional.
+ItemFilter read_filter(const Path& field, const element& value, int64_t max_count) {
+  if (!value.is_object()) wrong_type(field, "an object with tags_any, tags_all, tags_none", value);
+  ItemFilter filter;
+  simdjson::dom::object object = value.get_object().value_unsafe();
+  for (auto [key, member] : object) {
+    if (key == "tags_any")
+      filter.tags_any = read_string_list(Path::member(field, "tags_any"), member, max_count);
+    else if (key == "tags_all")
+      filter.tags_all = read_string_list(Path::member(field, "tags_all"), member, max_count);
+    else if (key == "tags_none")
+      filter.tags_none = read_string_list(Path::member(field, "tags_none"), member, max_count);
+    else
+      invalid(field.str() + ": unknown field '" + std::string(key) + "' (expected tags_any, tags_all, tags_none)");
+  }
+  return filter;
+}
+
+int64_t read_k(const element& value, const Limits& limits) {
+  if (value.type() != element_type::INT64 && value.type() != element_type::UINT64) wrong_type("k", "an integer", value);
+  const bool in_range = value.type() == element_type::INT64 && int64_t(value.get_int64().value_unsafe()) >= 1 &&
+                        int64_t(value.get_int64().value_unsafe()) <= limits.max_k;
+  if (!in_range) invalid("k: " + show(value) + " is out of range 1.." + std::to_string(limits.max_k));
+  return int64_t(value.get_int64().value_unsafe());
+}
+
 }  // namespace
 
 namespace {
@@ -238,12 +284,7 @@ RecommendRequest read_recommend_request(const element& root, const std::string& 
       out.user_id = read_id("user_id", value);
       has_user_id = true;
     } else if (key == "k") {
-      if (value.type() != element_type::INT64 && value.type() != element_type::UINT64)
-        wrong_type("k", "an integer", value);
-      const bool in_range = value.type() == element_type::INT64 && int64_t(value.get_int64().value_unsafe()) >= 1 &&
-                            int64_t(value.get_int64().value_unsafe()) <= limits.max_k;
-      if (!in_range) invalid("k: " + show(value) + " is out of range 1.." + std::to_string(limits.max_k));
-      out.request.k = int64_t(value.get_int64().value_unsafe());
+      out.request.k = read_k(value, limits);
     } else if (key == "recommend_seen") {
       if (!value.is_bool()) wrong_type("recommend_seen", "a boolean", value);
       out.request.recommend_seen = bool(value.get_bool().value_unsafe());
@@ -254,6 +295,14 @@ RecommendRequest read_recommend_request(const element& root, const std::string& 
     } else if (key == "now") {
       if (value.type() != element_type::INT64) wrong_type("now", "an integer time (the timestamps' unit)", value);
       out.request.now = int64_t(value.get_int64().value_unsafe());
+    } else if (key == "filter") {
+      out.request.filter = read_filter("filter", value, limits.max_candidates);
+    } else if (key == "fields") {
+      out.fields = read_string_list("fields", value, 64);
+    } else if (key == "model") {
+      out.model = read_name("model", value);
+    } else if (key == "routing_key") {
+      out.routing_key = read_id("routing_key", value);
     } else {
       invalid("unknown field '" + std::string(key) + "'");
     }
@@ -316,20 +365,84 @@ std::vector<Interaction> parse_interactions_body(std::string_view body, const Li
   return std::move(*out);
 }
 
-std::optional<std::string> parse_reload_body(std::string_view body) {
-  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return std::nullopt;
+ReloadRequest parse_reload_body(std::string_view body) {
+  ReloadRequest out;
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return out;
   simdjson::dom::parser& parser = thread_parser();
   const element root = parse_body(parser, body);
   if (!root.is_object()) wrong_type("request body", "a JSON object", root);
   simdjson::dom::object fields = root.get_object().value_unsafe();
-  std::optional<std::string> path;
   for (auto [key, value] : fields) {
-    if (key != "path") invalid("unknown field '" + std::string(key) + "'");
-    if (!value.is_string()) wrong_type("path", "a string", value);
-    path = std::string(std::string_view(value.get_string().value_unsafe()));
-    if (path->empty()) invalid("path: empty");
+    if (key == "path")
+      out.path = read_name("path", value);
+    else if (key == "model")
+      out.model = read_name("model", value);
+    else
+      invalid("unknown field '" + std::string(key) + "' (expected model, path)");
   }
-  return path;
+  return out;
+}
+
+std::optional<std::vector<std::pair<std::string, double>>> parse_split_body(std::string_view body) {
+  simdjson::dom::parser& parser = thread_parser();
+  const element root = parse_body(parser, body);
+  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+  std::optional<element> weights;
+  simdjson::dom::object fields = root.get_object().value_unsafe();
+  for (auto [key, value] : fields) {
+    if (key != "weights") invalid("unknown field '" + std::string(key) + "' (expected weights)");
+    weights = value;
+  }
+  if (!weights) invalid("missing field 'weights' (an object of model name -> percent, or null for no split)");
+  if (weights->is_null()) return std::nullopt;
+  if (!weights->is_object()) wrong_type("weights", "an object of model name -> percent, or null", *weights);
+  std::vector<std::pair<std::string, double>> out;
+  const Path weights_path("weights");
+  simdjson::dom::object arms = weights->get_object().value_unsafe();
+  for (auto [name, value] : arms) {
+    const Path field = Path::key(weights_path, name);
+    if (!value.is_number()) wrong_type(field, "a number (percent)", value);
+    const double weight = value.get_double().value_unsafe();
+    if (!std::isfinite(weight) || weight < 0 || weight > 100) invalid(field.str() + ": " + show(value) + " is out of range 0..100");
+    out.emplace_back(std::string(name), weight);
+  }
+  return out;
+}
+
+ItemFilter parse_filter(std::string_view json, const Limits& limits) {
+  simdjson::dom::parser& parser = thread_parser();
+  return read_filter("filter", parse_body(parser, json), limits.max_candidates);
+}
+
+SimilarItemsRequest parse_similar_items_request(std::string_view body, const Limits& limits) {
+  simdjson::dom::parser& parser = thread_parser();
+  const element root = parse_body(parser, body);
+  if (!root.is_object()) wrong_type("request body", "a JSON object", root);
+  SimilarItemsRequest out;
+  bool has_item = false;
+  simdjson::dom::object fields = root.get_object().value_unsafe();
+  for (auto [key, value] : fields) {
+    if (key == "item_id") {
+      out.item_id = read_id("item_id", value);
+      has_item = true;
+    } else if (key == "k") {
+      out.request.k = read_k(value, limits);
+    } else if (key == "candidate_ids") {
+      out.request.candidate_ids = read_id_list("candidate_ids", value, limits.max_candidates);
+    } else if (key == "exclude_ids") {
+      out.request.exclude_ids = read_id_list("exclude_ids", value, limits.max_candidates);
+    } else if (key == "filter") {
+      out.request.filter = read_filter("filter", value, limits.max_candidates);
+    } else if (key == "fields") {
+      out.fields = read_string_list("fields", value, 64);
+    } else if (key == "model") {
+      out.model = read_name("model", value);
+    } else {
+      invalid("unknown field '" + std::string(key) + "'");
+    }
+  }
+  if (!has_item) invalid("missing field 'item_id'");
+  return out;
 }
 
 std::string id_json(const std::string& id) {
@@ -344,13 +457,14 @@ std::string id_json(const std::string& id) {
   return out;
 }
 
-std::string write_response(const Response& response) {
+std::string write_response(const Response& response, const ItemFieldsWriter* fields) {
   std::string out = "{\"recommendations\": [";
   for (size_t i = 0; i < response.recommendations.size(); ++i) {
     const ScoredItem& item = response.recommendations[i];
     if (i) out += ", ";
     out += "{\"id\": " + id_json(item.id) + ", \"score\": ";
     append_score(out, item.score);
+    if (fields && *fields) (*fields)(out, item.id);
     out += "}";
   }
   out += "], \"message\": ";
@@ -361,6 +475,8 @@ std::string write_response(const Response& response) {
   out += "}";
   return out;
 }
+
+void append_quoted(std::string& out, std::string_view text) { append_escaped(out, text); }
 
 std::string quote(std::string_view text) {
   std::string out;

@@ -49,10 +49,13 @@ void Histogram::write(std::string& out, const std::string& name, const std::stri
 Metrics::Metrics()
     : batch_size_({1, 2, 4, 8, 16, 32, 64, 128, 256}), inference_seconds_(latency_buckets()) {}
 
-void Metrics::count_request(const std::string& route, int status, double seconds) {
+void Metrics::count_request(const std::string& route, int status, double seconds, const std::string& model) {
   std::lock_guard lock(mutex_);
   ++requests_[{route, status}];
   latency_.try_emplace(route, latency_buckets()).first->second.observe(seconds);
+  if (model.empty()) return;
+  ++model_requests_[{model, route, status}];
+  model_latency_.try_emplace(model, latency_buckets()).first->second.observe(seconds);
 }
 
 void Metrics::observe_batch(size_t batch_size, double seconds) {
@@ -60,7 +63,12 @@ void Metrics::observe_batch(size_t batch_size, double seconds) {
   inference_seconds_.observe(seconds);
 }
 
-void Metrics::count_reload(bool ok) { ++(ok ? reloads_ok_ : reloads_failed_); }
+void Metrics::count_reload(bool ok, const std::string& model) {
+  ++(ok ? reloads_ok_ : reloads_failed_);
+  if (model.empty()) return;
+  std::lock_guard lock(mutex_);
+  ++model_reloads_[{model, ok}];
+}
 
 std::string Metrics::render() const {
   std::string out;
@@ -75,6 +83,20 @@ std::string Metrics::render() const {
     out += "# TYPE seqrec_http_request_duration_seconds histogram\n";
     for (const auto& [route, histogram] : latency_)
       histogram.write(out, "seqrec_http_request_duration_seconds", "route=\"" + route + "\"");
+    out += "# HELP seqrec_model_requests_total Requests answered by each model (recommend, batch, similar items), by route and status.\n";
+    out += "# TYPE seqrec_model_requests_total counter\n";
+    for (const auto& [key, count] : model_requests_)
+      out += "seqrec_model_requests_total{model=\"" + std::get<0>(key) + "\",route=\"" + std::get<1>(key) +
+             "\",status=\"" + std::to_string(std::get<2>(key)) + "\"} " + std::to_string(count) + "\n";
+    out += "# HELP seqrec_model_request_duration_seconds Time from a request read to its answer, by the model that answered.\n";
+    out += "# TYPE seqrec_model_request_duration_seconds histogram\n";
+    for (const auto& [model, histogram] : model_latency_)
+      histogram.write(out, "seqrec_model_request_duration_seconds", "model=\"" + model + "\"");
+    out += "# HELP seqrec_model_reloads_by_model_total Model reloads, by model and result.\n";
+    out += "# TYPE seqrec_model_reloads_by_model_total counter\n";
+    for (const auto& [key, count] : model_reloads_)
+      out += "seqrec_model_reloads_by_model_total{model=\"" + key.first + "\",result=\"" + (key.second ? "ok" : "failed") +
+             "\"} " + std::to_string(count) + "\n";
   }
   out += "# HELP seqrec_batch_size Requests answered by one forward pass.\n";
   out += "# TYPE seqrec_batch_size histogram\n";
@@ -92,9 +114,10 @@ std::string Metrics::render() const {
   out += "# HELP seqrec_build_info The running binary: its version and the kernels' CPU path.\n";
   out += "# TYPE seqrec_build_info gauge\n";
   out += "seqrec_build_info{version=\"" SEQREC_VERSION "\",cpu_path=\"" + kernel_path() + "\"} 1\n";
-  out += "# HELP seqrec_model_info The model being served.\n";
+  out += "# HELP seqrec_model_info The models being served (one series each).\n";
   out += "# TYPE seqrec_model_info gauge\n";
-  out += "seqrec_model_info{" + (model_labels ? model_labels() : std::string()) + "} 1\n";
+  if (model_labels)
+    for (const std::string& labels : model_labels()) out += "seqrec_model_info{" + labels + "} 1\n";
   for (const auto& collect : collectors) collect(out);
   return out;
 }

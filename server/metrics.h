@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -32,12 +33,14 @@ class Histogram {
 class Metrics {
  public:
   Metrics();
-  void count_request(const std::string& route, int status, double seconds);
+  // `model`: the model that answered (routes that run one), also counted per model.
+  void count_request(const std::string& route, int status, double seconds, const std::string& model = {});
   void observe_batch(size_t batch_size, double seconds);
-  void count_reload(bool ok);
+  void count_reload(bool ok, const std::string& model = {});
   // Gauges read at scrape time.
   std::function<size_t()> queue_depth;
-  std::function<std::string()> model_labels;  // `source="pmixer",n_items="9725",...`
+  // One label set per served model: `model="a",source="pmixer",n_items="9725",...`.
+  std::function<std::vector<std::string>()> model_labels;
   // More families appended at scrape time (the HTTP front end's connection figures).
   std::vector<std::function<void(std::string& out)>> collectors;
 
@@ -47,6 +50,9 @@ class Metrics {
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;  // (route, status) -> count
   std::map<std::string, Histogram> latency_;                    // route -> seconds
+  std::map<std::tuple<std::string, std::string, int>, uint64_t> model_requests_;  // (model, route, status)
+  std::map<std::string, Histogram> model_latency_;                                 // model -> seconds
+  std::map<std::pair<std::string, bool>, uint64_t> model_reloads_;                 // (model, ok)
   Histogram batch_size_;
   Histogram inference_seconds_;
   std::atomic<uint64_t> reloads_ok_{0}, reloads_failed_{0};

@@ -6,7 +6,8 @@
 
 namespace seqrec {
 
-LoadedModel load_recommender(const std::string& path, std::optional<double> rating_threshold) {
+LoadedModel load_recommender(const std::string& path, std::optional<double> rating_threshold,
+                             const ItemTagsFor& tags_for) {
   const auto start = std::chrono::steady_clock::now();
   ModelFile file = load_model_file(path);
   LoadedModel out;
@@ -17,8 +18,10 @@ LoadedModel load_recommender(const std::string& path, std::optional<double> rati
   out.converter_version = file.provenance.converter_version;
   out.format_version = file.format_version;
   const std::optional<double> threshold = rating_threshold ? rating_threshold : file.provenance.rating_threshold;
-  out.recommender = std::make_shared<const Recommender>(file.spec, std::move(file.tensors), std::move(file.catalog),
-                                                        std::move(file.popularity), threshold);
+  auto recommender = std::make_shared<Recommender>(file.spec, std::move(file.tensors), std::move(file.catalog),
+                                                   std::move(file.popularity), threshold);
+  if (tags_for) recommender->set_item_tags(tags_for(recommender->catalog()));
+  out.recommender = std::move(recommender);
   out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
 }

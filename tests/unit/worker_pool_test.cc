@@ -1,4 +1,4 @@
-// The inference worker pool: batching what is queued, backpressure, model swaps, drain.
+// The inference worker pool: batching what is queued, backpressure, several models, drain.
 #include "engine/worker_pool.h"
 
 #include <gtest/gtest.h>
@@ -49,7 +49,8 @@ struct Gate {
 TEST(WorkerPool, AFullQueueRefusesAndEverythingAcceptedIsAnswered) {
   std::vector<size_t> batch_sizes;
   std::mutex sizes_mutex;
-  WorkerPool pool(small_recommender(), {.threads = 1, .max_batch = 8, .queue_capacity = 3},
+  const ModelHandle model{small_recommender(), nullptr};
+  WorkerPool pool({.threads = 1, .max_batch = 8, .queue_capacity = 3},
                   [&](size_t size, double) {
                     std::lock_guard lock(sizes_mutex);
                     batch_sizes.push_back(size);
@@ -61,39 +62,65 @@ TEST(WorkerPool, AFullQueueRefusesAndEverythingAcceptedIsAnswered) {
     EXPECT_EQ(response.recommendations.size(), 3u);
     ++answered;
   };
-  ASSERT_TRUE(pool.submit(one_item("101"), [&](Response r, std::exception_ptr e) {
+  ASSERT_TRUE(pool.submit(model, one_item("101"), [&](Response r, std::exception_ptr e) {
     done(std::move(r), e);
     gate.wait();  // the worker is now busy until released
   }));
   gate.entered.get_future().wait();
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(pool.submit(one_item("102"), done)) << i;
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(pool.submit(model, one_item("102"), done)) << i;
   EXPECT_EQ(pool.queue_depth(), 3u);
-  EXPECT_FALSE(pool.submit(one_item("103"), done)) << "a full queue must refuse (the server answers 503)";
+  EXPECT_FALSE(pool.submit(model, one_item("103"), done)) << "a full queue must refuse (the server answers 503)";
   gate.release();
   pool.shutdown();  // drains: everything accepted is answered
   EXPECT_EQ(answered, 4);
-  EXPECT_FALSE(pool.submit(one_item("104"), done)) << "a stopped pool takes nothing";
+  EXPECT_FALSE(pool.submit(model, one_item("104"), done)) << "a stopped pool takes nothing";
   // The three queued requests were answered together, as one batch.
   ASSERT_EQ(batch_sizes.size(), 2u);
   EXPECT_EQ(batch_sizes[1], 3u);
 }
 
-TEST(WorkerPool, ASwappedModelAnswersTheNextRequests) {
-  auto first = small_recommender(1), second = small_recommender(2);
-  WorkerPool pool(first, {.threads = 2});
-  auto ask = [&] {
-    std::promise<Response> answer;
-    pool.submit(one_item("105"), [&](Response r, std::exception_ptr) { answer.set_value(std::move(r)); });
-    return answer.get_future().get();
-  };
+TEST(WorkerPool, RequestsForDifferentModelsInOneBatchAreEachAnsweredByTheirOwn) {
+  const ModelHandle first{small_recommender(1), nullptr}, second{small_recommender(2), nullptr};
+  std::vector<size_t> batch_sizes;
+  std::mutex sizes_mutex;
+  WorkerPool pool({.threads = 1, .max_batch = 16}, [&](size_t size, double) {
+    std::lock_guard lock(sizes_mutex);
+    batch_sizes.push_back(size);
+  });
+  Gate gate;
+  ASSERT_TRUE(pool.submit(first, one_item("101"), [&](Response, std::exception_ptr) { gate.wait(); }));
+  gate.entered.get_future().wait();
+  // Queued while the worker is busy: taken together, answered in one pass per model.
+  std::vector<std::promise<Response>> answers(5);
+  std::promise<Response> similar;
+  const ModelHandle order[] = {first, second, first, second, first};
+  for (size_t i = 0; i < 5; ++i)
+    ASSERT_TRUE(pool.submit(order[i], one_item("105"),
+                            [&answers, i](Response r, std::exception_ptr e) {
+                              EXPECT_FALSE(e);
+                              answers[i].set_value(std::move(r));
+                            }));
+  Request similar_request;
+  similar_request.k = 2;
+  ASSERT_TRUE(pool.submit_similar(second, "105", similar_request, [&](Response r, std::exception_ptr e) {
+    EXPECT_FALSE(e);
+    similar.set_value(std::move(r));
+  }));
+  gate.release();
   Workspace ws;
   const Request request = one_item("105");
-  const Response from_first = ask();
-  EXPECT_EQ(from_first.recommendations[0].score, first->recommend({&request, 1}, ws)[0].recommendations[0].score);
-  pool.set_recommender(second);
-  const Response from_second = ask();
-  EXPECT_EQ(from_second.recommendations[0].score, second->recommend({&request, 1}, ws)[0].recommendations[0].score);
-  EXPECT_NE(from_first.recommendations[0].score, from_second.recommendations[0].score);
+  const float from_first = first.recommender->recommend({&request, 1}, ws)[0].recommendations[0].score;
+  const float from_second = second.recommender->recommend({&request, 1}, ws)[0].recommendations[0].score;
+  ASSERT_NE(from_first, from_second);
+  for (size_t i = 0; i < 5; ++i)
+    EXPECT_EQ(answers[i].get_future().get().recommendations[0].score, i % 2 ? from_second : from_first) << i;
+  const Response got_similar = similar.get_future().get();
+  const Response expected_similar = second.recommender->similar_items("105", similar_request, ws);
+  ASSERT_EQ(got_similar.recommendations.size(), 2u);
+  EXPECT_EQ(got_similar.recommendations[0].id, expected_similar.recommendations[0].id);
+  pool.shutdown();
+  // The first request alone, then the five as one pass for each model.
+  EXPECT_EQ(batch_sizes, (std::vector<size_t>{1, 3, 2}));
 }
 
 }  // namespace
