@@ -1,5 +1,5 @@
 // Google Benchmark micro-benchmarks: every kernel at the shapes of the performance spec's
-// workloads (../shared/spec/performance.md), and the engine end to end on a random
+// workloads (docs/performance.md), and the engine end to end on a random
 // ml1m-shaped model.
 //
 //   ml1m       SASRec.pytorch: d=50, L=200, 1 head, FFN 50 (relu), 3,416 items (+ padding row)

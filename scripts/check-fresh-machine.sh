@@ -4,6 +4,7 @@
 # leaks in), with this repository cloned into it.
 #
 #   scripts/check-fresh-machine.sh [--suite bookworm|trixie] [--checks LIST] [--working-tree] [--keep]
+#                                  [--published DIR]
 #
 # Checks (default: tests,demo,deb on bookworm; tests on trixie runs the Release suite only):
 #   tests  the README's test command (scripts/run-tests.sh) in the fresh root
@@ -16,7 +17,9 @@
 # archive cache is bind-mounted into each root, so packages are downloaded once. Every mount
 # is undone on exit, whatever happens. By default the repository's HEAD is cloned (what CI
 # sees); --working-tree copies the working tree as it is instead (uncommitted changes too).
-# Also CI's entry point: .ci/run.
+# --published DIR bind-mounts DIR (published checkpoints, e.g. DIR/tisasrec-ml1m/) read-only into
+# the build root and exports SEQREC_PUBLISHED_CHECKPOINTS there, for the tests that read them
+# (skipped without it). Also CI's entry point: .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -25,13 +28,15 @@ suite=bookworm
 checks=""
 working_tree=0
 keep=0
+published=""
 while (($#)); do
   case "$1" in
     --suite) suite=${2:?--suite needs a value}; shift 2 ;;
     --checks) checks=${2:?--checks needs a value}; shift 2 ;;
     --working-tree) working_tree=1; shift ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --published) published=${2:?--published needs a directory}; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "check-fresh-machine: error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +49,10 @@ for c in ${checks//,/ }; do
   case "$c" in tests|demo|deb) ;; *) echo "check-fresh-machine: error: --checks: unknown check '$c' (expected tests,demo,deb)" >&2; exit 2 ;; esac
 done
 has_check() { [[ ",$checks," == *",$1,"* ]]; }
+if [[ -n "$published" ]]; then
+  [[ -d "$published" ]] || { echo "check-fresh-machine: error: --published: '$published' is not a directory" >&2; exit 2; }
+  published=$(cd "$published" && pwd)
+fi
 
 [[ $(id -u) -eq 0 ]] || { echo "check-fresh-machine: error: needs root (mmdebstrap, chroot, mount)" >&2; exit 2; }
 if ! command -v mmdebstrap >/dev/null; then
@@ -81,8 +90,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A brand-new minimal root with /proc, /sys, /dev, the apt cache (and ../shared, read-only,
-# when this checkout has it) mounted; resolv.conf copied for apt.
+# A brand-new minimal root with /proc, /sys, /dev and the apt cache mounted; resolv.conf
+# copied for apt. (The build root also gets --published, read-only, below.)
 new_root() {
   local root=$1
   roots+=("$root")
@@ -98,8 +107,10 @@ new_root() {
 in_root() {
   local root=$1
   shift
+  local published_env=()
+  [[ -n "$published" && -d "$root/published" ]] && published_env=(SEQREC_PUBLISHED_CHECKPOINTS=/published)
   chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 CI="${CI:-}" bash -c "$*"
+    LANG=C.UTF-8 CI="${CI:-}" "${published_env[@]}" bash -c "$*"
 }
 
 build_root=$work/build-root
@@ -113,9 +124,10 @@ else
   git clone --quiet --no-hardlinks "$repo" "$build_root/project"
   [[ -z "$(git status --porcelain)" ]] || log "note: uncommitted changes are not in the clone (--working-tree copies them)"
 fi
-if [[ -d "$repo/../shared" ]]; then
-  mkdir -p "$build_root/shared"
-  mount --bind -o ro "$repo/../shared" "$build_root/shared"
+if [[ -n "$published" ]]; then
+  mkdir -p "$build_root/published"
+  mount --bind -o ro "$published" "$build_root/published"
+  log "published checkpoints: $published, read-only at /published (SEQREC_PUBLISHED_CHECKPOINTS)"
 fi
 
 if has_check tests; then

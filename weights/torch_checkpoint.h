@@ -1,5 +1,5 @@
 // Reader for files written by torch.save (the zip container + pickle, see
-// ../shared/spec/models.md "File formats the converter reads"). No Python involved.
+// docs/models.md "File formats the converter reads"). No Python involved.
 //
 // The pickle is evaluated into a small object model (weights/pickle.h). Tensors stay
 // references into their storages until asked for; the file is mapped once and storages are

@@ -1,5 +1,5 @@
 // Read-only access to the stored entries of a zip archive, as torch.save writes them
-// (../shared/spec/models.md "File formats the converter reads").
+// (docs/models.md "File formats the converter reads").
 //
 // Sizes and offsets come from the central directory (torch's local headers carry zeros and
 // a data descriptor); ZIP64 records are honoured. Only stored (method 0), unencrypted

@@ -1,5 +1,5 @@
 // RecBole (github: RUCAIBox/RecBole) SASRec and BERT4Rec checkpoints → canonical model.
-// See ../shared/spec/models.md, Sources 2 and 3.
+// See docs/models.md "RecBole SASRec and BERT4Rec" and README "Converting RecBole models".
 #pragma once
 
 #include <optional>
