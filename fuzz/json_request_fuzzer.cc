@@ -1,6 +1,7 @@
 // Feeds the bytes, as an HTTP body, to every JSON request reader of the API (server/json_io.h)
 // with the default api::Limits: parse_recommend_request, parse_batch_request (256 entries, the
-// service default), parse_interactions_body and parse_reload_body.
+// service default), parse_interactions_body, parse_reload_body, parse_similar_items_request,
+// parse_split_body and parse_filter.
 // A failure: any sanitizer report; an exception other than api::ApiError (the readers promise
 // a 400 naming the field); an ApiError whose status is not 400 or whose error object is not
 // valid JSON; a parsed request breaking a limit; interactions that write back as invalid JSON.
@@ -79,9 +80,32 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
 
   try {
-    api::parse_reload_body(body);
+    const api::ReloadRequest reload = api::parse_reload_body(body);
+    if ((reload.path && reload.path->empty()) || (reload.model && reload.model->empty()))
+      fail("parse_reload_body: an empty path or model accepted");
   } catch (const api::ApiError& e) {
     check_rejection(e, "parse_reload_body");
+  }
+
+  try {
+    const api::SimilarItemsRequest similar = api::parse_similar_items_request(body, limits);
+    if (similar.request.k < 1 || similar.request.k > limits.max_k) fail("parse_similar_items_request: k out of range");
+  } catch (const api::ApiError& e) {
+    check_rejection(e, "parse_similar_items_request");
+  }
+
+  try {
+    if (const auto weights = api::parse_split_body(body))
+      for (const auto& [name, weight] : *weights)
+        if (!(weight >= 0 && weight <= 100)) fail("parse_split_body: weight out of 0..100 accepted");
+  } catch (const api::ApiError& e) {
+    check_rejection(e, "parse_split_body");
+  }
+
+  try {
+    api::parse_filter(body, limits);
+  } catch (const api::ApiError& e) {
+    check_rejection(e, "parse_filter");
   }
   return 0;
 }

@@ -16,7 +16,9 @@ packages=(cmake g++ make pkg-config libdnnl-dev ocl-icd-opencl-dev libopenblas-d
 case "${1:-}" in
   "") ;;
   --test)
-    packages+=(python3 python3-torch python3-numpy redis-server)
+    # python3-jsonschema: every HTTP test answer is checked against the OpenAPI document;
+    # mypy: the Python client's type check.
+    packages+=(python3 python3-torch python3-numpy redis-server python3-jsonschema mypy)
     # The web console's test (tests/console): playwright-core (npm, installed by the test itself
     # with `npm ci`) drives Debian's chromium headless. Node.js may come from another apt source
     # that bundles npm; add Debian's only if missing.

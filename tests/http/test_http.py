@@ -1204,7 +1204,7 @@ def test_routes_match_the_openapi_document(ctx):
     documented = {(m.upper(), p) for m, p in CONTRACT.operations() if m.upper() != "HEAD"}
     check(served == documented, f"routes the server has but the document lacks: {sorted(served - documented)}; "
                                 f"documented but not served: {sorted(documented - served)}")
-    server = ctx.serve()
+    server = ctx.serve("--items", os.path.join(EXAMPLE, "movies.csv"))
     try:
         status, body, headers = server.request("GET", "/openapi.json", raw=True)
         with open(openapi_contract.DEFAULT_DOCUMENT, "rb") as f:

@@ -383,13 +383,14 @@ def test_reload(ctx):
     shutil.copy(ctx.model, copy)
     with ctx.client() as client:
         before = client.recommend(interactions_of(item_ids()[:4]), k=5)
+        name = client.model_info()["name"]
         answer = client.reload()
-        check(answer.get("reloaded") is True, answer)
+        check(answer.get("reloaded") == [name], answer)
         answer = client.reload(path=copy)
-        check(answer.get("reloaded") is True, answer)
+        check(answer.get("reloaded") == [name], answer)
         check(client.recommend(interactions_of(item_ids()[:4]), k=5).items == before.items, "the same model")
-        answer = client.reload(path=ctx.model)
-        check(answer.get("reloaded") is True, answer)
+        answer = client.reload(path=ctx.model, model=name)
+        check(answer.get("reloaded") == [name] and answer["models"][0]["path"] == ctx.model, answer)
 
 
 def test_protected_reads(ctx):
@@ -499,9 +500,10 @@ def test_split_live(ctx):
         check(isinstance(current, dict), current)
         names = [m.get("name") for m in client.models()]
         if names and names[0]:
-            answer = client.set_split({names[0]: 1.0})
-            check(isinstance(answer, dict), answer)
-            client.set_split(None)
+            answer = client.set_split({names[0]: 100})
+            check(answer == {"weights": {names[0]: 100}} and client.split() == answer, answer)
+            raises(sc.ApiError, client.set_split, {names[0]: 1.0})  # weights must sum to 100
+            check(client.set_split(None) == {"weights": None}, "cleared")
         raises(sc.Unauthorized, sc.Client(ctx.server.url).set_split, None)
 
 
