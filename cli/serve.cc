@@ -124,6 +124,10 @@ Action add_serve(CLI::App& app) {
   app.add_option("--max-batch", f->workers.max_batch, "Most requests answered by one forward pass")->capture_default_str();
   app.add_option("--queue-capacity", f->workers.queue_capacity, "Queued requests beyond which the server answers 503")
       ->capture_default_str();
+  app.add_option("--worker-spin-us", f->workers.spin_microseconds,
+                 "Microseconds an idle worker watches the queue before sleeping (0: sleep at once; saves a "
+                 "wake-up per request at low load, costs that much CPU after each batch)")
+      ->capture_default_str();
   app.add_option("--max-k", f->service.limits.max_k, "Largest k a request may ask for")->capture_default_str();
   app.add_option("--max-interactions", f->service.limits.max_interactions, "Most interactions in one request")
       ->capture_default_str();
@@ -166,6 +170,8 @@ Action add_serve(CLI::App& app) {
     require_positive("--io-threads", f->io_threads);
     require_positive("--max-batch", f->workers.max_batch);
     require_positive("--queue-capacity", f->workers.queue_capacity);
+    if (f->workers.spin_microseconds < 0 || f->workers.spin_microseconds > 10000)
+      throw Error("--worker-spin-us: " + std::to_string(f->workers.spin_microseconds) + " (expected 0..10000)");
     require_positive("--max-k", f->service.limits.max_k);
     require_positive("--max-interactions", f->service.limits.max_interactions);
     require_positive("--max-candidates", f->service.limits.max_candidates);
@@ -264,7 +270,9 @@ Action add_serve(CLI::App& app) {
     std::unique_ptr<history::HistoryStore> store = history::open_store(f->history, f->store);
 
     server::Metrics metrics;
-    WorkerPool workers(f->workers, [&metrics](size_t size, double seconds) { metrics.observe_batch(size, seconds); });
+    WorkerPool workers(
+        f->workers, [&metrics](size_t size, double seconds) { metrics.observe_batch(size, seconds); },
+        [&metrics](double seconds) { metrics.observe_stage("queue", seconds); });
     metrics.queue_depth = [&workers] { return workers.queue_depth(); };
     boost::asio::thread_pool blocking(4);  // history store calls and model loading
     server::Service service(f->service, workers, models, *store, metrics, blocking, loader, items_loader, item_metadata);

@@ -6,7 +6,8 @@
 
 namespace seqrec {
 
-WorkerPool::WorkerPool(Options options, BatchObserver observer) : options_(options), observer_(std::move(observer)) {
+WorkerPool::WorkerPool(Options options, BatchObserver observer, QueueObserver queue_observer)
+    : options_(options), observer_(std::move(observer)), queue_observer_(std::move(queue_observer)) {
   if (options_.threads < 1) options_.threads = 1;
   if (options_.max_batch < 1) options_.max_batch = 1;
   // The workers are the parallelism: each GEMM runs on the calling worker's thread only,
@@ -18,12 +19,17 @@ WorkerPool::WorkerPool(Options options, BatchObserver observer) : options_(optio
 WorkerPool::~WorkerPool() { shutdown(); }
 
 bool WorkerPool::enqueue(Job job) {
+  job.queued = std::chrono::steady_clock::now();
+  bool wake;
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || static_cast<int64_t>(queue_.size()) >= options_.queue_capacity) return false;
     queue_.push_back(std::move(job));
+    queued_.store(queue_.size(), std::memory_order_release);
+    // A spinning worker takes it without a wake-up; only a sleeping one needs the futex.
+    wake = sleeping_ > 0;
   }
-  work_ready_.notify_one();
+  if (wake) work_ready_.notify_one();
   return true;
 }
 
@@ -60,14 +66,32 @@ void WorkerPool::run() {
   std::vector<bool> done_jobs;
   for (;;) {
     batch.clear();
+    // Watch the queue a moment before sleeping (Options::spin_microseconds).
+    if (options_.spin_microseconds > 0 && queued_.load(std::memory_order_acquire) == 0) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.spin_microseconds);
+      while (queued_.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < until) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      }
+    }
     {
       std::unique_lock lock(mutex_);
-      work_ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (!stopping_ && queue_.empty()) {
+        ++sleeping_;
+        work_ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        --sleeping_;
+      }
       if (queue_.empty()) return;  // stopping, and everything is answered
       while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch) {
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+      queued_.store(queue_.size(), std::memory_order_release);
+    }
+    if (queue_observer_) {
+      const auto taken = std::chrono::steady_clock::now();
+      for (const Job& job : batch) queue_observer_(std::chrono::duration<double>(taken - job.queued).count());
     }
     done_jobs.assign(batch.size(), false);
     for (size_t first = 0; first < batch.size(); ++first) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -36,13 +37,19 @@ class WorkerPool {
     int threads = 1;              // inference workers
     int max_batch = 64;           // most requests taken at once (one forward pass per model)
     int64_t queue_capacity = 4096;  // beyond this submit() refuses (the server answers 503)
+    // After a batch a worker watches the queue this long before it sleeps: a request that
+    // arrives meanwhile is taken without a futex wake-up (the hand-off that dominates one
+    // request at a time). 0: sleep at once.
+    int spin_microseconds = 50;
   };
   // Called with the response, or with an exception_ptr when the engine failed.
   using Completion = std::function<void(Response response, std::exception_ptr error)>;
   // Called after each forward pass with its size and its compute time (metrics).
   using BatchObserver = std::function<void(size_t batch_size, double seconds)>;
+  // Called for each job taken, with the time it waited in the queue (metrics).
+  using QueueObserver = std::function<void(double seconds)>;
 
-  explicit WorkerPool(Options options, BatchObserver observer = {});
+  explicit WorkerPool(Options options, BatchObserver observer = {}, QueueObserver queue_observer = {});
   ~WorkerPool();  // answers what is queued, then joins
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -62,15 +69,19 @@ class WorkerPool {
     Request request;
     std::optional<std::string> similar_to;  // set: a similar-items job
     Completion done;
+    std::chrono::steady_clock::time_point queued{};
   };
   bool enqueue(Job job);
   void run();
 
   Options options_;
   BatchObserver observer_;
+  QueueObserver queue_observer_;
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;
   std::deque<Job> queue_;
+  std::atomic<size_t> queued_{0};  // queue_.size(), readable without the mutex (spinning workers)
+  int sleeping_ = 0;               // workers waiting on work_ready_ (under mutex_)
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

@@ -221,11 +221,58 @@ class Session : public std::enable_shared_from_this<Session> {
     ++state_->in_flight;
     auto self = shared_from_this();
     state_->handler(std::move(request), [self, version, keep_alive](HttpResponse response) {
-      net::post(self->stream_.get_executor(), [self, version, keep_alive, response = std::move(response)]() mutable {
-        response.version(version);
-        response.keep_alive(keep_alive && !self->state_->draining);
-        self->send(std::move(response), true);
+      response.version(version);
+      response.keep_alive(keep_alive && !self->state_->draining);
+      self->answer_request(std::move(response));
+    });
+  }
+
+  // The answer to the request being handled, from whatever thread computed it (usually an
+  // inference worker). While a request is handled the session has no operation pending on its
+  // socket (the next read starts only after this answer is written), so the worker may write
+  // it itself: one non-blocking send, and the client has its answer without waiting for the
+  // I/O thread to wake up. What does not fit in the socket buffer (rare: answers are small) is
+  // written by the strand as usual; the strand always takes over for what follows.
+  void answer_request(HttpResponse response) {
+    response.prepare_payload();
+    if (head_) {  // HEAD: the headers GET would send (Content-Length included), no body
+      const auto length = response.body().size();
+      response.body().clear();
+      response.content_length(length);
+    }
+    const bool close = !response.keep_alive();
+    wire_.clear();
+    http::serializer<false, http::string_body> serializer(response);
+    beast::error_code ec;
+    while (!ec && !serializer.is_done()) {
+      serializer.next(ec, [&](beast::error_code&, const auto& buffers) {
+        for (const auto buffer : beast::buffers_range_ref(buffers))
+          wire_.append(static_cast<const char*>(buffer.data()), buffer.size());
+        serializer.consume(beast::buffer_bytes(buffers));
       });
+    }
+    size_t sent = 0;
+    int send_error = 0;
+    while (!ec && sent < wire_.size()) {
+      const ssize_t n = ::send(stream_.socket().native_handle(), wire_.data() + sent, wire_.size() - sent,
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += static_cast<size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        send_error = n < 0 ? errno : EPIPE;
+        break;
+      }
+    }
+    net::post(stream_.get_executor(), [self = shared_from_this(), close, sent, send_error]() {
+      if (send_error && send_error != EAGAIN && send_error != EWOULDBLOCK)
+        return self->on_write(close, true, beast::error_code(send_error, beast::system_category()), sent);
+      if (sent == self->wire_.size()) return self->on_write(close, true, {}, sent);
+      // The socket buffer was full: the rest goes out asynchronously, with the write timeout.
+      self->stream_.expires_after(self->state_->options.read_timeout);
+      net::async_write(self->stream_, net::buffer(self->wire_.data() + sent, self->wire_.size() - sent),
+                       beast::bind_front_handler(&Session::on_write, self, close, true));
     });
   }
 
@@ -287,6 +334,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (answers_request) --state_->in_flight;
     release_body();
     response_ = {};  // the answer's memory goes now, not when the next one replaces it
+    if (wire_.capacity() > kKeptBufferBytes) std::string().swap(wire_);
     head_ = false;
     if (ec) return;
     if (close) return do_close();
@@ -331,6 +379,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   HttpResponse response_;
+  std::string wire_;  // a handled request's answer as bytes (answer_request)
   std::shared_ptr<State> state_;
   const bool overflow_;
   bool head_ = false;

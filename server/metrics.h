@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -36,6 +37,10 @@ class Metrics {
   // `model`: the model that answered (routes that run one), also counted per model.
   void count_request(const std::string& route, int status, double seconds, const std::string& model = {});
   void observe_batch(size_t batch_size, double seconds);
+  // Where one request's time goes: "parse" (routing and JSON), "history" (the store read of a
+  // user_id request), "queue" (waiting for a worker), "serialize" (the answer's JSON), "write"
+  // (the HTTP answer to the socket). Inference itself is seqrec_inference_seconds.
+  void observe_stage(std::string_view stage, double seconds);
   void count_reload(bool ok, const std::string& model = {});
   // Gauges read at scrape time.
   std::function<size_t()> queue_depth;
@@ -53,6 +58,7 @@ class Metrics {
   std::map<std::tuple<std::string, std::string, int>, uint64_t> model_requests_;  // (model, route, status)
   std::map<std::string, Histogram> model_latency_;                                 // model -> seconds
   std::map<std::pair<std::string, bool>, uint64_t> model_reloads_;                 // (model, ok)
+  std::map<std::string, Histogram, std::less<>> stages_;  // fixed at construction
   Histogram batch_size_;
   Histogram inference_seconds_;
   std::atomic<uint64_t> reloads_ok_{0}, reloads_failed_{0};

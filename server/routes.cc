@@ -54,9 +54,10 @@ struct Service::Call {
     res.set(http::field::content_type, boost::beast::string_view(content_type.data(), content_type.size()));
     if (status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
     if (!model.empty()) res.set("X-Seqrec-Model", model);
-    metrics->count_request(route, static_cast<int>(status),
-                           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), model);
+    const auto replying = std::chrono::steady_clock::now();
+    metrics->count_request(route, static_cast<int>(status), std::chrono::duration<double>(replying - start).count(), model);
     reply(std::move(res));
+    metrics->observe_stage("write", std::chrono::duration<double>(std::chrono::steady_clock::now() - replying).count());
   }
   void error(http::status status, const std::string& code, const std::string& message) {
     answer(status, api::write_error(code, message));
@@ -428,14 +429,19 @@ std::shared_ptr<api::ItemFieldsWriter> Service::fields_writer(const std::vector<
 void Service::infer(api::RecommendRequest parsed, std::shared_ptr<const ServedModel> model,
                     std::shared_ptr<api::ItemFieldsWriter> fields, std::function<void(std::string json, int status)> done) {
   auto submit = [this, done, model, fields](Request request) {
-    const bool queued = workers_.submit(model->handle, std::move(request), [done, fields](Response response, std::exception_ptr error) {
+    const bool queued = workers_.submit(model->handle, std::move(request), [this, done, fields](Response response, std::exception_ptr error) {
       // A request the model cannot answer as sent (e.g. a time-reading model and an
       // interaction without a timestamp) is the client's error, named in the message.
       if (!error && response.error) {
         const int status = response.error->code == "item_not_found" ? 404 : 400;
         return done(api::write_error(response.error->code, response.error->message), status);
       }
-      if (!error) return done(api::write_response(response, fields.get()), 200);
+      if (!error) {
+        const auto start = std::chrono::steady_clock::now();
+        std::string json = api::write_response(response, fields.get());
+        metrics_.observe_stage("serialize", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        return done(std::move(json), 200);
+      }
       try {
         std::rethrow_exception(error);
       } catch (const std::exception& e) {
@@ -448,7 +454,9 @@ void Service::infer(api::RecommendRequest parsed, std::shared_ptr<const ServedMo
   // The store may block (disk, network): never on an I/O thread.
   boost::asio::post(blocking_, [this, parsed = std::move(parsed), submit, done]() mutable {
     try {
+      const auto start = std::chrono::steady_clock::now();
       parsed.request.interactions = store_.get(*parsed.user_id);
+      metrics_.observe_stage("history", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     } catch (const history::StoreUnavailable& e) {
       return done(api::write_error("history_unavailable", e.what()), 503);
     } catch (const std::exception& e) {
@@ -476,6 +484,7 @@ void Service::recommend(const std::shared_ptr<Call>& call, const std::string& al
   std::shared_ptr<const ServedModel> model = model_for(parsed.model, path_model, split_key(parsed));
   std::shared_ptr<api::ItemFieldsWriter> fields = fields_writer(parsed.fields);
   call->model = model->name;
+  metrics_.observe_stage("parse", std::chrono::duration<double>(std::chrono::steady_clock::now() - call->start).count());
   infer(std::move(parsed), std::move(model), std::move(fields), [call](std::string json, int status) {
     call->answer(static_cast<http::status>(status), std::move(json));
   });
