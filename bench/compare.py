@@ -1,15 +1,17 @@
 #!/usr/bin/python3
-"""seqrec side by side with PyTorch eager and ONNX Runtime (../shared/spec/performance.md).
+"""seqrec side by side with PyTorch eager and ONNX Runtime (docs/performance.md).
 
-  /usr/bin/python3 bench/compare.py [--workloads ml1m,recbole,bert4rec,catalog1m]
+  /usr/bin/python3 bench/compare.py [--workloads ml1m,recbole,bert4rec,catalog1m,tisasrec,hstu,hstu-large]
                                     [--rounds N] [--quick] [--settle S] [--min-pass S] [--build DIR]
                                     [--workdir DIR]
 
 For each workload: makes the model (the source framework's own modules, trained-looking
 random weights, fixed seed), saves its checkpoint and converts it with `seqrec convert`,
 exports the same model's scoring forward to ONNX (torch.onnx.export, opset 14, dynamic
-batch), and writes one fixed request set (histories of random length 1..2L, fixed seed).
-Then three worker processes hold the model, one per system:
+batch), and writes one fixed request set (histories of random length 1..2L, fixed seed;
+tisasrec and hstu* with ml-1m-like second timestamps, see bench/newer_models.py). When
+torch.onnx.export fails for a model, the reason is printed under the table and the workload
+runs without ONNX Runtime. Then three worker processes hold the model, one per system:
 
   seqrec        build-bench/bench/seqrec_timing: the engine in-process (Recommender::recommend:
                 sequence building, forward pass, scoring (int8 pre-scan + exact rescoring,
@@ -49,13 +51,16 @@ tie within fp32 noise (|a - b| <= 4e-6 x the request's largest |logit|, about 30
 
 seqrec's useful GFLOP/s = the useful FLOPs of the request set (workloads.useful_flops: real
 history length, causal lower triangle, last block only for the read-out slot; the encoder
-only, since the catalog scoring mostly goes through the int8 pre-scan) / seqrec's time, shown as a share of T x the single-core OpenBLAS
-sgemm rate (n = 1024) measured by seqrec_timing in every round of the same run: the faster
-of OpenBLAS's own kernel choice for this CPU (OPENBLAS_CORETYPE unset, product checked) and
-the kernel the environment forces (this machine sets OPENBLAS_CORETYPE=Haswell, AVX2: half
-of what an AVX-512 core does).
+only, since the catalog scoring mostly goes through the int8 pre-scan, except HSTU's, which
+counts it) / seqrec's time, shown as a share of T x the single-core OpenBLAS sgemm rate
+(n = 1024) measured in every round of the same run by `seqrec_timing --sgemm-only`: the best
+of three processes, OpenBLAS's own kernel choice for this CPU (OPENBLAS_CORETYPE unset), and
+OPENBLAS_CORETYPE=SkylakeX (AVX-512) and =Haswell (AVX2) forced, each product checked. Debian's
+OpenBLAS 0.3.21 does not know Sapphire Rapids and falls back to its generic Prescott (SSE3)
+kernel, a fraction of what the core does; the environment lines say which kernel won.
 
-Results also go to WORKDIR/results.json and WORKDIR/results.md.
+Results also go to WORKDIR/results.json, WORKDIR/results.md and a chart, WORKDIR/results.png
+(ms/request by batch per system, workload and thread count; needs python3-matplotlib).
 """
 
 import argparse
@@ -80,6 +85,7 @@ SYSTEMS = ("seqrec", "pytorch", "ort")
 ORDERS = [list(p) for p in itertools.permutations(SYSTEMS)]
 LABEL = {"seqrec": "seqrec", "pytorch": "PyTorch", "ort": "ONNX Runtime"}
 TIE_TOLERANCE = 4e-6  # relative to the request's largest |logit|: about 30 fp32 ulps
+sgemm_cores = {}  # SGEMM_KERNELS label -> the kernel OpenBLAS reported using
 
 
 def log(*args):
@@ -139,6 +145,26 @@ class TorchWorkers:
             worker.close()
 
 
+# The single-core sgemm limit: OpenBLAS picks its kernel once per process, from the CPU or from
+# OPENBLAS_CORETYPE; one `seqrec_timing --sgemm-only` process per kernel tried.
+SGEMM_KERNELS = {"own choice": None, "SkylakeX": "SkylakeX", "Haswell": "Haswell"}
+
+
+def start_limit_workers(build):
+    timing = os.path.join(build, "bench", "seqrec_timing")
+    plain = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    workers = {}
+    try:
+        for label, coretype in SGEMM_KERNELS.items():
+            env = dict(plain, OPENBLAS_CORETYPE=coretype) if coretype else plain
+            workers[label] = Worker(f"sgemm ({label})", [timing, "--sgemm-only"], env=env)
+    except Exception:
+        for worker in workers.values():
+            worker.close()
+        raise
+    return workers
+
+
 def start_workers(w, folder, build):
     sets = workloads.set_names(folder)
     timing = os.path.join(build, "bench", "seqrec_timing")
@@ -156,13 +182,8 @@ def start_workers(w, folder, build):
             {t: Worker(f"pytorch ({t} thread(s))",
                        [sys.executable, os.path.join(HERE, "torch_worker.py"), w.name, folder, str(t)], env=torch_env)
              for t in THREADS})
-        workers["ort"] = Worker("ort", ["node", os.path.join(HERE, "ort_worker.js"), folder])
-        # The machine's limit: OpenBLAS's sgemm with the kernel it picks for this CPU. The
-        # environment here may force an older kernel (OPENBLAS_CORETYPE=Haswell: AVX2, half
-        # an AVX-512 core's rate) for the sake of old OpenBLAS builds; this one process
-        # measures without it (the product is checked) and the other with it.
-        native_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-        workers["limit"] = Worker("limit", seqrec_cmd, env=native_env)
+        if not workloads.onnx_failure(folder):
+            workers["ort"] = Worker("ort", ["node", os.path.join(HERE, "ort_worker.js"), folder])
     except Exception:
         for worker in workers.values():
             worker.close()
@@ -199,6 +220,8 @@ def run_checks(workers):
     reference = workers["pytorch"].ask("top main 64")
     checks = []
     for system, batch in [("seqrec", 1), ("seqrec", 8), ("seqrec", 64), ("ort", 64)]:
+        if system not in workers:
+            continue
         got = workers[system].ask(f"top main {batch}")
         bad, delta = check_top10(reference, got)
         checks.append({"system": system, "batch": batch, "requests": len(reference["top"]), "differ": bad,
@@ -208,20 +231,23 @@ def run_checks(workers):
 
 # ---- timing ------------------------------------------------------------------------------------------
 
-def time_workload(w, folder, workers, rounds, sgemm, budget, capped, settle, min_pass):
+def time_workload(w, folder, workers, limits, rounds, sgemm, budget, capped, settle, min_pass):
     sets = workloads.set_names(folder)
     cells = [("main", b, t) for t in THREADS for b in BATCHES]
     cells += [(name, 1, 1) for name in sets if name != "main"]
-    samples = {(s, cell): [] for s in SYSTEMS for cell in cells}
-    p50s = {(s, cell): [] for s in SYSTEMS for cell in cells}
+    systems = [s for s in SYSTEMS if s in workers]
+    samples = {(s, cell): [] for s in systems for cell in cells}
+    p50s = {(s, cell): [] for s in systems for cell in cells}
     for r in range(rounds):
         started = time.time()
-        sgemm["configured"].append(workers["seqrec"].ask("sgemm")["gflops"])
-        sgemm["native"].append(workers["limit"].ask("sgemm")["gflops"])
+        for label, limit in limits.items():
+            answer = limit.ask("sgemm")
+            sgemm[label].append(answer["gflops"])
+            sgemm_cores[label] = answer.get("core", "?")
         # All six orders in turn, not three rotations: with rotations the cells' sequence made
         # each system always follow the same one (seqrec always came right after ONNX
         # Runtime, whose passes leave this VM's second vCPU slow for a second or so).
-        order = ORDERS[r % len(ORDERS)]
+        order = [s for s in ORDERS[r % len(ORDERS)] if s in workers]
         for cell in cells:
             name, b, t = cell
             for system in order:
@@ -260,12 +286,50 @@ def build_results(all_results, sgemm_gflops):
             if name != "main":
                 continue
             cell = (name, b, t)
-            s, p, o = (wr["ms"][(x, cell)] for x in SYSTEMS)
+            s, p = wr["ms"][("seqrec", cell)], wr["ms"][("pytorch", cell)]
+            o = wr["ms"].get(("ort", cell))  # None: no ONNX export (wr["onnx_failed"] says why)
             gflops = gflop_main / (s * n_main / 1e3)
             rows.append({"workload": w.name, "batch": b, "threads": t, "seqrec_ms": s, "pytorch_ms": p, "ort_ms": o,
-                         "vs_pytorch": p / s, "vs_ort": o / s, "gflops": gflops,
+                         "vs_pytorch": p / s, "vs_ort": o / s if o is not None else None, "gflops": gflops,
                          "of_limit": gflops / (t * sgemm_gflops)})
     return rows
+
+
+def write_chart(rows, path):
+    """ms/request by batch for each system, one panel per workload and thread count (log scale):
+    WORKDIR/results.png. Needs Debian's python3-matplotlib; without it, says so and goes on."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("no chart: python3-matplotlib is not installed")
+        return None
+    panels = sorted({(r["workload"], r["threads"]) for r in rows}, key=lambda p: ([r["workload"] for r in rows].index(p[0]), p[1]))
+    cols = 2
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(10, 3.2 * ((len(panels) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, (name, threads) in zip(axes.flat, panels):
+        cells = sorted((r for r in rows if r["workload"] == name and r["threads"] == threads), key=lambda r: r["batch"])
+        batches = [r["batch"] for r in cells]
+        for key, label, style in (("seqrec_ms", "seqrec", "o-"), ("ort_ms", "ONNX Runtime", "s--"), ("pytorch_ms", "PyTorch", "^:")):
+            values = [r[key] for r in cells]
+            if all(v is not None for v in values):
+                ax.plot(batches, values, style, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_title(f"{name}, {threads} thread{'s' if threads > 1 else ''}", fontsize=10)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("ms / request")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def table_markdown(rows):
@@ -273,9 +337,11 @@ def table_markdown(rows):
             "| seqrec vs PyTorch | seqrec vs ORT | seqrec useful GFLOP/s | of T-core sgemm |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
+        ort_ms = fmt_ms(r["ort_ms"]) if r["ort_ms"] is not None else "n/a (no export)"
+        vs_ort = fmt_ratio(r["vs_ort"]) if r["vs_ort"] is not None else "n/a"
         lines.append(f"| {r['workload']} | {r['batch']} | {r['threads']} | {fmt_ms(r['seqrec_ms'])} "
-                     f"| {fmt_ms(r['pytorch_ms'])} | {fmt_ms(r['ort_ms'])} | {fmt_ratio(r['vs_pytorch'])} "
-                     f"| {fmt_ratio(r['vs_ort'])} | {r['gflops']:.1f} | {100 * r['of_limit']:.1f}% |")
+                     f"| {fmt_ms(r['pytorch_ms'])} | {ort_ms} | {fmt_ratio(r['vs_pytorch'])} "
+                     f"| {vs_ort} | {r['gflops']:.1f} | {100 * r['of_limit']:.1f}% |")
     return "\n".join(lines)
 
 
@@ -289,48 +355,74 @@ def targets(all_results, rows, sgemm_gflops):
         out.append((text, shown if value is not None else "not run", "n/a" if value is None else
                     ("PASS" if goal_ok else "FAIL")))
 
-    r = by.get(("ml1m", 1, 1))
-    add("ml1m batch 1, 1 thread: >= 5x faster than ONNX Runtime", r and r["vs_ort"],
-        r and r["vs_ort"] >= 5, r and fmt_ratio(r["vs_ort"]))
-    add("ml1m batch 1, 1 thread: >= 10x faster than PyTorch", r and r["vs_pytorch"],
-        r and r["vs_pytorch"] >= 10, r and fmt_ratio(r["vs_pytorch"]))
-    wr = res.get("ml1m")
-    if wr and ("len200", 1, 1) in wr["cells"]:
+    def add_vs_ort(name, batch, threads, goal, what):
+        r = by.get((name, batch, threads))
+        text = f"{name} batch {batch}, {threads} thread{'s' if threads > 1 else ''}: >= {goal}x {what}"
+        if r and r["vs_ort"] is None:  # ran, but without an ONNX export
+            out.append((text, f"no ONNX Runtime column: {res[name]['onnx_failed']}", "n/a"))
+            return
+        add(text, r and r["vs_ort"], r and r["vs_ort"] >= goal, r and fmt_ratio(r["vs_ort"]))
+
+    def add_flop_limit(name):
+        wr = res.get(name)
+        text = (f"{name} full-length (200-item) history, batch 1, 1 thread: within 2x of the FLOP limit "
+                "(useful GFLOP/s >= 50% of 1-core sgemm)")
+        if not wr or ("len200", 1, 1) not in wr["cells"]:
+            add(text, None, False, None)
+            return
         w = wr["workload"]
         ms200 = wr["ms"][("seqrec", ("len200", 1, 1))]
-        ms10 = wr["ms"][("seqrec", ("len10", 1, 1))]
-        gflops = workloads.useful_flops(w, 200) / 1e9 / (ms200 / 1e3)
+        flops = workloads.useful_flops(w, 200)
+        gflops = flops / 1e9 / (ms200 / 1e3)
         frac = gflops / sgemm_gflops
-        add("ml1m full-length (200-item) history, batch 1, 1 thread: within 2x of the FLOP limit "
-            "(useful GFLOP/s >= 50% of 1-core sgemm)", frac, frac >= 0.5,
-            f"{gflops:.1f} GFLOP/s = {100 * frac:.1f}% of {sgemm_gflops:.1f} ({fmt_ms(ms200)} ms for "
-            f"{workloads.useful_flops(w, 200) / 1e6:.1f} MFLOP)")
+        add(text, frac, frac >= 0.5, f"{gflops:.1f} GFLOP/s = {100 * frac:.1f}% of {sgemm_gflops:.1f} "
+            f"({fmt_ms(ms200)} ms for {flops / 1e6:.1f} MFLOP)")
+
+    add_vs_ort("ml1m", 1, 1, 5, "faster than ONNX Runtime")
+    r = by.get(("ml1m", 1, 1))
+    add("ml1m batch 1, 1 thread: >= 10x faster than PyTorch", r and r["vs_pytorch"],
+        r and r["vs_pytorch"] >= 10, r and fmt_ratio(r["vs_pytorch"]))
+    add_flop_limit("ml1m")
+    wr = res.get("ml1m")
+    if wr and ("len200", 1, 1) in wr["cells"]:
+        ms200 = wr["ms"][("seqrec", ("len200", 1, 1))]
+        ms10 = wr["ms"][("seqrec", ("len10", 1, 1))]
         ratio = ms10 / ms200
+
+        def peer(system):
+            if (system, ("len10", 1, 1)) not in wr["ms"]:
+                return "n/a"
+            return f"{wr['ms'][(system, ('len10', 1, 1))] / wr['ms'][(system, ('len200', 1, 1))]:.2f}"
         add("ml1m 10-item history costs <= 1/5 of a 200-item one (batch 1, 1 thread)", ratio, ratio <= 0.2,
-            f"{fmt_ms(ms10)} / {fmt_ms(ms200)} ms = {ratio:.3f} (PyTorch {wr['ms'][('pytorch', ('len10', 1, 1))] / wr['ms'][('pytorch', ('len200', 1, 1))]:.2f}, "
-            f"ONNX Runtime {wr['ms'][('ort', ('len10', 1, 1))] / wr['ms'][('ort', ('len200', 1, 1))]:.2f})")
+            f"{fmt_ms(ms10)} / {fmt_ms(ms200)} ms = {ratio:.3f} (PyTorch {peer('pytorch')}, "
+            f"ONNX Runtime {peer('ort')})")
     else:
-        add("ml1m full-length history within 2x of the FLOP limit", None, False, None)
         add("ml1m 10-item history costs <= 1/5 of a 200-item one", None, False, None)
     for name in ("ml1m", "recbole"):
-        r = by.get((name, 64, 2))
-        add(f"{name} batch 64, 2 threads: >= 3x ONNX Runtime's throughput", r and r["vs_ort"],
-            r and r["vs_ort"] >= 3, r and fmt_ratio(r["vs_ort"]))
+        add_vs_ort(name, 64, 2, 3, "ONNX Runtime's throughput")
     wr = res.get("catalog1m")
     if wr:
         p50 = wr["p50"][("seqrec", ("main", 1, 1))]
+        ort_p50 = wr["p50"].get(("ort", ("main", 1, 1)))
         add("catalog1m batch-1 p50 <= 5 ms, 1 thread", p50, p50 <= 5,
             f"{fmt_ms(p50)} ms (PyTorch {fmt_ms(wr['p50'][('pytorch', ('main', 1, 1))])}, "
-            f"ONNX Runtime {fmt_ms(wr['p50'][('ort', ('main', 1, 1))])})")
+            f"ONNX Runtime {fmt_ms(ort_p50) if ort_p50 is not None else 'n/a'})")
     else:
         add("catalog1m batch-1 p50 <= 5 ms, 1 thread", None, False, None)
+    # The models that read time.
+    for name in ("tisasrec", "hstu", "hstu-large"):
+        add_vs_ort(name, 1, 1, 5, "faster than ONNX Runtime")
+        add_vs_ort(name, 64, 2, 3, "ONNX Runtime's throughput")
+    add_flop_limit("hstu-large")
     return out
 
 
 def sgemm_limit(sgemm):
-    """The faster of the two medians (a wrong product, -1, disqualifies its set)."""
-    medians = [statistics.median(v) for v in sgemm.values() if v and min(v) > 0]
-    return max(medians)
+    """(GFLOP/s, kernel label): the best of the kernels' medians (a wrong product, -1,
+    disqualifies its kernel)."""
+    medians = {label: statistics.median(v) for label, v in sgemm.items() if v and min(v) > 0}
+    best = max(medians, key=medians.get)
+    return medians[best], best
 
 
 def environment_lines(info, sgemm, rounds, quick):
@@ -345,29 +437,78 @@ def environment_lines(info, sgemm, rounds, quick):
     avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
     coretype = os.environ.get("OPENBLAS_CORETYPE")
 
-    def describe(values):
+    def describe(label):
+        values = sgemm[label]
+        kernel = sgemm_cores.get(label, "?")
+        name = (f"OpenBLAS's own choice ({kernel})" if SGEMM_KERNELS[label] is None
+                else f"OPENBLAS_CORETYPE={SGEMM_KERNELS[label]} ({kernel})")
         if min(values) <= 0:
-            return "WRONG PRODUCT (not used)"
-        return f"{statistics.median(values):.1f} ({min(values):.1f}..{max(values):.1f})"
+            return f"{name} WRONG PRODUCT (not used)"
+        return f"{name} {statistics.median(values):.1f} ({min(values):.1f}..{max(values):.1f})"
+    limit, best = sgemm_limit(sgemm)
+    winner = (f"OpenBLAS's own kernel choice ({sgemm_cores.get(best, '?')})" if SGEMM_KERNELS[best] is None
+              else f"OPENBLAS_CORETYPE={SGEMM_KERNELS[best]} ({sgemm_cores.get(best, '?')} kernel)")
     return [
         f"machine: {cpu}, {os.cpu_count()} cores{', AVX-512' if avx512 else ''}, {platform.platform()}; "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"peers: PyTorch {info.get('torch', '?')} eager (OPENBLAS_NUM_THREADS=1), onnxruntime-node "
         f"{info.get('onnxruntime', '?')} (CPU); OPENBLAS_CORETYPE={coretype or '(unset)'}",
-        f"limit: single-core OpenBLAS sgemm n=1024: {sgemm_limit(sgemm):.1f} GFLOP/s (same-run medians of "
-        f"{len(sgemm['native'])}: OpenBLAS's own kernel choice {describe(sgemm['native'])}; with "
-        f"OPENBLAS_CORETYPE={coretype or '(unset)'} as set here {describe(sgemm['configured'])})",
+        f"limit: single-core OpenBLAS sgemm n=1024: {limit:.1f} GFLOP/s, won by {winner} (same-run medians "
+        f"of {len(sgemm[best])}, each kernel in its own process: " + "; ".join(describe(k) for k in sgemm) + ")",
         f"method: {rounds}, medians; {'--quick request sets' if quick else 'full request sets'}; "
         f"load average at the end {os.getloadavg()[0]:.2f} (other work on the machine skews the 2-thread rows most)",
     ]
 
 
+def run_workloads(args, names, rounds_for, seqrec, limits, sgemm, all_results, skipped, info, check_rows, capped):
+    """Prepares, checks and times each workload in turn, appending to the lists given."""
+    for name in names:
+        w = workloads.WORKLOADS[name]
+        try:
+            folder = workloads.prepare(w, args.workdir, seqrec, args.quick, log=log)
+        except workloads.NotAvailable as why:
+            log(f"[{name}] SKIPPED: {why}")
+            skipped.append((name, str(why)))
+            continue
+        except Exception as error:  # one workload's failure leaves the others' results
+            log(f"[{name}] FAILED while preparing: {error}")
+            skipped.append((name, f"failed while preparing: {error}"))
+            continue
+        try:
+            workers = start_workers(w, folder, args.build)
+        except Exception as error:
+            log(f"[{name}] FAILED: {error}")
+            skipped.append((name, f"failed: {error}"))
+            continue
+        try:
+            info.update(workers["pytorch"].info)
+            if "ort" in workers:
+                info.update(workers["ort"].info)
+            else:
+                log(f"[{name}] no ONNX Runtime peer: {workloads.onnx_failure(folder)}")
+            log(f"[{name}] checking every request's top-10 (seqrec at batch 1/8/64, ONNX Runtime) against PyTorch")
+            checks = run_checks(workers)
+            for c in checks:
+                check_rows.append((name, c))
+                log(f"[{name}]   {LABEL[c['system']]} batch {c['batch']}: {c['differ']}/{c['requests']} requests differ; "
+                    f"max |logit delta| {c['max_delta']:.2e}")
+            cells, ms, p50 = time_workload(w, folder, workers, limits, rounds_for(name), sgemm, args.budget,
+                                           capped, args.settle, args.min_pass)
+        finally:
+            for worker in workers.values():
+                worker.close()
+        all_results.append({"workload": w, "folder": folder, "cells": cells, "ms": ms, "p50": p50,
+                            "onnx_failed": workloads.onnx_failure(folder)})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="ml1m,recbole,bert4rec,catalog1m")
+    parser.add_argument("--workloads", default=",".join(workloads.WORKLOADS),
+                        help=f"comma-separated, of {','.join(workloads.WORKLOADS)} (default: all)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="timing rounds (default 6: every order once; catalog1m 3; 2 with --quick)")
+                        help="timing rounds (default 6: every order once; catalog1m and hstu-large 3; "
+                             "2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller request sets and 2 rounds")
     parser.add_argument("--settle", type=float, default=1.5,
                         help="seconds of idle before every two-thread pass (default 1.5): on this 2-vCPU VM "
@@ -384,10 +525,10 @@ def main():
     parser.add_argument("--workdir", default=None, help="models, ONNX files, request sets, results "
                         "(default BUILD/compare)")
     args = parser.parse_args()
-    def rounds_for(name):
-        return args.rounds or (2 if args.quick else 3 if name == "catalog1m" else 6)
-    workdir = args.workdir or os.path.join(args.build, "compare")
-    os.makedirs(workdir, exist_ok=True)
+    def rounds_for(name):  # the slow workloads' rounds take minutes each
+        return args.rounds or (2 if args.quick else 3 if name in ("catalog1m", "hstu-large") else 6)
+    args.workdir = args.workdir or os.path.join(args.build, "compare")
+    os.makedirs(args.workdir, exist_ok=True)
 
     seqrec = os.path.join(args.build, "seqrec")
     timing = os.path.join(args.build, "bench", "seqrec_timing")
@@ -406,54 +547,30 @@ def main():
 
     started = time.time()
     all_results, skipped, info, check_rows, capped = [], [], {}, [], []
-    sgemm = {"configured": [], "native": []}
-    for name in names:
-        w = workloads.WORKLOADS[name]
-        try:
-            folder = workloads.prepare(w, workdir, seqrec, args.quick, log=log)
-        except workloads.NotAvailable as why:
-            log(f"[{name}] SKIPPED: {why}")
-            skipped.append((name, str(why)))
-            continue
-        except Exception as error:  # one workload's failure leaves the others' results
-            log(f"[{name}] FAILED while preparing: {error}")
-            skipped.append((name, f"failed while preparing: {error}"))
-            continue
-        try:
-            workers = start_workers(w, folder, args.build)
-        except Exception as error:
-            log(f"[{name}] FAILED: {error}")
-            skipped.append((name, f"failed: {error}"))
-            continue
-        try:
-            info.update(workers["pytorch"].info)
-            info.update(workers["ort"].info)
-            log(f"[{name}] checking every request's top-10 (seqrec at batch 1/8/64, ONNX Runtime) against PyTorch")
-            checks = run_checks(workers)
-            for c in checks:
-                check_rows.append((name, c))
-                log(f"[{name}]   {LABEL[c['system']]} batch {c['batch']}: {c['differ']}/{c['requests']} requests differ; "
-                    f"max |logit delta| {c['max_delta']:.2e}")
-            cells, ms, p50 = time_workload(w, folder, workers, rounds_for(name), sgemm, args.budget, capped,
-                                           args.settle, args.min_pass)
-        finally:
-            for worker in workers.values():
-                worker.close()
-        all_results.append({"workload": w, "folder": folder, "cells": cells, "ms": ms, "p50": p50})
-
+    sgemm = {label: [] for label in SGEMM_KERNELS}
+    limits = start_limit_workers(args.build)
+    try:
+        run_workloads(args, names, rounds_for, seqrec, limits, sgemm, all_results, skipped, info, check_rows,
+                      capped)
+    finally:
+        for worker in limits.values():
+            worker.close()
     if not all_results:
         sys.exit("compare.py: no workload could run")
-    limit = sgemm_limit(sgemm)
+    limit, _ = sgemm_limit(sgemm)
     rows = build_results(all_results, limit)
     out = []
     rounds = ", ".join(f"{wr['workload'].name} {rounds_for(wr['workload'].name)}" for wr in all_results)
     out += environment_lines(info, sgemm, "rounds: " + rounds, args.quick)
     out.append("")
     out.append(table_markdown(rows))
+    for wr in all_results:
+        if wr["onnx_failed"]:
+            out.append(f"{wr['workload'].name}: no ONNX Runtime column - {wr['onnx_failed']}")
     out.append("")
     out.append("top-10 agreement with PyTorch (every request of the main set; exact-tie swaps allowed):")
     for name, c in check_rows:
-        out.append(f"  {name:9s} {LABEL[c['system']]:12s} batch {c['batch']:2d}: "
+        out.append(f"  {name:10s} {LABEL[c['system']]:12s} batch {c['batch']:2d}: "
                    f"{'same' if c['differ'] == 0 else 'DIFFERENT'} on {c['requests'] - c['differ']}/{c['requests']} "
                    f"(max |logit delta| {c['max_delta']:.1e})")
     if capped:
@@ -470,11 +587,16 @@ def main():
     out.append(f"total time {time.time() - started:.0f} s")
     text = "\n".join(out)
     print(text)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
+    with open(os.path.join(args.workdir, "results.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"rows": rows, "sgemm_gflops": sgemm, "limit_gflops": limit, "checks": [dict(c, workload=n) for n, c in check_rows],
-                   "skipped": skipped}, f, indent=1)
+    chart = write_chart(rows, os.path.join(args.workdir, "results.png"))
+    if chart:
+        log(f"chart: {chart}")
+    with open(os.path.join(args.workdir, "results.json"), "w") as f:
+        json.dump({"rows": rows, "sgemm_gflops": sgemm, "sgemm_kernels": sgemm_cores, "limit_gflops": limit,
+                   "checks": [dict(c, workload=n) for n, c in check_rows], "skipped": skipped,
+                   "onnx_failed": {wr["workload"].name: wr["onnx_failed"] for wr in all_results if wr["onnx_failed"]}},
+                  f, indent=1)
     differ = sum(c["differ"] for _, c in check_rows)
     return 1 if differ else 0
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""seqrec serve under wrk, against the engine alone (../shared/spec/performance.md, "HTTP").
+"""seqrec serve under wrk, against the engine alone (docs/performance.md; README "Performance").
 
   /usr/bin/python3 bench/http_bench.py [--duration S] [--threads T] [--max-batch B]
                                        [--connections C] [--build DIR] [--workdir DIR] [--quick]
@@ -45,12 +45,79 @@ def log(*args):
 
 
 def write_bodies(folder):
+    """The main set's requests as /recommend bodies. Lines are seqrec_timing's: item ids, or
+    ID@TIMESTAMP for the models that read time, and maybe a final now=T."""
     path = os.path.join(folder, "sets", "main.bodies")
     with open(os.path.join(folder, "sets", "main.txt")) as src, open(path, "w") as out:
         for line in src:
-            interactions = [{"item_id": item, "timestamp": 1_700_000_000 + i} for i, item in enumerate(line.split())]
-            out.write(json.dumps({"user_interactions": interactions, "k": 10, "recommend_seen": True},
-                                 separators=(",", ":")) + "\n")
+            interactions, body = [], {"k": 10, "recommend_seen": True}
+            for i, word in enumerate(line.split()):
+                if word.startswith("now="):
+                    body["now"] = int(word[4:])
+                    continue
+                item, _, stamp = word.partition("@")
+                interactions.append({"item_id": item, "timestamp": int(stamp) if stamp else 1_700_000_000 + i})
+            body["user_interactions"] = interactions
+            out.write(json.dumps(body, separators=(",", ":")) + "\n")
+    return path
+
+
+def fixed_requests(folder, lengths=(10, 200)):
+    """One fixed request per length (the longest main-set history cut to it), as a seqrec_timing
+    set (the line repeated) and as a one-line bodies file: what one client sends over and over."""
+    lines = open(os.path.join(folder, "sets", "main.txt")).read().split("\n")
+    longest = max((line.split() for line in lines if line.strip()), key=len)
+    words = [w for w in longest if not w.startswith("now=")]
+    out = {}
+    for n in lengths:
+        kept = words[-n:]
+        if len(kept) < n:
+            continue
+        line = " ".join(kept)
+        timing_set = os.path.join(folder, "sets", f"fixed{n}.txt")
+        with open(timing_set, "w") as f:
+            f.write((line + "\n") * 512)
+        interactions = []
+        for i, word in enumerate(kept):
+            item, _, stamp = word.partition("@")
+            interactions.append({"item_id": item, "timestamp": int(stamp) if stamp else 1_700_000_000 + i})
+        bodies = os.path.join(folder, "sets", f"fixed{n}.bodies")
+        with open(bodies, "w") as f:
+            f.write(json.dumps({"k": 10, "recommend_seen": True, "user_interactions": interactions},
+                               separators=(",", ":")) + "\n")
+        out[n] = (timing_set, bodies)
+    return out
+
+
+def write_latency_chart(rows, path):
+    """p50 / p99 by connections for each fixed request, with the engine's batch-1 time: a PNG
+    (python3-matplotlib), or None when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("no chart: python3-matplotlib is not installed")
+        return None
+    lengths = sorted({r["items"] for r in rows})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.4), squeeze=False)
+    for ax, n in zip(axes[0], lengths):
+        cells = sorted((r for r in rows if r["items"] == n), key=lambda r: r["connections"])
+        xs = [r["connections"] for r in cells]
+        ax.plot(xs, [r["p50_us"] for r in cells], "o-", label="HTTP p50")
+        ax.plot(xs, [r["p99_us"] for r in cells], "s--", label="HTTP p99")
+        ax.axhline(cells[0]["engine_us"], color="gray", linestyle=":", label="engine alone, batch 1")
+        ax.axhline(cells[0]["engine_us"] + 60, color="red", linestyle="-.", linewidth=0.8, label="target: engine + 60 us")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("connections")
+        ax.set_ylabel("microseconds")
+        ax.set_title(f"{n}-item history, one fixed request", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
     return path
 
 
@@ -176,7 +243,9 @@ def main():
     lines = open(os.path.join(folder, "sets", "main.txt")).readlines()
     with open(engine_set, "w") as f:
         f.writelines(lines * -(-4096 // len(lines)))
-    engine = subprocess.Popen([timing, "--model", model, "--requests", f"main={engine_set}"],
+    fixed = fixed_requests(folder)
+    engine = subprocess.Popen([timing, "--model", model, "--requests", f"main={engine_set}"]
+                              + [a for n, (timing_set, _) in fixed.items() for a in ("--requests", f"fixed{n}={timing_set}")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def engine_rps():
@@ -202,6 +271,23 @@ def main():
             http_runs.append(run_wrk(server, bodies, args.connections, args.duration))
         engine_samples.append(engine_rps())
         mean_batch = batch_sizes(server.metrics())
+        # One request at a time, and a few: a fixed 10- and 200-item history at 1 and 4
+        # connections, against the engine's batch-1 time for the same request.
+        low_rows = []
+        for n, (_, fixed_bodies) in fixed.items():
+            engine.stdin.write(f"run fixed{n} 1 1\n")
+            engine.stdin.flush()
+            answer = json.loads(engine.stdout.readline())
+            engine_us = answer["seconds"] / answer["n"] * 1e6
+            for connections in (1, 4):
+                run_wrk(server, fixed_bodies, connections, 2)  # warm-up
+                result = run_wrk(server, fixed_bodies, connections, max(5, args.duration // 2))
+                low_rows.append({"items": n, "connections": connections, "engine_us": engine_us,
+                                 "p50_us": result["p50_us"], "p99_us": result["p99_us"], "rps": result["rps"],
+                                 "errors": result["errors"]})
+                log(f"[http] {n}-item request, {connections} connection(s): p50 {result['p50_us']:.0f} us, "
+                    f"engine {engine_us:.0f} us")
+        stage_text = server.metrics()
         busy_rss_mib = rss_kib(server.proc.pid) / 1024
     finally:
         server.stop()
@@ -251,6 +337,29 @@ def main():
         f"  [{verdict(idle_rss_mib <= rss_limit)}] idle RSS <= 1.5 x model file + 64 MiB = {rss_limit:.1f} MiB: "
         f"{idle_rss_mib:.1f} MiB",
     ]
+    lines += ["", "One request at a time (a fixed request, keep-alive; engine: seqrec_timing batch 1, 1 thread, same request):",
+              "", "| history | connections | HTTP p50 | HTTP p99 | engine batch 1 | p50 - engine | req/s | errors | target |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in low_rows:
+        goal = r["engine_us"] + 60 if r["connections"] == 1 else 2 * (r["engine_us"] + 60)
+        lines.append(f"| {r['items']} items | {r['connections']} | {r['p50_us']:.0f} us | {r['p99_us']:.0f} us | "
+                     f"{r['engine_us']:.0f} us | {r['p50_us'] - r['engine_us']:.0f} us | {r['rps']:.0f} | {r['errors']} | "
+                     f"[{verdict(r['p50_us'] <= goal)}] p50 <= {goal:.0f} us |")
+    stages = {}
+    for line in stage_text.splitlines():
+        m = re.match(r'seqrec_request_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)', line)
+        if m:
+            stages.setdefault(m.group(2), {})[m.group(1)] = float(m.group(3))
+    m_sum = re.search(r"^seqrec_inference_seconds_sum (\S+)", stage_text, re.M)
+    m_count = re.search(r"^seqrec_inference_seconds_count (\S+)", stage_text, re.M)
+    if stages:
+        means = [f"{name} {1e6 * v['sum'] / v['count']:.1f} us" for name, v in stages.items() if v.get("count")]
+        if m_sum and m_count and float(m_count.group(1)):
+            means.append(f"inference (per batch) {1e6 * float(m_sum.group(1)) / float(m_count.group(1)):.1f} us")
+        lines += ["", "mean time per stage over the whole run (server metrics seqrec_request_stage_seconds): " + ", ".join(means)]
+    chart = write_latency_chart(low_rows, os.path.join(workdir, "http_latency.png")) if low_rows else None
+    if chart:
+        lines += ["", f"chart: {chart}"]
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(workdir, "http_results.md"), "w") as f:

@@ -1,11 +1,15 @@
 // seqrec_timing: the engine in-process, timed the way bench/compare.py times its peers.
 //
 //   seqrec_timing --model M.seqrec --requests NAME=FILE [--requests NAME=FILE ...]
+//   seqrec_timing --sgemm-only      (no model: answers only `sgemm` and `quit`)
 //
 // Each request file holds one request per line: the history's item ids, oldest first,
 // separated by spaces (ids as in the model's catalog; `seqrec convert` without --item-ids
-// gives row r the id "r"). Every request asks for k = 10 with recommend_seen = true, so the
-// top-10 is the model's own ranking and can be compared with a peer's logits.
+// gives row r the id "r"). An item may be written ID@TIMESTAMP (an integer, in the model's
+// time unit), and the line may end with now=T (Request::now); an item without a timestamp gets
+// its position in the line (0, 1, ...), which keeps the order for models that read none.
+// Every request asks for k = 10 with recommend_seen = true, so the top-10 is the model's own
+// ranking and can be compared with a peer's logits.
 //
 // Commands, one per line on stdin; each answer is one JSON line on stdout:
 //   run SET B T [S [M]]  time the whole set once — cycled over until at least 8·B·T requests
@@ -22,7 +26,9 @@
 //                 "scores": [[score, ...], ...]}: each request's top-10 rows and raw scores.
 //   sgemm         single-core OpenBLAS sgemm, n = 1024 (the machine's limit of the
 //                 performance spec); answers {"gflops": median of 7 calls}, or -1 when the
-//                 product is wrong (64 entries checked against double precision).
+//                 product is wrong (64 entries checked against double precision), and
+//                 "core": the kernel OpenBLAS picked. It picks once, at load, from the CPU or
+//                 OPENBLAS_CORETYPE: compare.py runs one --sgemm-only process per kernel it tries.
 //   quit
 //
 // Threading: kernels::set_gemm_threads(1) — parallelism comes from the T workers, each with
@@ -33,6 +39,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <atomic>
 #include <chrono>
@@ -64,14 +71,36 @@ std::vector<Request> read_requests(const std::string& path) {
   if (!in) throw seqrec::Error("cannot read request file '" + path + "'");
   std::vector<Request> out;
   std::string line;
+  size_t line_number = 0;
   while (std::getline(in, line)) {
+    ++line_number;
+    auto integer = [&](std::string_view text) {
+      int64_t value = 0;
+      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (error != std::errc() || end != text.data() + text.size() || text.empty())
+        throw seqrec::Error(path + ":" + std::to_string(line_number) + ": '" + std::string(text) +
+                            "' is not an integer");
+      return value;
+    };
     Request r;
     r.k = 10;
     r.recommend_seen = true;
     std::istringstream words(line);
-    std::string id;
-    int64_t t = 0;
-    while (words >> id) r.interactions.push_back({id, t++, std::nullopt});
+    std::string word;
+    int64_t position = 0;
+    while (words >> word) {
+      const std::string_view w = word;
+      if (w.starts_with("now=")) {
+        r.now = integer(w.substr(4));
+        continue;
+      }
+      const size_t at = w.find('@');
+      if (at == std::string_view::npos)
+        r.interactions.push_back({word, position, std::nullopt});
+      else
+        r.interactions.push_back({word.substr(0, at), integer(w.substr(at + 1)), std::nullopt});
+      ++position;
+    }
     out.push_back(std::move(r));
   }
   return out;
@@ -227,6 +256,12 @@ double sgemm_gflops() {
   return g[g.size() / 2];
 }
 
+// The `sgemm` command's answer: {"gflops": ..., "core": "..."}.
+std::string sgemm_answer() {
+  const double gflops = sgemm_gflops();
+  return "{\"gflops\": " + std::to_string(gflops) + ", \"core\": \"" + openblas_get_corename() + "\"}";
+}
+
 void print_pass(const Pass& p) {
   std::string s = "{\"seconds\": " + std::to_string(p.seconds) + ", \"n\": " + std::to_string(p.answered) +
                   ", \"batch_ms\": [";
@@ -240,8 +275,23 @@ void print_pass(const Pass& p) {
 
 int usage() {
   std::cerr << "usage: seqrec_timing --model M.seqrec --requests NAME=FILE [--requests NAME=FILE ...]\n"
+               "       seqrec_timing --sgemm-only\n"
                "then commands on stdin: run SET B T [S [M]] | top SET B | sgemm | quit\n";
   return 2;
+}
+
+// --sgemm-only: the machine's limit with whatever kernel this process's OpenBLAS picked.
+int sgemm_only() {
+  std::cout << "{\"ready\": true}" << std::endl;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line == "quit") break;
+    if (line == "sgemm")
+      std::cout << sgemm_answer() << std::endl;
+    else
+      std::cout << "{\"error\": \"bad command: " << line << " (--sgemm-only)\"}" << std::endl;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -249,6 +299,7 @@ int usage() {
 int main(int argc, char** argv) try {
   std::string model;
   std::map<std::string, std::vector<Request>> sets;
+  if (argc == 2 && std::string(argv[1]) == "--sgemm-only") return sgemm_only();
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--model" && i + 1 < argc) {
@@ -275,7 +326,7 @@ int main(int argc, char** argv) try {
     in >> cmd;
     if (cmd == "quit") break;
     if (cmd == "sgemm") {
-      std::cout << "{\"gflops\": " << sgemm_gflops() << "}" << std::endl;
+      std::cout << sgemm_answer() << std::endl;
       continue;
     }
     size_t b = 1, t = 1;

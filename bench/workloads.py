@@ -1,6 +1,8 @@
-"""The reference workloads of ../shared/spec/performance.md, for bench/compare.py and
+"""The reference workloads of docs/performance.md, for bench/compare.py and
 bench/http_bench.py: how each model is made (train-free, fixed seed), saved, converted and
-exported to ONNX; the request sets; and the useful-FLOP count of one request.
+exported to ONNX; the request sets; and the useful-FLOP count of one request. The models
+that read time (`tisasrec`, `hstu`, `hstu-large`) are built in bench/newer_models.py, the
+RecBole ones in bench/recbole_models.py.
 
 Everything here runs under /usr/bin/python3 (Debian's python3-torch 1.13 and numpy).
 
@@ -9,7 +11,10 @@ A prepared workload folder holds:
   model.seqrec       `seqrec convert` of it
   model.onnx         torch.onnx.export of the scoring forward (opset 14, dynamic batch):
                      the source model's own encoder, then logits over every catalog row
-  sets/NAME.txt      one request per line, the history's item ids (seqrec_timing)
+  onnx_failed.txt    instead of model.onnx when torch.onnx.export failed: why (compare.py then
+                     shows no ONNX Runtime column for the workload)
+  sets/NAME.txt      one request per line, the history's item ids (seqrec_timing); for the
+                     models that read time `ID@TIMESTAMP` tokens, and for HSTU ` now=T` last
   sets/NAME.*.bin    the same requests as the model's input tensors, little-endian, row-major
   sets/NAME.json     {"n": requests, "inputs": [{"name", "dtype", "shape", "file"}],
                       "lengths": [history length of each request]}
@@ -29,6 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "parity"))
 import sasrec_pytorch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import newer_models  # noqa: E402  (bench/, on the path above)
 
 RECBOLE_REFERENCE = os.path.join(REPO, "tests", "parity", "recbole_reference.py")
 SEED = 20240601
@@ -42,20 +48,30 @@ class NotAvailable(Exception):
 @dataclasses.dataclass(frozen=True)
 class Workload:
     name: str
-    source: str          # pmixer | recbole_sasrec | recbole_bert4rec
+    source: str          # pmixer | recbole_sasrec | recbole_bert4rec | tisasrec | hstu
     d: int
     max_len: int         # L
     heads: int
     blocks: int
-    ffn: int
+    ffn: int             # 0: no FFN (HSTU)
     items: int           # real catalog items (rows 1..items; row 0 is padding)
-    activation: str      # relu | gelu
+    activation: str      # relu | gelu | none (TiSASRec's FFN) | silu (HSTU)
     requests: int        # size of the main request set
     quick_requests: int  # ... with --quick
+    # Only for the models that read time (None elsewhere, and then left out of the stamp):
+    time_span: int = None         # TiSASRec: intervals clamp here
+    attention_dim: int = None     # HSTU: dqk per head
+    linear_dim: int = None        # HSTU: dv per head
+    gr_output_length: int = None  # HSTU: padded length N = L + this + 1
 
     @property
     def bidirectional(self):
         return self.source == "recbole_bert4rec"
+
+    @property
+    def timed(self):
+        """Its requests carry timestamps (bench/newer_models.py)."""
+        return self.source in ("tisasrec", "hstu")
 
 
 WORKLOADS = {
@@ -68,6 +84,19 @@ WORKLOADS = {
                  activation="gelu", requests=512, quick_requests=128),
         Workload("catalog1m", "recbole_sasrec", d=64, max_len=50, heads=2, blocks=2, ffn=256, items=1_000_000,
                  activation="gelu", requests=128, quick_requests=64),
+        # TiSASRec.pytorch on ml-1m as its README trains it (maxlen 200, 2 blocks, 1 head, d 50,
+        # time_span 256), in the code generation of the published checkpoint (9ddc21e): no FFN
+        # activation. 256 requests: each one's relation matrix is an L x L input of the peers.
+        Workload("tisasrec", "tisasrec", d=50, max_len=200, heads=1, blocks=2, ffn=50, items=3416,
+                 activation="none", requests=256, quick_requests=64, time_span=256),
+        # generative-recommenders' configs/ml-1m/hstu-sampled-softmax-n128-large-final.gin
+        # (N = 200 + 10 + 1); ml-1m's 3,706 rated movies (newer_models.py: catalog sizes).
+        Workload("hstu", "hstu", d=50, max_len=200, heads=2, blocks=8, ffn=0, items=3706, activation="silu",
+                 requests=512, quick_requests=128, attention_dim=25, linear_dim=25, gr_output_length=10),
+        # configs/ml-20m/hstu-sampled-softmax-n128-large-final.gin; ml-20m's 26,744 rated movies.
+        Workload("hstu-large", "hstu", d=256, max_len=200, heads=8, blocks=16, ffn=0, items=26744,
+                 activation="silu", requests=128, quick_requests=32, attention_dim=32, linear_dim=32,
+                 gr_output_length=10),
     ]
 }
 
@@ -91,7 +120,10 @@ def useful_flops(w, history_length):
     rescoring of a few rows (kernels/quantized_scan.h), so the full product's 2·d per item
     is not work it does, and counting it would flatter the FLOP rate (catalog1m: ~100% of the
     sgemm limit). Padded slots, LayerNorm, softmax, activations, embedding gathers and top-k
-    count nothing either (they are O(n·d) or O(items))."""
+    count nothing either (they are O(n·d) or O(items)).
+    tisasrec, hstu, hstu-large: newer_models.useful_flops (its docstring has their count)."""
+    if w.timed:
+        return newer_models.useful_flops(w, history_length)
     n = min(history_length, w.max_len)  # BERT4Rec (RecBole >= 1.2): [MASK] appended, oldest dropped
     d, f = w.d, w.ffn
     total = 0
@@ -167,6 +199,8 @@ def _recbole_module():
 
 def build_model(w):
     """The source model with trained-looking weights, wrapped as a scoring module."""
+    if w.timed:
+        return newer_models.build_scoring(w, SEED)
     if w.source == "pmixer":
         model = sasrec_pytorch.build_model("post_ln", w.items, w.d, w.heads, w.blocks, w.max_len)
         _trained_looking(model, SEED)
@@ -179,6 +213,8 @@ def build_model(w):
 
 def save_checkpoint(w, scoring, folder):
     """Saves the source's checkpoint; returns its path."""
+    if w.timed:
+        return newer_models.save_checkpoint(w, scoring, folder)
     if w.source == "pmixer":
         name = (f"SASRec.epoch=1.lr=0.001.layer={w.blocks}.head={w.heads}"
                 f".hidden={w.d}.maxlen={w.max_len}.pth")
@@ -189,6 +225,8 @@ def save_checkpoint(w, scoring, folder):
 
 
 def convert_command(w, seqrec, checkpoint, out):
+    if w.timed:
+        return newer_models.convert_command(w, seqrec, checkpoint, out)
     if w.source == "pmixer":
         return [seqrec, "convert", "--from", "pmixer", checkpoint, "--out", out, "--variant", "post_ln",
                 "--score", "raw"]
@@ -199,6 +237,8 @@ def convert_command(w, seqrec, checkpoint, out):
 
 def model_inputs(w, histories):
     """The source model's input tensors for a list of histories: {name: int64 array}."""
+    if w.timed:
+        return newer_models.model_inputs(w, histories)
     if w.source == "pmixer":
         seqs = np.stack([sasrec_pytorch.left_padded_window(h, w.max_len) for h in histories]).astype(np.int64)
         return {"log_seqs": seqs}
@@ -206,7 +246,10 @@ def model_inputs(w, histories):
 
 
 def random_histories(w, count, seed, length=None):
-    """Histories of random length 1..2L (or exactly `length`), item rows 1..items."""
+    """Histories of random length 1..2L (or exactly `length`), item rows 1..items (the models
+    that read time: newer_models.TimedHistory, with timestamps and `now`)."""
+    if w.timed:
+        return newer_models.random_histories(w, count, seed, length)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -217,20 +260,30 @@ def random_histories(w, count, seed, length=None):
 
 def request_sets(w, quick):
     """name -> histories. `main` is the table's request mix; ml1m also has the two fixed-length
-    sets of the history-length target (10 vs 200 items)."""
+    sets of the history-length target (10 vs 200 items), hstu-large the full-length set of its
+    FLOP-limit target."""
     sets = {"main": random_histories(w, w.quick_requests if quick else w.requests, SEED + 1)}
     if w.name == "ml1m":
         count = 32 if quick else 64
         sets["len10"] = random_histories(w, count, SEED + 2, length=10)
         sets["len200"] = random_histories(w, count, SEED + 3, length=200)
+    if w.name == "hstu-large":
+        sets["len200"] = random_histories(w, 8 if quick else 16, SEED + 3, length=200)
     return sets
+
+
+def request_line(w, history):
+    """One line of a seqrec_timing request file."""
+    if w.timed:
+        return newer_models.request_line(w, history)
+    return " ".join(str(x) for x in history)
 
 
 def write_set(folder, name, w, histories):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, name + ".txt"), "w") as f:
         for h in histories:
-            f.write(" ".join(str(x) for x in h) + "\n")
+            f.write(request_line(w, h) + "\n")
     inputs = []
     for key, array in model_inputs(w, histories).items():
         array = np.ascontiguousarray(array.astype(np.int64))
@@ -253,8 +306,40 @@ def load_set_inputs(folder, name):
 # ---- preparing a workload folder ----------------------------------------------------------------
 
 def _stamp(w, quick):
-    text = json.dumps([dataclasses.asdict(w), quick, SEED, FORMAT_VERSION, torch.__version__], sort_keys=True)
+    fields = {k: v for k, v in dataclasses.asdict(w).items() if v is not None}  # as before the time fields
+    text = json.dumps([fields, quick, SEED, FORMAT_VERSION, torch.__version__], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def export_onnx(w, scoring, example_inputs, folder, log):
+    """torch.onnx.export of the scoring forward to FOLDER/model.onnx; when it fails, the reason
+    goes to FOLDER/onnx_failed.txt instead (one line) and the run goes on without ONNX Runtime."""
+    onnx_file = os.path.join(folder, "model.onnx")
+    failed_file = os.path.join(folder, "onnx_failed.txt")
+    for stale in (onnx_file, failed_file):
+        if os.path.exists(stale):
+            os.remove(stale)
+    example = {k: torch.from_numpy(v) for k, v in example_inputs.items()}
+    names = list(example)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(scoring, tuple(example[k] for k in names), onnx_file,
+                              opset_version=14, input_names=names, output_names=["logits"],
+                              dynamic_axes={**{k: {0: "batch"} for k in names}, "logits": {0: "batch"}},
+                              do_constant_folding=True)
+    except Exception as error:  # recorded, not fatal: the other two systems still run
+        why = " ".join(f"torch.onnx.export failed: {type(error).__name__}: {error}".split())[:500]
+        log(f"[{w.name}] {why}")
+        if os.path.exists(onnx_file):
+            os.remove(onnx_file)
+        with open(failed_file, "w") as f:
+            f.write(why + "\n")
+
+
+def onnx_failure(folder):
+    """Why the workload has no ONNX export (None when it has one)."""
+    path = os.path.join(folder, "onnx_failed.txt")
+    return open(path).read().strip() if os.path.exists(path) else None
 
 
 def prepare(w, workdir, seqrec, quick, log=print):
@@ -277,13 +362,7 @@ def prepare(w, workdir, seqrec, quick, log=print):
             f.write(checkpoint)
         log(f"[{w.name}] exporting ONNX (opset 14, dynamic batch)")
         sets = request_sets(w, quick)
-        example = {k: torch.from_numpy(v[:2]) for k, v in model_inputs(w, sets["main"][:2]).items()}
-        names = list(example)
-        with torch.no_grad():
-            torch.onnx.export(scoring, tuple(example[k] for k in names), os.path.join(folder, "model.onnx"),
-                              opset_version=14, input_names=names, output_names=["logits"],
-                              dynamic_axes={**{k: {0: "batch"} for k in names}, "logits": {0: "batch"}},
-                              do_constant_folding=True)
+        export_onnx(w, scoring, model_inputs(w, sets["main"][:2]), folder, log)
         for name, histories in sets.items():
             write_set(os.path.join(folder, "sets"), name, w, histories)
         with open(stamp_file, "w") as f:
@@ -312,6 +391,8 @@ def gflop_per_set(w, folder, name):
 def scoring_module_from_folder(w, folder):
     """The scoring module with the saved weights (what the PyTorch peer runs)."""
     checkpoint = open(os.path.join(folder, "checkpoint.txt")).read()
+    if w.timed:
+        return newer_models.load_scoring(w, checkpoint)
     if w.source == "pmixer":
         model = sasrec_pytorch.build_model("post_ln", w.items, w.d, w.heads, w.blocks, w.max_len)
         model.load_state_dict(torch.load(checkpoint))
