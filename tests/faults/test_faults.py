@@ -11,6 +11,10 @@
              connections past the descriptor limit (/healthz answers, no accept spin)
   reload     POST /admin/reload of truncated and byte-flipped files under load: 422, the old
              model keeps serving, no request fails
+  valgrind   (--long only) the CLI under `valgrind --error-exitcode=1`: convert, inspect --verify,
+             recommend (a good and a bad body), similar, import, the batch export, eval, and
+             refused inputs (a truncated model, a corrupt checkpoint): no invalid read or write,
+             no use of uninitialised memory, no leak reported as definite
 
 Each case prints one summary line of figures. Standard-library Python only; exit 77 when the
 bundled example checkpoint is missing (nothing to serve).
@@ -1078,8 +1082,63 @@ def test_reload(ctx):
     check(count[0] > 50, f"the load ran ({count[0]} requests)")
 
 
+def test_valgrind(ctx):
+    if not ctx.long:
+        raise Skip("--long only (valgrind runs the CLI ~50x slower)")
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        raise Skip("valgrind is not installed (apt-get install valgrind)")
+    work = os.path.join(ctx.workdir, "valgrind")
+    os.makedirs(work, exist_ok=True)
+    checkpoint = sorted(glob.glob(os.path.join(EXAMPLE, "SASRec.*.pth")))[0]
+    truncated = os.path.join(work, "truncated.seqrec")
+    with open(ctx.model, "rb") as src, open(truncated, "wb") as out:
+        out.write(src.read()[: os.path.getsize(ctx.model) // 3])
+    corrupt = os.path.join(work, "corrupt.pth")
+    data = bytearray(open(checkpoint, "rb").read())
+    for i in range(0, len(data), max(1, len(data) // 64)):
+        data[i] ^= 0x5A
+    with open(corrupt, "wb") as f:
+        f.write(data)
+    ids = item_ids()
+    body = json.dumps({"user_interactions": [{"item_id": i, "timestamp": n} for n, i in enumerate(ids[:30])], "k": 5})
+    ratings = os.path.join(work, "ratings.csv")
+    with open(os.path.join(EXAMPLE, "ratings.csv")) as src, open(ratings, "w") as out:
+        for n, line in enumerate(src):
+            if n > 3000:
+                break
+            out.write(line)
+    store = "lmdb:" + os.path.join(work, "db")
+    runs = [  # (name, argv, stdin, expected exit: 0 or "nonzero")
+        ("convert", ["convert", "--from", "pmixer", checkpoint, "--item-ids", os.path.join(EXAMPLE, "item_ids.txt"),
+                     "--out", os.path.join(work, "m.seqrec")], None, 0),
+        ("inspect --verify", ["inspect", "--verify", ctx.model], None, 0),
+        ("recommend", ["recommend", "--model", ctx.model], body, 0),
+        ("recommend, bad body", ["recommend", "--model", ctx.model], '{"user_interactions": [{"item_id": 5}], "k": 0}', "nonzero"),
+        ("similar", ["similar", "--model", ctx.model, "--item", ids[0], "--k", "5"], None, 0),
+        ("import", ["import", "--history", store, "--interactions", ratings], None, 0),
+        ("batch export", ["recommend", "--model", ctx.model, "--history", store, "--out", os.path.join(work, "recs.jsonl"),
+                          "--threads", "1"], None, 0),
+        ("eval", ["eval", "--model", ctx.model, "--interactions", ratings, "--threads", "1"], None, 0),
+        ("truncated model", ["inspect", truncated], None, "nonzero"),
+        ("corrupt checkpoint", ["convert", "--from", "pmixer", corrupt, "--out", os.path.join(work, "x.seqrec")], None,
+         "nonzero"),
+    ]
+    results = []
+    for name, argv, stdin, expected in runs:
+        started = time.time()
+        proc = subprocess.run([valgrind, "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                               "-q", ctx.binary, *argv], input=stdin, capture_output=True, text=True, timeout=1800)
+        reports = [line for line in proc.stderr.splitlines() if line.startswith("==")]
+        results.append((name, proc.returncode, len(reports), time.time() - started))
+        check(proc.returncode != 99 and not reports, f"valgrind, {name}: exit {proc.returncode}:\n" + "\n".join(reports[:30]))
+        check(proc.returncode == 0 if expected == 0 else proc.returncode not in (0, 99),
+              f"valgrind, {name}: exit {proc.returncode}, expected {expected}: {proc.stderr[-500:]}")
+    print("  valgrind: " + "; ".join(f"{n} exit {rc}, {r} reports, {t:.0f} s" for n, rc, r, t in results))
+
+
 TESTS = [("kill9", test_kill9), ("disk_full", test_disk_full), ("redis", test_redis), ("floods", test_floods),
-         ("reload", test_reload)]
+         ("reload", test_reload), ("valgrind", test_valgrind)]
 
 
 def main():
