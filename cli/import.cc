@@ -21,7 +21,7 @@ Action add_import(CLI::App& app) {
     int64_t max_per_user = history::StoreOptions{}.max_per_user;
   };
   auto f = std::make_shared<Flags>();
-  app.add_option("--history", f->history, "The store: lmdb:PATH, redis://HOST:PORT[/DB] or memory")->required();
+  app.add_option("--history", f->history, "The store: lmdb:PATH, redis://HOST:PORT[/DB], redis-cluster://HOST:PORT[,HOST:PORT...] or memory")->required();
   add_interaction_file_options(app, f->interactions, f->columns);
   app.add_flag("--skip-bad-lines", f->skip_bad_lines, "Skip malformed lines (reporting how many) instead of stopping");
   app.add_option("--max-per-user", f->max_per_user, "Interactions kept per user; the oldest beyond are trimmed")

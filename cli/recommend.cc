@@ -221,7 +221,7 @@ Action add_recommend(CLI::App& app) {
   app.add_option("--rating-threshold", f->rating_threshold, "Override the model file's rating threshold");
   app.add_option("--max-k", f->limits.max_k, "Largest k a request may ask for")->capture_default_str();
   app.add_option("--history", f->batch.history,
-                 "Batch export: the history store to read users from (lmdb:PATH | redis://HOST:PORT[/DB])");
+                 "Batch export: the history store to read users from (lmdb:PATH | redis://HOST:PORT[/DB] | redis-cluster://HOST:PORT[,...])");
   app.add_option("--users", f->batch.users, "Batch export: all, or a file of user ids (one per line)")->capture_default_str();
   app.add_option("--out", f->batch.out, "Batch export: the JSON-lines file to write (one line per user)");
   app.add_option("--k", f->batch.k, "Batch export: recommendations per user")->capture_default_str();

@@ -114,7 +114,7 @@ Action add_serve(CLI::App& app) {
                  "Columns of --items: item=NAME,title=NAME,tags=NAME (default: item_id/movieId/id, title/name, "
                  "tags/genres/categories)");
   app.add_option("--tags-separator", f->tags_separator, "What separates the tags in the tags column")->capture_default_str();
-  app.add_option("--history", f->history, "History store: lmdb:PATH | redis://HOST:PORT[/DB] | memory")
+  app.add_option("--history", f->history, "History store: lmdb:PATH | redis://HOST:PORT[/DB] | redis-cluster://HOST:PORT[,HOST:PORT...] | memory")
       ->capture_default_str()
       ->envname("SEQREC_HISTORY");
   app.add_option("--bind", f->http.bind, "Address to listen on")->capture_default_str()->envname("SEQREC_BIND");

@@ -15,6 +15,9 @@ namespace seqrec::history {
 std::unique_ptr<HistoryStore> make_memory_store(const StoreOptions& options);
 std::unique_ptr<HistoryStore> make_lmdb_store(const std::string& path, const StoreOptions& options);
 std::unique_ptr<HistoryStore> make_redis_store(const std::string& host, int port, int db, const StoreOptions& options);
+// `seeds`: host, port of one or more cluster nodes; the rest is learnt from them.
+std::unique_ptr<HistoryStore> make_redis_cluster_store(const std::vector<std::pair<std::string, int>>& seeds,
+                                                       const StoreOptions& options);
 
 // The order item_counts() promises: most counted first, ties by id.
 inline void sort_item_counts(std::vector<std::pair<std::string, uint64_t>>& counts) {

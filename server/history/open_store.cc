@@ -1,4 +1,5 @@
-// STORE text → backend: "lmdb:PATH", "redis://HOST:PORT[/DB]", "memory".
+// STORE text → backend: "lmdb:PATH", "redis://HOST:PORT[/DB]", "redis-cluster://HOST:PORT[,HOST:PORT...]",
+// "memory".
 #include <charconv>
 
 #include "server/history/backends.h"
@@ -6,7 +7,8 @@
 namespace seqrec::history {
 namespace {
 
-constexpr const char* kExpected = "expected lmdb:PATH, redis://HOST:PORT[/DB] or memory";
+constexpr const char* kExpected =
+    "expected lmdb:PATH, redis://HOST:PORT[/DB], redis-cluster://HOST:PORT[,HOST:PORT...] or memory";
 
 [[noreturn]] void bad(const std::string& spec, const std::string& why) {
   throw Error("history store '" + spec + "': " + why + " (" + kExpected + ")");
@@ -21,10 +23,8 @@ std::optional<int> parse_int(std::string_view text, int low, int high) {
   return value;
 }
 
-std::unique_ptr<HistoryStore> open_redis(const std::string& spec, std::string_view rest, const StoreOptions& options) {
-  if (rest.find('@') != std::string_view::npos) bad(spec, "credentials in the URL are not supported");
-  std::string_view authority = rest.substr(0, rest.find('/'));
-  std::string_view db_text = authority.size() < rest.size() ? rest.substr(authority.size() + 1) : "";
+// "HOST[:PORT]" or "[IPv6][:PORT]" (port 6379 when left out).
+std::pair<std::string, int> parse_host_port(const std::string& spec, std::string_view authority) {
   std::string host;
   std::string_view port_text;
   if (!authority.empty() && authority[0] == '[') {  // [IPv6]:PORT
@@ -46,6 +46,14 @@ std::unique_ptr<HistoryStore> open_redis(const std::string& spec, std::string_vi
     if (!parsed) bad(spec, "port '" + std::string(port_text) + "' is not a number in 1..65535");
     port = *parsed;
   }
+  return {std::move(host), port};
+}
+
+std::unique_ptr<HistoryStore> open_redis(const std::string& spec, std::string_view rest, const StoreOptions& options) {
+  if (rest.find('@') != std::string_view::npos) bad(spec, "credentials in the URL are not supported");
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  std::string_view db_text = authority.size() < rest.size() ? rest.substr(authority.size() + 1) : "";
+  auto [host, port] = parse_host_port(spec, authority);
   int db = 0;
   if (!db_text.empty()) {
     const auto parsed = parse_int(db_text, 0, 1 << 20);
@@ -53,6 +61,24 @@ std::unique_ptr<HistoryStore> open_redis(const std::string& spec, std::string_vi
     db = *parsed;
   }
   return make_redis_store(host, port, db, options);
+}
+
+// Seed nodes, comma-separated; a cluster has one database (no /DB).
+std::unique_ptr<HistoryStore> open_redis_cluster(const std::string& spec, std::string_view rest,
+                                                 const StoreOptions& options) {
+  if (rest.find('@') != std::string_view::npos) bad(spec, "credentials in the URL are not supported");
+  if (rest.find('/') != std::string_view::npos) bad(spec, "a Redis Cluster has one database: no /DB");
+  std::vector<std::pair<std::string, int>> seeds;
+  while (true) {
+    const size_t comma = rest.find(',');
+    const std::string_view node = rest.substr(0, comma);
+    if (node.empty()) bad(spec, "an empty node in the list");
+    auto seed = parse_host_port(spec, node);
+    if (std::find(seeds.begin(), seeds.end(), seed) == seeds.end()) seeds.push_back(std::move(seed));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return make_redis_cluster_store(seeds, options);
 }
 
 }  // namespace
@@ -79,6 +105,8 @@ std::unique_ptr<HistoryStore> open_store(const std::string& spec, const StoreOpt
     return make_lmdb_store(path, options);
   }
   if (spec.starts_with("redis://")) return open_redis(spec, std::string_view(spec).substr(8), options);
+  if (spec.starts_with("redis-cluster://"))
+    return open_redis_cluster(spec, std::string_view(spec).substr(16), options);
   bad(spec, "unknown kind");
 }
 

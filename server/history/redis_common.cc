@@ -148,6 +148,10 @@ void AppendScript::ensure_loaded(Connection& c) {
     std::lock_guard lock(mutex_);
     if (!sha_.empty()) return;
   }
+  load(c);
+}
+
+void AppendScript::load(Connection& c) {
   c.send(Command("SCRIPT").arg("LOAD").arg(kAppendScriptSource));
   Reply reply = c.receive();
   if (reply->type != REDIS_REPLY_STRING) throw Error(c.describe() + ": unexpected reply to SCRIPT LOAD");

@@ -88,6 +88,8 @@ class AppendScript {
  public:
   // Loads the script on `c` when its SHA-1 is not known yet.
   void ensure_loaded(Connection& c);
+  // Loads the script on `c` whatever is known (a cluster loads it on each node).
+  void load(Connection& c);
   // EVALSHA (or EVAL with the source when `by_source`) for an in-order append.
   Command command(bool by_source, std::string_view key, int64_t cap, std::span<const Interaction> appended) const;
 

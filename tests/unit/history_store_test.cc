@@ -134,6 +134,110 @@ class RedisServer {
   int port_ = 0;
 };
 
+// The output of redis-cli against `port` (empty when it cannot run).
+std::string cli_output(int port, const std::string& args) {
+  const std::string command = std::string(kRedisCli) + " -p " + std::to_string(port) + " " + args + " 2>&1";
+  std::string out;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char buffer[4096];
+    size_t n;
+    while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+    pclose(pipe);
+  }
+  return out;
+}
+
+// A private Redis Cluster: 3 masters, no replicas, on loopback ports, no persistence. One per
+// test process (a cluster takes seconds to form), emptied before each test, stopped at exit.
+class RedisCluster {
+ public:
+  static bool installed() { return RedisServer::installed() && access(kRedisCli, X_OK) == 0; }
+
+  // The shared cluster, started on first use; nullptr (and `error`) when it cannot start.
+  static RedisCluster* shared(std::string& error) {
+    static RedisCluster cluster;
+    static std::string failure = cluster.start();
+    error = failure;
+    return failure.empty() ? &cluster : nullptr;
+  }
+
+  ~RedisCluster() {
+    for (pid_t pid : pids_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  bool flush() const {
+    for (int port : ports_)
+      if (cli_output(port, "FLUSHALL").find("OK") == std::string::npos) return false;
+    return true;
+  }
+
+  const std::vector<int>& ports() const { return ports_; }
+  // Two of the three nodes as seeds: the third is learnt from CLUSTER SLOTS.
+  std::string spec() const {
+    return "redis-cluster://127.0.0.1:" + std::to_string(ports_[0]) + ",127.0.0.1:" + std::to_string(ports_[1]);
+  }
+
+  // The node that serves `key` (the others answer MOVED), or 0.
+  int owner_of(const std::string& key) const {
+    for (int port : ports_)
+      if (cli_output(port, "EXISTS '" + key + "'").find("MOVED") == std::string::npos) return port;
+    return 0;
+  }
+
+ private:
+  std::string start() {
+    dir_ = fresh_dir("cluster");
+    fs::create_directories(dir_);
+    for (int i = 0; i < 3; ++i) {
+      const int port = free_loopback_port(), bus = free_loopback_port();
+      if (port == 0 || bus == 0) return "no free loopback port";
+      const pid_t pid = fork();
+      if (pid < 0) return "fork failed";
+      if (pid == 0) {
+        const int devnull = ::open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        const std::string p = std::to_string(port), b = std::to_string(bus);
+        const std::string conf = (dir_ / ("nodes-" + p + ".conf")).string();
+        execl(kRedisServer, kRedisServer, "--port", p.c_str(), "--cluster-port", b.c_str(), "--bind", "127.0.0.1",
+              "--cluster-enabled", "yes", "--cluster-config-file", conf.c_str(), "--cluster-node-timeout", "2000",
+              "--dir", dir_.c_str(), "--save", "", "--appendonly", "no", "--daemonize", "no",
+              static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      pids_.push_back(pid);
+      ports_.push_back(port);
+    }
+    for (int port : ports_) {
+      bool up = false;
+      for (int i = 0; i < 200 && !up; ++i) {
+        up = cli_output(port, "PING").find("PONG") != std::string::npos;
+        if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      }
+      if (!up) return "redis-server (cluster-enabled) did not answer PING on port " + std::to_string(port);
+    }
+    std::string nodes;
+    for (int port : ports_) nodes += " 127.0.0.1:" + std::to_string(port);
+    const std::string created = cli_output(ports_[0], "--cluster create" + nodes + " --cluster-replicas 0 --cluster-yes");
+    if (created.find("[OK] All 16384 slots covered") == std::string::npos) return "redis-cli --cluster create: " + created;
+    for (int i = 0; i < 400; ++i) {
+      bool ok = true;
+      for (int port : ports_) ok = ok && cli_output(port, "CLUSTER INFO").find("cluster_state:ok") != std::string::npos;
+      if (ok) return "";
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return "the cluster did not reach cluster_state:ok within 20 s";
+  }
+
+  fs::path dir_;
+  std::vector<pid_t> pids_;
+  std::vector<int> ports_;
+};
+
 // ---- the suite every backend passes ---------------------------------------------------
 
 class HistoryStoreTest : public ::testing::TestWithParam<std::string> {
@@ -144,6 +248,13 @@ class HistoryStoreTest : public ::testing::TestWithParam<std::string> {
         GTEST_SKIP() << "redis-server is not installed (" << kRedisServer
                      << "); Redis backend cases skipped. Install it: scripts/install-deps.sh --test";
       redis_.start();
+    } else if (GetParam() == "redis-cluster") {
+      if (!RedisCluster::installed())
+        GTEST_SKIP() << "redis-server or redis-cli is not installed; Redis Cluster cases skipped";
+      std::string error;
+      cluster_ = RedisCluster::shared(error);
+      ASSERT_NE(cluster_, nullptr) << error;
+      ASSERT_TRUE(cluster_->flush());
     } else if (GetParam() == "lmdb") {
       dir_ = fresh_dir("suite");
     }
@@ -156,6 +267,7 @@ class HistoryStoreTest : public ::testing::TestWithParam<std::string> {
 
   std::string spec() const {
     if (GetParam() == "redis") return redis_.url();
+    if (GetParam() == "redis-cluster") return cluster_->spec();
     if (GetParam() == "lmdb") return "lmdb:" + dir_.string();
     return "memory";
   }
@@ -163,6 +275,7 @@ class HistoryStoreTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<HistoryStore> open(StoreOptions options = {}) { return open_store(spec(), options); }
 
   RedisServer redis_;
+  RedisCluster* cluster_ = nullptr;
   fs::path dir_;
 };
 
@@ -537,8 +650,12 @@ TEST_P(HistoryStoreTest, ANewStoreObjectSeesWhatWasWritten) {
   EXPECT_EQ(1u, count_of(reopened->item_counts(), "2"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, HistoryStoreTest, ::testing::Values("memory", "lmdb", "redis"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Backends, HistoryStoreTest, ::testing::Values("memory", "lmdb", "redis", "redis-cluster"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 // ---- LMDB -------------------------------------------------------------------------------
 
@@ -788,6 +905,117 @@ TEST_F(RedisStoreTest, ACorruptElementFailsATimedAppendOnly) {
   EXPECT_THROW(store->get("bad"), Error);
 }
 
+// ---- Redis Cluster ----------------------------------------------------------------------
+
+class RedisClusterStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!RedisCluster::installed()) GTEST_SKIP() << "redis-server or redis-cli is not installed; Redis Cluster cases skipped";
+    std::string error;
+    cluster_ = RedisCluster::shared(error);
+    ASSERT_NE(cluster_, nullptr) << error;
+    ASSERT_TRUE(cluster_->flush());
+  }
+  static int lines(const std::string& text) {
+    int n = 0;
+    for (char c : text) n += c == '\n';
+    return n;
+  }
+  RedisCluster* cluster_ = nullptr;
+};
+
+TEST_F(RedisClusterStoreTest, AUserIsOneKeyAndTheCountsAreSpreadOverShards) {
+  auto store = open_store(cluster_->spec());
+  EXPECT_EQ(cluster_->spec(), store->describe());
+  EXPECT_TRUE(store->ready());
+  for (int u = 0; u < 20; ++u) {
+    std::vector<Interaction> interactions;
+    for (int i = 0; i < 10; ++i) interactions.push_back(item(std::to_string(u * 10 + i), i));
+    store->append("u" + std::to_string(u), interactions);
+  }
+  const int owner = cluster_->owner_of("seqrec:h:u7");
+  ASSERT_NE(0, owner);
+  EXPECT_NE(std::string::npos, cli_output(owner, "LLEN seqrec:h:u7").find("10"));
+  // 200 items over 16 shard hashes, whose hash tags put them on every master.
+  int shards = 0, masters_with_shards = 0;
+  for (int port : cluster_->ports()) {
+    const int here = lines(cli_output(port, "--scan --pattern 'seqrec:item_counts:*'"));
+    shards += here;
+    masters_with_shards += here > 0;
+    EXPECT_EQ(0, lines(cli_output(port, "--scan --pattern 'seqrec:item_counts'")));  // no unsharded hash
+  }
+  EXPECT_EQ(16, shards);
+  EXPECT_EQ(3, masters_with_shards);
+  const auto counts = store->item_counts();
+  EXPECT_EQ(200u, counts.size());
+  for (const auto& [id, n] : counts) EXPECT_EQ(1u, n) << id;
+  EXPECT_TRUE(store->erase("u7"));
+  EXPECT_EQ(190u, store->item_counts().size());
+}
+
+TEST_F(RedisClusterStoreTest, FollowsAskAndMovedWhileASlotMigrates) {
+  auto store = open_store(cluster_->spec());
+  store->append("warm", std::vector<Interaction>{item("w", 1)});  // the slot map is loaded now
+  const std::string key = "seqrec:h:mover";
+  const int from = cluster_->owner_of(key);
+  ASSERT_NE(0, from);
+  const int to = cluster_->ports()[from == cluster_->ports()[0] ? 1 : 0];
+  auto trimmed = [](std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+    return s;
+  };
+  const std::string slot = trimmed(cli_output(from, "CLUSTER KEYSLOT " + key));
+  const std::string from_id = trimmed(cli_output(from, "CLUSTER MYID"));
+  const std::string to_id = trimmed(cli_output(to, "CLUSTER MYID"));
+  ASSERT_EQ(40u, from_id.size()) << from_id;
+  ASSERT_NE(std::string::npos, cli_output(to, "CLUSTER SETSLOT " + slot + " IMPORTING " + from_id).find("OK"));
+  ASSERT_NE(std::string::npos, cli_output(from, "CLUSTER SETSLOT " + slot + " MIGRATING " + to_id).find("OK"));
+  // The key is not on `from`: ASK to `to` (the script, then the merge under ASKING).
+  store->append("mover", std::vector<Interaction>{item("1", 10)});
+  store->append("mover", std::vector<Interaction>{item("0", 5)});
+  EXPECT_EQ((std::vector<std::string>{"0", "1"}), ids_of(store->get("mover")));
+  EXPECT_NE(std::string::npos, cli_output(to, "INFO commandstats").find("cmdstat_asking")) << "no ASK followed";
+  // The migration done: MOVED, and the map refreshed.
+  for (int port : {to, from})
+    ASSERT_NE(std::string::npos, cli_output(port, "CLUSTER SETSLOT " + slot + " NODE " + to_id).find("OK"));
+  for (int port : cluster_->ports())
+    if (port != to && port != from) cli_output(port, "CLUSTER SETSLOT " + slot + " NODE " + to_id);
+  EXPECT_EQ("2", trimmed(cli_output(to, "LLEN " + key)));  // the history went to the importing node
+  store->append("mover", std::vector<Interaction>{item("2", 20)});
+  EXPECT_EQ((std::vector<std::string>{"0", "1", "2"}), ids_of(store->get("mover")));
+  EXPECT_EQ(to, cluster_->owner_of(key));
+  EXPECT_EQ(1u, count_of(store->item_counts(), "2"));
+  EXPECT_TRUE(store->erase("mover"));
+  EXPECT_EQ(0u, count_of(store->item_counts(), "0"));
+  // A store opened now learns the new map from the start.
+  auto fresh = open_store(cluster_->spec());
+  fresh->append("mover", std::vector<Interaction>{item("3", 30)});
+  EXPECT_EQ((std::vector<std::string>{"3"}), ids_of(store->get("mover")));
+}
+
+TEST_F(RedisClusterStoreTest, NothingListeningIsUnavailableNotFatal) {
+  const int port = free_loopback_port();
+  auto store = open_store("redis-cluster://127.0.0.1:" + std::to_string(port));
+  EXPECT_FALSE(store->ready());
+  EXPECT_THROW(store->get("u"), StoreUnavailable);
+  EXPECT_THROW(store->append("u", std::vector<Interaction>{item("1")}), StoreUnavailable);
+  EXPECT_THROW(store->item_counts(), StoreUnavailable);
+  try {
+    store->get("u");
+  } catch (const StoreUnavailable& e) {
+    EXPECT_NE(std::string(e.what()).find("127.0.0.1:" + std::to_string(port)), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(RedisClusterStoreTest, ASeedThatIsDownIsSkipped) {
+  const int dead = free_loopback_port();
+  auto store = open_store("redis-cluster://127.0.0.1:" + std::to_string(dead) + ",127.0.0.1:" +
+                          std::to_string(cluster_->ports()[2]));
+  store->append("u", std::vector<Interaction>{item("1", 1)});
+  EXPECT_EQ(1u, store->get("u").size());
+  EXPECT_TRUE(store->ready());
+}
+
 // ---- import: what `seqrec import` wrote, read back -------------------------------------------
 
 class ImportTest : public ::testing::Test {
@@ -1027,12 +1255,17 @@ TEST(OpenStore, ParsesEveryKindOfStoreText) {
   EXPECT_EQ("redis://localhost:6379/0", open_store("redis://localhost")->describe());
   EXPECT_EQ("redis://cache.internal:7000/2", open_store("redis://cache.internal:7000/2")->describe());
   EXPECT_EQ("redis://[::1]:6380/0", open_store("redis://[::1]:6380/")->describe());
+  EXPECT_EQ("redis-cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002,cache:6379",
+            open_store("redis-cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002,cache")->describe());
+  EXPECT_EQ("redis-cluster://127.0.0.1:7000", open_store("redis-cluster://127.0.0.1:7000,127.0.0.1:7000")->describe());
 }
 
 TEST(OpenStore, ABadTextIsAnErrorNamingIt) {
   for (const std::string bad : {"", "lmdb:", "lmdb", "redis://", "redis://:6379", "redis://host:0", "redis://host:65536",
                                 "redis://host:port", "redis://host:6379/x", "redis://host:6379/-1",
-                                "redis://user:pw@host:6379", "redis://[::1", "postgres://db", "MEMORY"}) {
+                                "redis://user:pw@host:6379", "redis://[::1", "postgres://db", "MEMORY", "redis-cluster://",
+                                "redis-cluster://a:1,", "redis-cluster://,a:1", "redis-cluster://a:1/0",
+                                "redis-cluster://a:x", "redis-cluster://u:p@a:1"}) {
     try {
       open_store(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";
