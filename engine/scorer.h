@@ -59,7 +59,7 @@ class Scorer {
   const float* table_ = nullptr;  // [n_items, d]
   const float* bias_ = nullptr;   // [n_items] or null
   kernels::PackedLinear product_;
-  std::vector<uint8_t, AlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
+  std::vector<uint8_t, UninitAlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
   mutable std::once_flag inverse_norms_once_;
   mutable std::vector<float> inverse_norms_;
 };

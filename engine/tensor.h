@@ -10,6 +10,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace seqrec {
@@ -38,6 +39,32 @@ struct AlignedAllocator {
 };
 
 using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+
+// As AlignedAllocator, but resize() leaves new elements uninitialised: for large buffers a
+// kernel fills whole right after (zeroing 60 MB first cost as much as filling it).
+template <class T, std::size_t Alignment = 64>
+struct UninitAlignedAllocator : AlignedAllocator<T, Alignment> {
+  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = UninitAlignedAllocator<U, Alignment>;
+  };
+  UninitAlignedAllocator() = default;
+  template <class U>
+  UninitAlignedAllocator(const UninitAlignedAllocator<U, Alignment>&) {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;  // default-initialised: no value for trivial types
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+  template <class U>
+  bool operator==(const UninitAlignedAllocator<U, Alignment>&) const { return true; }
+  template <class U>
+  bool operator!=(const UninitAlignedAllocator<U, Alignment>&) const { return false; }
+};
 
 struct Tensor {
   std::vector<int64_t> shape;

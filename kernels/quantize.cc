@@ -21,6 +21,16 @@ constexpr double kUnitRoundoff = 0x1p-24;  // fp32, round to nearest
 
 int64_t groups_of(int64_t d) { return quantized_groups(d); }
 
+// x rounded to the nearest integer, ties to even: what std::nearbyint gives in the default
+// rounding mode, without its libm call (the baseline x86-64 this file is built for has no
+// rounding instruction; the call cost more than the rest of quantizing a row). Exact for
+// |x| < 2^51: adding 1.5·2^52 leaves no fraction bits, so the FPU rounds once, as nearbyint.
+inline double round_even(double x) {
+  constexpr double kShift = 0x1.8p52;
+  volatile double shifted = x + kShift;  // volatile: the sum must be rounded, not folded away
+  return shifted - kShift;
+}
+
 // The smallest fp32 >= x (x >= 0, finite).
 float float_up(double x) {
   float f = static_cast<float>(x);
@@ -74,7 +84,17 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
   if (d > kMaxScanDim) return false;
   const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
   const double root_d = std::sqrt(static_cast<double>(d));
-  std::memset(out, 128, static_cast<size_t>(quantized_table_bytes(n, d)));
+  // Bytes no row writes hold 128 (q = 0): the dimensions past d in each block's last group, and
+  // the lanes past n in the last block (its metadata 0). Only those are set here (setting the
+  // whole table first cost as much as quantizing it).
+  const int64_t n_blocks = (n + kLanes - 1) / kLanes;
+  if (d % 4 != 0)
+    for (int64_t b = 0; b < n_blocks; ++b) std::memset(out + b * block_bytes + (d4 - 1) * 64, 128, 64);
+  if (n % kLanes != 0) {
+    uint8_t* last = out + (n_blocks - 1) * block_bytes;
+    std::memset(last, 128, static_cast<size_t>(d4 * 64));
+    std::memset(last + d4 * 64, 0, kLanes * 4);
+  }
   for (int64_t i = 0; i < n; ++i) {
     const float* w = table + i * d;
     uint8_t* block = out + (i / kLanes) * block_bytes;
@@ -87,7 +107,7 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
       double residual_squares = 0;
       for (int64_t j = 0; j < d; ++j) {
         const double x = static_cast<double>(w[j]) / s;
-        const double q = std::clamp(std::nearbyint(x), -127.0, 127.0);
+        const double q = std::clamp(round_even(x), -127.0, 127.0);
         residual_squares += (x - q) * (x - q);
         block[(j / 4) * 64 + lane * 4 + j % 4] = static_cast<uint8_t>(static_cast<int>(q) + 128);
       }
@@ -97,6 +117,8 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
       uint32_t scale_bits;
       std::memcpy(&scale_bits, &s, sizeof scale_bits);
       meta = (scale_bits & 0xFFFF0000u) | nu << 8 | rho;
+    } else {
+      for (int64_t j = 0; j < d; ++j) block[(j / 4) * 64 + lane * 4 + j % 4] = 128;  // a zero row: q = 0
     }
     std::memcpy(block + d4 * 64 + lane * 4, &meta, sizeof meta);
   }
@@ -112,7 +134,7 @@ bool quantize_query(const float* h, int64_t d, ScanQuery& out) {
   double error_squares = 0, quantized_squares = 0;
   int32_t q_sum = 0;
   for (int64_t j = 0; j < d; ++j) {
-    const double q = s > 0 ? std::clamp(std::nearbyint(static_cast<double>(h[j]) / s), -127.0, 127.0) : 0.0;
+    const double q = s > 0 ? std::clamp(round_even(static_cast<double>(h[j]) / s), -127.0, 127.0) : 0.0;
     const double h_hat = q * s;  // exact in double
     error_squares += (h[j] - h_hat) * (h[j] - h_hat);
     quantized_squares += h_hat * h_hat;
