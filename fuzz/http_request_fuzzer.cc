@@ -103,7 +103,7 @@ struct Process {
         [this](size_t size, double seconds) { metrics.observe_batch(size, seconds); });
     // A model's own path reloads it; any other path is refused as a missing file would be.
     // Nothing is read from disk. A path outside the model folder must never get this far.
-    loader = [known = std::vector<seqrec::LoadedModel>{sasrec, hstu}](const std::string& path, const server::items::ItemMetadata*) {
+    loader = [known = std::vector<seqrec::LoadedModel>{sasrec, hstu}](const std::string& path, const seqrec::items::ItemMetadata*) {
       const std::filesystem::path relative = std::filesystem::path(path).lexically_normal().lexically_relative(model_dir());
       if (relative.empty() || *relative.begin() == "..") fail("reload passed a path outside the model folder: " + path);
       for (const seqrec::LoadedModel& model : known)
