@@ -1,6 +1,11 @@
 #include "server/history/redis_common.h"
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
+#include <functional>
+#include <random>
+#include <thread>
 
 #include "engine/error.h"
 #include "server/history/backends.h"
@@ -11,7 +16,7 @@ namespace seqrec::history::redis {
 namespace {
 
 // Rewrites of one list that may be beaten by other writers before one gets through.
-constexpr int kMergeAttempts = 20;
+constexpr int kMergeAttempts = 200;  // with the backoff below: about a second of trying
 
 // Appends in time order, or says it cannot. Lua 5.1 numbers are doubles, so a timestamp is
 // compared as its zigzag varint split in two exact 32-bit halves.
@@ -227,7 +232,16 @@ std::vector<Interaction> decode_elements(const redisReply& list, const std::stri
 
 void merge_append(Connection& c, std::string_view key, std::span<const Interaction> appended, int64_t cap,
                   CountDeltas& deltas, const std::string& user_label) {
+  // Writers that keep losing the WATCH race back off a random while, doubling up to 5 ms: with
+  // a fixed, immediate retry, six threads merging into one list starved each other (one gave up
+  // after 20 rounds).
+  thread_local std::minstd_rand jitter(static_cast<unsigned>(std::hash<std::thread::id>{}(std::this_thread::get_id())));
+  std::chrono::microseconds backoff(50);
   for (int attempt = 0; attempt < kMergeAttempts; ++attempt) {
+    if (attempt > 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(jitter() % static_cast<unsigned>(backoff.count() + 1)));
+      backoff = std::min(backoff * 2, std::chrono::microseconds(5000));
+    }
     c.send(Command("WATCH").arg(key));
     c.send(Command("LRANGE").arg(key).arg("0").arg("-1"));
     c.receive();  // +OK
