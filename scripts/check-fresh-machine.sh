@@ -102,6 +102,12 @@ new_root() {
   mkdir -p /var/cache/apt/archives/partial
   mount --bind /var/cache/apt/archives "$root/var/cache/apt/archives"
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+  # The host's own CA certificates (e.g. a TLS-inspecting egress proxy's), as its resolv.conf:
+  # host network setup, not something the project installs. Node (npm) reads them from
+  # NODE_EXTRA_CA_CERTS (in_root); apt fetches over http and needs none.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cat /usr/local/share/ca-certificates/*.crt > "$root/etc/host-extra-ca.crt"
+  fi
 }
 
 in_root() {
@@ -109,6 +115,7 @@ in_root() {
   shift
   local published_env=()
   [[ -n "$published" && -d "$root/published" ]] && published_env=(SEQREC_PUBLISHED_CHECKPOINTS=/published)
+  [[ -f "$root/etc/host-extra-ca.crt" ]] && published_env+=(NODE_EXTRA_CA_CERTS=/etc/host-extra-ca.crt)
   chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 CI="${CI:-}" "${published_env[@]}" bash -c "$*"
 }
