@@ -91,15 +91,7 @@ int run_export(const std::string& model_path, std::optional<double> threshold, c
   }
   std::shared_ptr<const items::ItemMetadata> metadata;
   if (!f.items.empty()) metadata = items::ItemMetadata::load(f.items, items::parse_item_columns(f.item_columns), f.tags_separator);
-  ItemTagsFor tags_for;
-  if (metadata)
-    tags_for = [metadata](const Catalog& catalog) {
-      return std::make_shared<const ItemTags>(catalog, [&](const std::string& id) {
-        const items::ItemRecord* record = metadata->find(id);
-        return record ? &record->tags : nullptr;
-      });
-    };
-  const LoadedModel loaded = load_recommender(model_path, threshold, tags_for);
+  const LoadedModel loaded = load_recommender(model_path, threshold, items::tags_for(metadata.get()));
   std::unique_ptr<history::HistoryStore> store = history::open_store(f.history);
   UserSource source(*store, f.users);
 
@@ -245,14 +237,7 @@ Action add_recommend(CLI::App& app) {
     if (!f->batch.items.empty())
       metadata = items::ItemMetadata::load(f->batch.items, items::parse_item_columns(f->batch.item_columns),
                                            f->batch.tags_separator);
-    ItemTagsFor tags_for;
-    if (metadata)
-      tags_for = [metadata](const Catalog& catalog) {
-        return std::make_shared<const ItemTags>(catalog, [&](const std::string& id) {
-          const items::ItemRecord* record = metadata->find(id);
-          return record ? &record->tags : nullptr;
-        });
-      };
+    const ItemTagsFor tags_for = items::tags_for(metadata.get());
     LoadedModel loaded = load_recommender(f->model, f->rating_threshold, tags_for);
     const std::string body{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
     try {
@@ -304,14 +289,7 @@ Action add_similar(CLI::App& app) {
       if (!metadata) throw Error("--fields: needs item metadata (--items FILE)");
       metadata->check_fields(f->fields);
     }
-    ItemTagsFor tags_for;
-    if (metadata)
-      tags_for = [metadata](const Catalog& catalog) {
-        return std::make_shared<const ItemTags>(catalog, [&](const std::string& id) {
-          const items::ItemRecord* record = metadata->find(id);
-          return record ? &record->tags : nullptr;
-        });
-      };
+    const ItemTagsFor tags_for = items::tags_for(metadata.get());
     LoadedModel loaded = load_recommender(f->model, std::nullopt, tags_for);
     Request request;
     request.k = f->k;

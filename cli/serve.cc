@@ -228,15 +228,7 @@ Action add_serve(CLI::App& app) {
 
     const std::optional<double> threshold = f->rating_threshold;
     server::ModelLoader loader = [threshold](const std::string& path, const items::ItemMetadata* items) {
-      ItemTagsFor tags_for;
-      if (items)
-        tags_for = [items](const Catalog& catalog) {
-          return std::make_shared<const ItemTags>(catalog, [items](const std::string& id) {
-            const items::ItemRecord* record = items->find(id);
-            return record ? &record->tags : nullptr;
-          });
-        };
-      return load_recommender(path, threshold, tags_for);
+      return load_recommender(path, threshold, items::tags_for(items));
     };
     server::ItemsLoader items_loader;
     std::shared_ptr<const items::ItemMetadata> item_metadata;

@@ -49,7 +49,7 @@ class Scorer {
 
   // The item representations it scores with, for item-to-item similarity: row r's vector
   // ([d]), the int8 copy (null when there is none), and 1 / ||row|| per row (0 for a zero
-  // row), computed on first use.
+  // row), made at load.
   const float* row(int32_t r) const { return table_ + static_cast<int64_t>(r) * d_; }
   const uint8_t* quantized_table() const { return quantized_table_.empty() ? nullptr : quantized_table_.data(); }
   const std::vector<float>& inverse_norms() const;
@@ -60,8 +60,7 @@ class Scorer {
   const float* bias_ = nullptr;   // [n_items] or null
   kernels::PackedLinear product_;
   std::vector<uint8_t, UninitAlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
-  mutable std::once_flag inverse_norms_once_;
-  mutable std::vector<float> inverse_norms_;
+  std::vector<float> inverse_norms_;  // 1/||row|| (0 for a zero row), made at load
 };
 
 // What the API reports for a raw logit (ScoreKind): sigmoid, raw, or the softmax over every

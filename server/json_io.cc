@@ -157,17 +157,25 @@ std::vector<Interaction> read_interactions(const Path& field, const element& val
   return out;
 }
 
-std::vector<std::string> read_id_list(const Path& field, const element& value, int64_t max_count) {
-  if (!value.is_array()) wrong_type(field, "an array of item ids", value);
+// An array of at most max_count entries, each read by read_one(Path of the entry, element).
+// `what`: the expected value as an error names it; `unit`: what the entries are counted as.
+template <class ReadOne>
+std::vector<std::string> read_list(const Path& field, const element& value, int64_t max_count, const char* what,
+                                   const char* unit, ReadOne read_one) {
+  if (!value.is_array()) wrong_type(field, what, value);
   simdjson::dom::array array = value.get_array().value_unsafe();
   if (static_cast<int64_t>(array.size()) > max_count)
-    invalid(field.str() + ": " + std::to_string(array.size()) + " ids, at most " + std::to_string(max_count) +
+    invalid(field.str() + ": " + std::to_string(array.size()) + " " + unit + ", at most " + std::to_string(max_count) +
             " allowed");
   std::vector<std::string> out;
   out.reserve(array.size());
   size_t i = 0;
-  for (element member : array) out.push_back(read_id(Path::index(field, i++), member));
+  for (element member : array) out.push_back(read_one(Path::index(field, i++), member));
   return out;
+}
+
+std::vector<std::string> read_id_list(const Path& field, const element& value, int64_t max_count) {
+  return read_list(field, value, max_count, "an array of item ids", "ids", read_id);
 }
 
 void append_escaped(std::string& out, std::string_view text) {
@@ -214,16 +222,7 @@ std::string read_name(const Path& field, const element& value) {
 }
 
 std::vector<std::string> read_string_list(const Path& field, const element& value, int64_t max_count) {
-  if (!value.is_array()) wrong_type(field, "an array of strings", value);
-  simdjson::dom::array array = value.get_array().value_unsafe();
-  if (static_cast<int64_t>(array.size()) > max_count)
-    invalid(field.str() + ": " + std::to_string(array.size()) + " entries, at most " + std::to_string(max_count) +
-            " allowed");
-  std::vector<std::string> out;
-  out.reserve(array.size());
-  size_t i = 0;
-  for (element member : array) out.push_back(read_name(Path::index(field, i++), member));
-  return out;
+  return read_list(field, value, max_count, "an array of strings", "entries", read_name);
 }
 
 // {"tags_any": [...], "tags_all": [...], "tags_none": [...]}, each optional.

@@ -204,4 +204,14 @@ size_t ItemMetadata::n_tag_assignments() const {
   return n;
 }
 
+std::function<std::shared_ptr<const ItemTags>(const Catalog&)> tags_for(const ItemMetadata* metadata) {
+  if (!metadata) return {};
+  return [metadata](const Catalog& catalog) {
+    return std::make_shared<const ItemTags>(catalog, [metadata](const std::string& id) {
+      const ItemRecord* record = metadata->find(id);
+      return record ? &record->tags : nullptr;
+    });
+  };
+}
+
 }  // namespace seqrec::items

@@ -10,12 +10,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include "engine/catalog.h"
+#include "engine/item_filter.h"
 
 namespace seqrec::items {
 
@@ -69,5 +73,9 @@ class ItemMetadata {
   std::vector<ItemRecord> items_;
   std::unordered_map<std::string_view, size_t> index_;  // id → items_ (views into items_)
 };
+
+// The tag index a model's catalog gets from `metadata` (what load_recommender's tags_for takes);
+// empty when there is no metadata. The ItemTags it builds hold no pointer into `metadata`.
+std::function<std::shared_ptr<const ItemTags>(const Catalog&)> tags_for(const ItemMetadata* metadata);
 
 }  // namespace seqrec::items
