@@ -300,6 +300,9 @@ Action add_serve(CLI::App& app) {
            s.refused_bodies.load());
       line("seqrec_accept_errors_total", "counter", "accept() failures (EMFILE at the descriptor limit, ...).",
            s.accept_errors.load());
+      line("seqrec_evicted_connections_total", "counter",
+           "Connections closed before sending a whole request header, to make room at the descriptor limit.",
+           s.evicted_connections.load());
       line("seqrec_buffered_body_bytes", "gauge", "Request-body bytes being received now.",
            s.buffered_body_bytes.load());
       line("seqrec_memory_trims_total", "counter", "Times freed memory was returned to the OS after a burst.",

@@ -12,7 +12,10 @@
 #include <boost/beast/core.hpp>
 #include <cerrno>
 #include <limits>
+#include <list>
+#include <mutex>
 #include <optional>
+#include <vector>
 
 #include "engine/error.h"
 #include "server/json_io.h"
@@ -51,11 +54,16 @@ constexpr auto kOverflowReadTimeout = std::chrono::milliseconds(200);
 // At the descriptor limit, waiting connections shed per accept retry (10 ms apart): enough to
 // keep the backlog short under a flood, so that health checks get through.
 constexpr int kShedPerRetry = 1024;
+// At the descriptor limit, connections that have not yet sent a whole request header closed
+// per accept retry, oldest first, to make room for the connections waiting to be accepted.
+constexpr int kEvictPerRetry = 256;
 // Body bytes read (and reserved in the shared budget) at a time.
 constexpr uint64_t kBodyChunk = 16 * 1024;
 // After this many body bytes were received since the last trim, and once none is buffered,
 // freed memory is returned to the OS (glibc keeps freed heap pages otherwise).
 constexpr uint64_t kTrimAfterBytes = uint64_t{16} << 20;
+
+class Session;
 
 struct State {
   Options options;
@@ -66,6 +74,11 @@ struct State {
   std::atomic<bool> draining{false};
   std::atomic<int64_t> overflow_sessions{0};
   std::atomic<uint64_t> body_bytes_since_trim{0};
+  // Sessions accepted whose first request header has not arrived yet, oldest first: at the
+  // descriptor limit these are closed to make room (an idle-connection flood must not lock
+  // out the clients that talk). Guarded by silent_mutex, like each Session's place in it.
+  std::mutex silent_mutex;
+  std::list<std::weak_ptr<Session>> silent;
 
   bool reserve_body(uint64_t bytes) {
     const uint64_t before = stats.buffered_body_bytes.fetch_add(bytes);
@@ -107,6 +120,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   ~Session() {
+    leave_silent();
     release_body();
     if (overflow_)
       --state_->overflow_sessions;
@@ -114,9 +128,50 @@ class Session : public std::enable_shared_from_this<Session> {
       --state_->stats.open_connections;
   }
 
-  void run() { net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this())); }
+  void run() {
+    if (!overflow_) {
+      std::lock_guard lock(state_->silent_mutex);
+      silent_place_ = state_->silent.insert(state_->silent.end(), weak_from_this());
+      silent_ = true;
+    }
+    net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this()));
+  }
+
+  // Closes up to `count` of the oldest sessions still waiting for their first request header
+  // (from the listener, at the descriptor limit) → how many were closed. Their descriptors are
+  // free once each session's strand has run the close.
+  static int evict_silent(State& state, int count) {
+    std::vector<std::shared_ptr<Session>> victims;
+    {
+      std::lock_guard lock(state.silent_mutex);
+      for (auto it = state.silent.begin(); it != state.silent.end() && static_cast<int>(victims.size()) < count;) {
+        auto session = it->lock();
+        if (!session) {  // being destroyed: its destructor takes it off the list
+          ++it;
+          continue;
+        }
+        it = state.silent.erase(it);
+        session->silent_ = false;
+        victims.push_back(std::move(session));
+      }
+    }
+    for (auto& session : victims) {
+      net::post(session->stream_.get_executor(), [session] {
+        ++session->state_->stats.evicted_connections;
+        beast::error_code ignored;
+        session->stream_.socket().close(ignored);  // the pending header read ends with operation_aborted
+      });
+    }
+    return static_cast<int>(victims.size());
+  }
 
  private:
+  void leave_silent() {
+    std::lock_guard lock(state_->silent_mutex);
+    if (silent_) state_->silent.erase(silent_place_);
+    silent_ = false;
+  }
+
   void do_read() {
     if (state_->draining) return do_close();
     parser_.emplace();
@@ -131,6 +186,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_read_header(beast::error_code ec, std::size_t) {
+    if (!spoken_) {  // the first header: off the list of silent sessions (under its lock)
+      spoken_ = true;
+      leave_silent();
+    }
     // Beast itself compares Content-Length with the body limit while parsing the header.
     if (ec == http::error::body_limit) return refuse_oversized(parser_->content_length().value_or(0));
     if (ec) return on_read_error(ec);
@@ -386,6 +445,11 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t reserved_ = 0;  // body bytes reserved in State for the request being read
   char drain_buffer_[8192];
   uint64_t drained_ = 0;
+  // This session's entry in State::silent until its first request header is read (both
+  // guarded by State::silent_mutex).
+  std::list<std::weak_ptr<Session>>::iterator silent_place_;
+  bool silent_ = false;
+  bool spoken_ = false;  // a request header was read (the session's strand only)
 };
 
 }  // namespace
@@ -460,16 +524,22 @@ class Listener : public std::enable_shared_from_this<Listener> {
     do_accept();
   }
 
-  // accept() failing must never become a busy loop: at the descriptor limit (EMFILE/ENFILE)
-  // the reserve descriptor makes room to take one waiting connection and close it (its
-  // client gets a reset rather than a hang), then accepting resumes after a pause.
+  // accept() failing must never become a busy loop. At the descriptor limit (EMFILE/ENFILE)
+  // room is made first by closing the oldest connections that have not sent a whole request
+  // header yet (an idle flood, a slowloris): the connections waiting behind them, health checks
+  // among them, then get real sessions. With no such connection to close, the reserve
+  // descriptor lets us take waiting connections one at a time and answer each briefly (its
+  // client gets an answer rather than a hang). Accepting resumes after a pause.
   void on_accept_error(beast::error_code ec) {
     ++state_->stats.accept_errors;
     const bool out_of_descriptors = ec == net::error::no_descriptors || ec.value() == ENFILE;
     log_limited("accept failed: " + ec.message() +
                 (out_of_descriptors ? " (at the file-descriptor limit: raise `ulimit -n` or lower --max-connections)"
                                     : ""));
-    if (out_of_descriptors && reserve_fd_ >= 0) {
+    auto pause = std::chrono::milliseconds(10);
+    if (out_of_descriptors && Session::evict_silent(*state_, kEvictPerRetry) > 0) {
+      pause = std::chrono::milliseconds(2);  // the closes run on the sessions' strands first
+    } else if (out_of_descriptors && reserve_fd_ >= 0) {
       ::close(reserve_fd_);
       // Shed the waiting connections one descriptor at a time, each with a one-line answer:
       // health checks still get their 200, everyone else a 503 instead of a hang.
@@ -481,7 +551,7 @@ class Listener : public std::enable_shared_from_this<Listener> {
       }
       reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
-    retry_.expires_after(std::chrono::milliseconds(10));
+    retry_.expires_after(pause);
     retry_.async_wait([self = shared_from_this()](beast::error_code wait_ec) {
       if (!wait_ec && self->acceptor_.is_open()) self->do_accept();
     });

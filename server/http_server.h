@@ -53,6 +53,7 @@ struct Stats {
   std::atomic<uint64_t> refused_connections{0};  // over max_connections
   std::atomic<uint64_t> refused_bodies{0};       // over max_buffered_body_bytes
   std::atomic<uint64_t> accept_errors{0};        // accept() failed (EMFILE, ENFILE, ENOBUFS, ...)
+  std::atomic<uint64_t> evicted_connections{0};  // closed before their first request, at the fd limit
   std::atomic<uint64_t> buffered_body_bytes{0};  // reserved by bodies being received now
   std::atomic<uint64_t> memory_trims{0};         // malloc_trim calls after bursts
 };
