@@ -23,6 +23,7 @@ using ScanTopKBatch = void(const float*, const float*, const uint8_t*, int64_t, 
   X(attention_head)            \
   X(relation_attention_head)   \
   X(silu_attention_head)       \
+  X(offset_index_bias)         \
   X(layer_norm)                \
   X(panel_gemm)                \
   X(top_k)                     \
@@ -105,6 +106,11 @@ void silu_attention_head(const float* q, int64_t ld_q, int64_t n_q, const float*
                          int64_t first_visible, float divisor, float* out, int64_t ld_out, float* scratch) {
   active().silu_attention_head(q, ld_q, n_q, k, ld_k, v, ld_v, n_kv, d_qk, d_v, bias, ld_bias, first_visible, divisor,
                                out, ld_out, scratch);
+}
+
+void offset_index_bias(const float* by_offset, int64_t offset, const float* by_index, const int32_t* index,
+                       int64_t ld_index, int64_t n_q, int64_t first_visible, float* out, int64_t ld_out) {
+  active().offset_index_bias(by_offset, offset, by_index, index, ld_index, n_q, first_visible, out, ld_out);
 }
 
 void layer_norm(const float* x, int64_t ld_x, int64_t rows, int64_t dim, const float* gamma, const float* beta,

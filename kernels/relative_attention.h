@@ -33,11 +33,26 @@ inline int64_t relation_attention_scratch_floats(int64_t n_kv, int64_t n_rel) { 
 //   out_i = Σ_j a_ij · v_j
 //   q:    [n_q, d_qk], row stride ld_q;     k: [n_kv, d_qk], row stride ld_k
 //   v:    [n_kv, d_v], row stride ld_v
-//   bias: [n_q, n_kv], row stride ld_bias (the row of query i)
+//   bias: [n_q, n_kv], row stride ld_bias (the row of query i); only the causal part is read
 //   out:  [n_q, d_v], row stride ld_out
-//   scratch: n_kv + 16 floats
+//   scratch: silu_attention_scratch_floats(n_kv, d_qk) floats
 void silu_attention_head(const float* q, int64_t ld_q, int64_t n_q, const float* k, int64_t ld_k, const float* v,
                          int64_t ld_v, int64_t n_kv, int64_t d_qk, int64_t d_v, const float* bias, int64_t ld_bias,
                          int64_t first_visible, float divisor, float* out, int64_t ld_out, float* scratch);
+
+// The keys transposed ([d_qk, n_kv] padded to whole 16-key blocks) and one tile of scores.
+inline int64_t silu_attention_scratch_floats(int64_t n_kv, int64_t d_qk) {
+  return (d_qk + 8) * ((n_kv + 15) / 16 * 16) + 16;
+}
+
+// The per-pair bias rows of a causal relative attention, from a table picked by the pair's
+// offset and one picked by an index per pair (HSTU's position and time-bucket biases, shared by
+// all heads of a layer):
+//   out_ij = by_offset[offset − i + j] + by_index[index_ij] for keys j <= first_visible + i
+//   by_offset: read at offset − i + j, which must be >= 0 for those pairs
+//   index:     [n_q, first_visible + n_q] int32, row stride ld_index; by_index: what it indexes
+//   out:       [n_q, first_visible + n_q], row stride ld_out (j > first_visible + i not written)
+void offset_index_bias(const float* by_offset, int64_t offset, const float* by_index, const int32_t* index,
+                       int64_t ld_index, int64_t n_q, int64_t first_visible, float* out, int64_t ld_out);
 
 }  // namespace seqrec::kernels

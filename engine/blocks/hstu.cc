@@ -20,6 +20,8 @@
 // encoder/layer_i/relative_bias/time/weight [time_buckets + 1], encoder/layer_i/out/{weight
 // [d, H·dv], bias [d]}.
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 
@@ -57,13 +59,35 @@ constexpr int64_t kTimeBucketStarts[] = {
 constexpr int64_t kSourceTimeBuckets = 128;
 static_assert(std::size(kTimeBucketStarts) == kSourceTimeBuckets);
 
+// The bucket of a gap g >= 0 of bit width w lies after every start below 2^(w−1) and needs at
+// most kStartsPerWidth more steps: [2^(w−1), 2^w) holds at most 3 starts (each ~1.35x the
+// last). Three branch-free steps from there give upper_bound's count without its ~7
+// unpredictable branches per (i, j) pair (the starts padded past the last bucket never match).
+constexpr int kStartsPerWidth = 3;
+constexpr std::array<uint64_t, kSourceTimeBuckets + kStartsPerWidth> kPaddedStarts = [] {
+  std::array<uint64_t, kSourceTimeBuckets + kStartsPerWidth> starts{};
+  for (int c = 0; c < kSourceTimeBuckets + kStartsPerWidth; ++c)
+    starts[c] = c < kSourceTimeBuckets ? static_cast<uint64_t>(kTimeBucketStarts[c]) : ~uint64_t{0};
+  return starts;
+}();
+constexpr std::array<int32_t, 65> kStartsBelowWidth = [] {  // [w]: starts < 2^(w−1) (0 for w <= 1)
+  std::array<int32_t, 65> below{};
+  for (int w = 2; w <= 64; ++w)
+    while (below[w] < kSourceTimeBuckets && kPaddedStarts[below[w]] < uint64_t{1} << (w - 1)) ++below[w];
+  return below;
+}();
+static_assert([] {
+  for (int w = 1; w < 64; ++w)
+    if (kStartsBelowWidth[w + 1] - kStartsBelowWidth[w] > kStartsPerWidth) return false;
+  return kSourceTimeBuckets - kStartsBelowWidth[64] <= kStartsPerWidth;
+}());
+
 int32_t time_bucket(int64_t gap) {
   // |gap| without overflow at INT64_MIN: every such gap is far past the last bucket start.
   const uint64_t g = gap < 0 ? uint64_t{0} - static_cast<uint64_t>(gap) : static_cast<uint64_t>(gap);
-  if (g >= static_cast<uint64_t>(kTimeBucketStarts[kSourceTimeBuckets - 1])) return kSourceTimeBuckets;
-  return static_cast<int32_t>(std::upper_bound(std::begin(kTimeBucketStarts), std::end(kTimeBucketStarts),
-                                               static_cast<int64_t>(g)) -
-                              std::begin(kTimeBucketStarts));
+  int32_t c = kStartsBelowWidth[std::bit_width(g)];
+  for (int step = 0; step < kStartsPerWidth; ++step) c += kPaddedStarts[c] <= g;
+  return c;
 }
 
 struct Layer {
@@ -118,7 +142,7 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
   ws.grow(ws.projected, capacity * value_width);
   int64_t longest = 0;
   for (const SequencePlan& p : ws.plans) longest = std::max(longest, p.n_rows);
-  ws.grow(ws.scores, longest + 16);
+  ws.grow(ws.scores, kernels::silu_attention_scratch_floats(longest, dqk));
   ws.grow(ws.pair_keys, longest * longest);  // one sequence's bias matrix at a time
 
   // Each sequence's time buckets b_ij (j <= i), [n, n] from relations[first_row * longest]:
@@ -156,13 +180,11 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
         continue;
       }
       const int64_t first_query = last ? p.readout : 0, n_q = last ? 1 : n;
-      float* bias = ws.pair_keys.data();  // [n_q, n]: p[N−1−(i−j)] + w[b_ij]
-      for (int64_t qi = 0; qi < n_q; ++qi) {
-        const int64_t i = first_query + qi;
-        const int32_t* r = ws.relations.data() + (p.first_row + i) * longest;
-        for (int64_t j = 0; j <= i; ++j)
-          bias[qi * n + j] = layer.position_bias[N - 1 - (i - j)] + layer.time_bias[r[j]];
-      }
+      // [n_q, n]: p[N−1−(i−j)] + w[b_ij], once for all heads.
+      float* bias = ws.pair_keys.data();
+      kernels::offset_index_bias(layer.position_bias, N - 1 - first_query, layer.time_bias,
+                                 ws.relations.data() + (p.first_row + first_query) * longest, longest, n_q,
+                                 first_query, bias, n);
       const float* m = uvqk + p.first_row * width;  // this sequence's rows
       float* out = o + (last ? b : p.first_row) * value_width;
       for (int64_t e = 0; e < heads; ++e) {

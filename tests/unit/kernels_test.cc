@@ -314,33 +314,75 @@ TEST(RelationAttention, MatchesTheReference) {
   }
 }
 
-// HSTU-style: silu(q·k + bias) / divisor, causal, no softmax.
+// HSTU-style: silu(q·k + bias) / divisor, causal, no softmax. Shapes cover the AVX-512 tiles
+// (full and partial 8-row tiles, one query row, 1..4 blocks of values) and the generic path
+// (d_v > 64); the bias past each row's causal end holds NaN, which must never be read.
 TEST(SiluAttention, MatchesTheReference) {
   unsigned seed = 400;
   for (int64_t d_qk : {3, 25, 32}) {
-    for (int64_t d_v : {5, 25}) {
-      for (int64_t n : {1, 9, 33}) {
-        const int64_t first_visible = n / 2, n_q = n - first_visible;
-        auto q = noise(n_q * d_qk, seed++), k = noise(n * d_qk, seed++), v = noise(n * d_v, seed++);
-        auto bias = noise(n_q * n, seed++, 0.5f);
-        std::vector<float> out(n_q * d_v), scratch(n + 16);
-        const float divisor = 211.0f;
-        silu_attention_head(q.data(), d_qk, n_q, k.data(), d_qk, v.data(), d_v, n, d_qk, d_v, bias.data(), n,
-                            first_visible, divisor, out.data(), d_v, scratch.data());
-        double max_err = 0;
-        for (int64_t i = 0; i < n_q; ++i)
-          for (int64_t c = 0; c < d_v; ++c) {
-            double want = 0;
-            for (int64_t j = 0; j <= first_visible + i; ++j) {
-              double x = bias[i * n + j];
-              for (int64_t t = 0; t < d_qk; ++t) x += double(q[i * d_qk + t]) * k[j * d_qk + t];
-              want += x / (1 + std::exp(-x)) / divisor * v[j * d_v + c];
+    for (int64_t d_v : {5, 25, 32, 50, 70}) {
+      for (int64_t n : {1, 9, 33, 70}) {
+        for (int64_t first_visible : {int64_t{0}, n / 2, n - 1}) {
+          const int64_t n_q = n - first_visible;
+          auto q = noise(n_q * d_qk, seed++), k = noise(n * d_qk, seed++), v = noise(n * d_v, seed++);
+          auto bias = noise(n_q * n, seed++, 0.5f);
+          for (int64_t i = 0; i < n_q; ++i)
+            for (int64_t j = first_visible + i + 1; j < n; ++j) bias[i * n + j] = std::nanf("");
+          std::vector<float> out(n_q * d_v), scratch(silu_attention_scratch_floats(n, d_qk));
+          const float divisor = 211.0f;
+          silu_attention_head(q.data(), d_qk, n_q, k.data(), d_qk, v.data(), d_v, n, d_qk, d_v, bias.data(), n,
+                              first_visible, divisor, out.data(), d_v, scratch.data());
+          double max_err = 0;
+          for (int64_t i = 0; i < n_q; ++i)
+            for (int64_t c = 0; c < d_v; ++c) {
+              double want = 0;
+              for (int64_t j = 0; j <= first_visible + i; ++j) {
+                double x = bias[i * n + j];
+                for (int64_t t = 0; t < d_qk; ++t) x += double(q[i * d_qk + t]) * k[j * d_qk + t];
+                want += x / (1 + std::exp(-x)) / divisor * v[j * d_v + c];
+              }
+              max_err = std::max(max_err, std::abs(want - out[i * d_v + c]));
             }
-            max_err = std::max(max_err, std::abs(want - out[i * d_v + c]));
-          }
-        ASSERT_LT(max_err, 1e-6) << d_qk << " " << d_v << " " << n;
+          ASSERT_LT(max_err, 1e-6) << d_qk << " " << d_v << " " << n << " " << first_visible;
+        }
       }
     }
+  }
+}
+
+// Large scores: silu saturates to x (x >> 0) and to -0 (x << 0) without inf or NaN.
+TEST(SiluAttention, LargeScoresStayFinite) {
+  const int64_t n = 20, d = 4;
+  std::vector<float> q(n * d, 0.0f), k(n * d, 0.0f), v(n * d, 1.0f), bias(n * n), out(n * d);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) bias[i * n + j] = (i + j) % 2 ? 300.0f : -300.0f;
+  std::vector<float> scratch(silu_attention_scratch_floats(n, d));
+  silu_attention_head(q.data(), d, n, k.data(), d, v.data(), d, n, d, d, bias.data(), n, 0, 2.0f, out.data(), d,
+                      scratch.data());
+  for (int64_t i = 0; i < n; ++i) {
+    float want = 0;
+    for (int64_t j = 0; j <= i; ++j) want += (i + j) % 2 ? 150.0f : 0.0f;
+    for (int64_t c = 0; c < d; ++c) ASSERT_FLOAT_EQ(out[i * d + c], want) << i;
+  }
+}
+
+TEST(OffsetIndexBias, PicksBothTables) {
+  const int64_t n = 37, offset_len = 2 * n - 1;
+  auto by_offset = noise(offset_len, 450), by_index = noise(129, 451);
+  std::vector<int32_t> index(n * n);
+  for (int64_t t = 0; t < n * n; ++t) index[t] = static_cast<int32_t>((t * 7919) % 129);
+  for (int64_t first_visible : {int64_t{0}, int64_t{5}, n - 1}) {
+    const int64_t n_q = n - first_visible;
+    std::vector<float> out(n_q * n, -1.0f);
+    // Query i is absolute row first_visible + i: offset = n − 1 − first_visible (HSTU's p[N−1−(i−j)]).
+    offset_index_bias(by_offset.data(), n - 1 - first_visible, by_index.data(), index.data() + first_visible * n, n,
+                      n_q, first_visible, out.data(), n);
+    for (int64_t i = 0; i < n_q; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t row = first_visible + i;
+        const float want = j <= row ? by_offset[n - 1 - row + j] + by_index[index[row * n + j]] : -1.0f;
+        ASSERT_EQ(out[i * n + j], want) << first_visible << " " << i << " " << j;
+      }
   }
 }
 
