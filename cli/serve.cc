@@ -24,6 +24,7 @@
 #include "server/model_registry.h"
 #include "server/routes.h"
 #include "weights/model_loader.h"
+#include "weights/seqrec_file.h"
 
 namespace seqrec::cli {
 
@@ -357,7 +358,11 @@ Action add_serve(CLI::App& app) {
 
     for (const auto& served : models.all())
       log("serving model " + served->name + (served == models.default_model() ? " (default)" : "") + ": " +
-          served->loaded.path + " (" + std::to_string(served->loaded.recommender->catalog().size() - 1) + " items)");
+          served->loaded.path + " (" + std::to_string(served->loaded.recommender->catalog().size() - 1) +
+          " items, format v" + std::to_string(served->loaded.format_version) + ", loaded in " +
+          std::to_string(static_cast<int64_t>(served->loaded.load_seconds * 1000 + 0.5)) + " ms" +
+          (served->loaded.format_version < kSeqrecFormatVersion ? "; an old file: re-convert it for faster loads" : "") +
+          ")");
     log("history " + store->describe() + ", " + std::to_string(f->workers.threads) + " inference worker(s)" +
         (f->split.empty() ? "" : ", split " + f->split));
     log("kernels: " + kernel_path() + " path on " + cpu_model() + " (SEQREC_CPU_ISA may force a lower one: " +

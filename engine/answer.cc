@@ -31,7 +31,7 @@ Response answer(const Request& request, const PreparedRequest& prepared, const C
   for (size_t i = 0; i < rows.size(); ++i) {
     const float score = report(raw[i]);
     while (u < unknown.size() && score < 0.0f) out.push_back({unknown[u++], -1, 0.0f});
-    out.push_back({catalog.id(rows[i]), rows[i], score});
+    out.push_back({std::string(catalog.id(rows[i])), rows[i], score});
   }
   while (u < unknown.size()) out.push_back({unknown[u++], -1, 0.0f});
   if (static_cast<int64_t>(out.size()) > request.k) out.resize(static_cast<size_t>(request.k));

@@ -11,13 +11,13 @@ const ModelSpec& validated(const ModelSpec& spec) {
 }
 }  // namespace
 
-Model::Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan)
+Model::Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan, const StoredScorerTables& stored)
     : spec_(validated(spec)),
       weights_(std::move(weights)),
       input_(spec_, weights_),
       blocks_(block_kind_info(spec_.blocks.kind).make(spec_, weights_)),
       readout_(spec_, weights_),
-      scorer_(spec_, weights_, pre_scan) {}
+      scorer_(spec_, weights_, pre_scan, stored) {}
 
 const float* Model::encode(std::span<const SequenceInput> sequences, Workspace& ws) const {
   const int64_t batch = static_cast<int64_t>(sequences.size());

@@ -20,7 +20,9 @@ struct Workspace;
 class Model {
  public:
   // Validates the spec and every weight's presence and shape (seqrec::Error otherwise).
-  Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan = PreScan::automatic);
+  // `stored`: the scorer's tables from the model file (engine/scorer_tables.h), if any.
+  Model(const ModelSpec& spec, WeightMap weights, PreScan pre_scan = PreScan::automatic,
+        const StoredScorerTables& stored = {});
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 

@@ -8,9 +8,15 @@
 namespace seqrec {
 
 Recommender::Recommender(const ModelSpec& spec, WeightMap weights, std::vector<std::string> catalog_ids,
-                         std::vector<uint64_t> popularity, std::optional<double> rating_threshold, PreScan pre_scan)
-    : model_(spec, std::move(weights), pre_scan),
-      catalog_(std::move(catalog_ids)),
+                         std::vector<uint64_t> popularity, std::optional<double> rating_threshold, PreScan pre_scan,
+                         const StoredScorerTables& stored)
+    : Recommender(spec, std::move(weights), Catalog(catalog_ids), std::move(popularity), rating_threshold, pre_scan,
+                  stored) {}
+
+Recommender::Recommender(const ModelSpec& spec, WeightMap weights, Catalog catalog, std::vector<uint64_t> popularity,
+                         std::optional<double> rating_threshold, PreScan pre_scan, const StoredScorerTables& stored)
+    : model_(spec, std::move(weights), pre_scan, stored),
+      catalog_(std::move(catalog)),
       popularity_(std::move(popularity)),
       rules_(prepare_rules(spec, rating_threshold)) {
   if (catalog_.size() != spec.n_items)

@@ -31,7 +31,11 @@ class Recommender {
   // popularity: one count per catalog row (training interactions), or empty.
   Recommender(const ModelSpec& spec, WeightMap weights, std::vector<std::string> catalog_ids,
               std::vector<uint64_t> popularity, std::optional<double> rating_threshold,
-              PreScan pre_scan = PreScan::automatic);
+              PreScan pre_scan = PreScan::automatic, const StoredScorerTables& stored = {});
+  // The same over a catalog already indexed (e.g. the model file's ids in place).
+  Recommender(const ModelSpec& spec, WeightMap weights, Catalog catalog, std::vector<uint64_t> popularity,
+              std::optional<double> rating_threshold, PreScan pre_scan = PreScan::automatic,
+              const StoredScorerTables& stored = {});
 
   const Model& model() const { return model_; }
   const Catalog& catalog() const { return catalog_; }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/model_spec.h"
+#include "engine/scorer_tables.h"
 #include "engine/tensor.h"
 #include "engine/weights.h"
 #include "kernels/gemm.h"
@@ -25,7 +26,13 @@ enum class PreScan {
 
 class Scorer {
  public:
-  Scorer(const ModelSpec& spec, const WeightMap& weights, PreScan pre_scan);
+  // `stored`: the tables a model file carries (format 3), used in place when they fit this
+  // spec; whatever is not stored is made here.
+  Scorer(const ModelSpec& spec, const WeightMap& weights, PreScan pre_scan, const StoredScorerTables& stored = {});
+
+  // The tables a model file stores for this spec and weights: the int8 scan table and the
+  // inverse norms when the scorer would pre-scan the table (PreScan::automatic), none otherwise.
+  static DerivedScorerTables derive_tables(const ModelSpec& spec, const WeightMap& weights);
 
   int64_t n_items() const { return n_items_; }
   // logits: [rows, n_items] raw scores of every catalog row (row 0 included; never recommended)
@@ -36,8 +43,10 @@ class Scorer {
   // then take it: with several queries per load of the int8 table it costs less than the
   // scoring product and its top-k even at batch 64 (kernels_bench, recbole: ~4 vs ~6.6 µs per
   // request).
-  bool has_pre_scan() const { return !quantized_table_.empty(); }
-  size_t pre_scan_bytes() const { return quantized_table_.size(); }
+  bool has_pre_scan() const { return scan_table_ != nullptr; }
+  size_t pre_scan_bytes() const { return has_pre_scan() ? static_cast<size_t>(kernels::quantized_table_bytes(n_items_, d_)) : 0; }
+  // Whether the scan table and the inverse norms were read from the model file, not made at load.
+  bool tables_from_file() const { return stored_.backing != nullptr; }
   // Each query's k best rows for its hidden state (ScanTopK::h, [d]) outside its `never` rows,
   // by exact score (kernels::exact_score, + bias) descending, ties by catalog order: what the
   // full product ranks; the int8 table is read once for all the queries. A query's `found` is
@@ -51,16 +60,19 @@ class Scorer {
   // ([d]), the int8 copy (null when there is none), and 1 / ||row|| per row (0 for a zero
   // row), made at load.
   const float* row(int32_t r) const { return table_ + static_cast<int64_t>(r) * d_; }
-  const uint8_t* quantized_table() const { return quantized_table_.empty() ? nullptr : quantized_table_.data(); }
-  const std::vector<float>& inverse_norms() const;
+  const uint8_t* quantized_table() const { return scan_table_; }
+  const float* inverse_norms() const { return inverse_norms_; }
 
  private:
   int64_t n_items_ = 0, d_ = 0;
   const float* table_ = nullptr;  // [n_items, d]
   const float* bias_ = nullptr;   // [n_items] or null
   kernels::PackedLinear product_;
-  std::vector<uint8_t, UninitAlignedAllocator<uint8_t>> quantized_table_;  // kernels::quantize_table, or empty
-  std::vector<float> inverse_norms_;  // 1/||row|| (0 for a zero row), made at load
+  const uint8_t* scan_table_ = nullptr;    // kernels::quantize_table of table_: stored or own_scan_table_; null: none
+  const float* inverse_norms_ = nullptr;  // [n_items] 1/||row|| (0 for a zero row): stored or own_inverse_norms_
+  std::vector<uint8_t, UninitAlignedAllocator<uint8_t>> own_scan_table_;
+  std::vector<float> own_inverse_norms_;
+  StoredScorerTables stored_;  // keeps the file's tables alive when they are used
 };
 
 // What the API reports for a raw logit (ScoreKind): sigmoid, raw, or the softmax over every

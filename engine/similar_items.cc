@@ -32,11 +32,11 @@ Response Recommender::similar_items(const std::string& item_id, const Request& r
   prepare_request(own, catalog_, rules_, prepared, ws.prepare);
   if (prepared.error) return answer_error(*prepared.error);
 
-  const std::vector<float>& inverse = scorer.inverse_norms();
+  const float* inverse = scorer.inverse_norms();
   const float* query = scorer.row(item);
-  const float inverse_query = inverse[static_cast<size_t>(item)];
+  const float inverse_query = inverse[item];
   auto cosine = [&](int32_t r) {
-    return kernels::exact_score(query, scorer.row(r), d) * (inverse_query * inverse[static_cast<size_t>(r)]);
+    return kernels::exact_score(query, scorer.row(r), d) * (inverse_query * inverse[r]);
   };
 
   // Rows that may be returned: the candidates, or every row but the never ones.
@@ -74,7 +74,7 @@ Response Recommender::similar_items(const std::string& item_id, const Request& r
     std::vector<float> lows;
     lows.reserve(eligible.size());
     for (int32_t r : eligible) {
-      const float c = inverse_query * inverse[static_cast<size_t>(r)];
+      const float c = inverse_query * inverse[r];
       lower[r] *= c;
       upper[r] *= c;
       lows.push_back(lower[r]);

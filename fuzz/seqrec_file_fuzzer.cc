@@ -2,7 +2,7 @@
 // load_model_file, through a memfd path since the loader only opens paths), and a file it
 // accepts on to what `seqrec serve` does with it: a Recommender built from it
 // (weights/model_loader.cc) answering two small requests.
-// Version 2 files carry an XXH3 checksum of their header, which a mutation almost always
+// Version 2 and 3 files carry an XXH3 checksum of their header, which a mutation almost always
 // breaks; so an input whose header checksum is wrong is loaded as is AND with the checksum
 // made right, so the mutations reach the header's parser.
 // A failure: any sanitizer report; an exception other than seqrec::Error (the loader promises
@@ -29,8 +29,8 @@ using seqrec::fuzz::fail;
 
 constexpr size_t kPrefixBytes = 32;  // magic, version, reserved, header length, header checksum
 
-// The bytes with the version 2 header checksum recomputed; empty when it was right already
-// or the input is not shaped like a version 2 file.
+// The bytes with the version 2/3 header checksum recomputed; empty when it was right already
+// or the input is not shaped like a version 2 or 3 file.
 std::vector<uint8_t> with_header_checksum_fixed(const uint8_t* data, size_t size) {
   if (size < kPrefixBytes || std::memcmp(data, "SEQREC\0\1", 8) != 0) return {};
   uint32_t version;
@@ -38,15 +38,18 @@ std::vector<uint8_t> with_header_checksum_fixed(const uint8_t* data, size_t size
   std::memcpy(&version, data + 8, 4);
   std::memcpy(&header_size, data + 16, 8);
   std::memcpy(&stored_sum, data + 24, 8);
-  if (version != 2 || header_size > size - kPrefixBytes) return {};
-  const uint64_t sum = XXH3_64bits(data + kPrefixBytes, static_cast<size_t>(header_size));
+  if ((version != 2 && version != 3) || header_size > size - kPrefixBytes) return {};
+  const auto n = static_cast<size_t>(header_size);
+  const uint64_t sum = version == 3 ? XXH3_64bits_withSeed(data + kPrefixBytes, n, version) : XXH3_64bits(data + kPrefixBytes, n);
   if (sum == stored_sum) return {};
   std::vector<uint8_t> fixed(data, data + size);
   std::memcpy(fixed.data() + 24, &sum, 8);
   return fixed;
 }
 
-void serve(seqrec::ModelFile file) {
+// `in_place`: the same file loaded as the server loads it (catalog in place, stored scorer
+// tables), which is what answers; `file` gives the ids the requests use.
+void serve(seqrec::ModelFile file, seqrec::ModelFile in_place) {
   try {
     seqrec::validate_model_file(file, "loaded");
   } catch (const seqrec::Error& e) {
@@ -63,8 +66,13 @@ void serve(seqrec::ModelFile file) {
   requests[1].candidate_ids = std::vector<std::string>(file.catalog.begin() + (file.catalog.size() > 1 ? 1 : 0),
                                                        file.catalog.end());
   requests[1].recommend_seen = true;
-  const seqrec::Recommender recommender(file.spec, std::move(file.tensors), std::move(file.catalog),
-                                        std::move(file.popularity), file.provenance.rating_threshold);
+  if (!in_place.catalog_in_place) fail("load_model_file(in_place) gave no catalog in place");
+  for (size_t row = 0; row < file.catalog.size(); ++row)
+    if (in_place.catalog_in_place->id(static_cast<int32_t>(row)) != file.catalog[row])
+      fail("the catalog in place differs from the catalog as strings at row " + std::to_string(row));
+  const seqrec::Recommender recommender(in_place.spec, std::move(in_place.tensors), std::move(*in_place.catalog_in_place),
+                                        std::move(in_place.popularity), in_place.provenance.rating_threshold,
+                                        seqrec::PreScan::automatic, in_place.scorer_tables);
   seqrec::Workspace workspace;
   const std::vector<seqrec::Response> responses = recommender.recommend(requests, workspace);
   if (responses.size() != requests.size()) fail("recommend answered " + std::to_string(responses.size()) + " of 2 requests");
@@ -75,14 +83,21 @@ void serve(seqrec::ModelFile file) {
 
 void load(const uint8_t* data, size_t size) {
   const seqrec::fuzz::BytesFile file(data, size);
-  seqrec::ModelFile model;
+  seqrec::ModelFile model, in_place;
   try {
     model = seqrec::load_model_file(file.path());
   } catch (const seqrec::Error&) {
     return;
   }
   try {
-    serve(std::move(model));
+    in_place = seqrec::load_model_file(file.path(), seqrec::CatalogLoad::in_place);
+  } catch (const seqrec::Error& e) {
+    fail(std::string("a file that loads with its catalog as strings fails in place: ") + e.what());
+  }
+  // Version 1 files have no catalog section to use in place: the server indexes their strings.
+  if (!in_place.catalog_in_place) in_place.catalog_in_place = std::make_shared<seqrec::Catalog>(in_place.catalog);
+  try {
+    serve(std::move(model), std::move(in_place));
   } catch (const seqrec::Error&) {
   }
 }

@@ -20,6 +20,8 @@
 #include <unordered_map>
 
 #include "engine/error.h"
+#include "engine/scorer.h"
+#include "kernels/quantized_scan.h"
 
 namespace seqrec {
 namespace {
@@ -89,6 +91,11 @@ std::string non_finite_error(std::string_view field, int64_t index, float v) {
 }
 
 uint64_t checksum(const void* data, uint64_t n) { return XXH3_64bits(data, static_cast<size_t>(n)); }
+// From version 3 the header's checksum is seeded with the format version, so that a damaged
+// version field (3 read as 2, whose files lack only the derived sections) fails it too.
+uint64_t header_checksum(const void* data, uint64_t n, uint32_t version) {
+  return version >= 3 ? XXH3_64bits_withSeed(data, static_cast<size_t>(n), version) : checksum(data, n);
+}
 
 // ---- writing -----------------------------------------------------------------------------
 
@@ -186,6 +193,13 @@ void write_model(std::ostream& os, const ModelFile& m) {
   sections.emplace_back("catalog", Extent{catalog.data(), catalog.size(), 0, 0});
   if (!m.popularity.empty())
     sections.emplace_back("popularity", Extent{m.popularity.data(), m.popularity.size() * sizeof(uint64_t), 0, 0});
+  // What the scorer would otherwise make at every load (engine/scorer_tables.h).
+  const DerivedScorerTables derived = Scorer::derive_tables(m.spec, m.tensors);
+  if (!derived.scan_table.empty()) {
+    sections.emplace_back("scan_table", Extent{derived.scan_table.data(), derived.scan_table.size(), 0, 0});
+    sections.emplace_back("inverse_norms",
+                          Extent{derived.inverse_norms.data(), derived.inverse_norms.size() * sizeof(float), 0, 0});
+  }
 
   // The header's length does not depend on the offsets and sums (fixed-width fields): lay the
   // data out after a first rendering, then render it again with them.
@@ -207,7 +221,7 @@ void write_model(std::ostream& os, const ModelFile& m) {
   w.pod<uint32_t>(kSeqrecFormatVersion);
   w.pod<uint32_t>(0);
   w.pod<uint64_t>(header.size());
-  w.pod<uint64_t>(checksum(header.data(), header.size()));
+  w.pod<uint64_t>(header_checksum(header.data(), header.size(), kSeqrecFormatVersion));
   w.bytes(header.data(), header.size());
   uint64_t written = kPrefixBytes + header.size();
   static const char zeros[kAlign] = {};
@@ -335,6 +349,14 @@ void check_placement(const Reader& r, const std::string& field, const Placed& e,
   end = e.offset + e.bytes;
 }
 
+void verify_finite(const Reader& r, const std::string& field, const uint8_t* data, uint64_t bytes) {
+  const float* v = reinterpret_cast<const float*>(data);
+  if (!all_finite(v, bytes / sizeof(float))) {
+    const int64_t i = first_non_finite(v, bytes / sizeof(float));
+    r.fail(non_finite_error(field, i, v[i]));
+  }
+}
+
 // Checksum, and for floats the finite check, in one pass over the bytes.
 void verify(const Reader& r, const std::string& field, const uint8_t* data, const Placed& e, bool floats) {
   XXH3_state_t* state = XXH3_createState();
@@ -359,7 +381,8 @@ void verify(const Reader& r, const std::string& field, const uint8_t* data, cons
            " (the file is damaged)");
 }
 
-void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, ModelFile& m) {
+// Versions 2 and 3 (3 adds the derived sections; m.format_version says which).
+void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, ModelFile& m, bool in_place) {
   const uint8_t* base = file->data();
   const uint64_t size = file->size();
   Reader prefix(base, size, 0, path);
@@ -373,7 +396,8 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
     prefix.fail("header length " + std::to_string(header_size) + " runs past the end of the file (" +
                 std::to_string(size) + " bytes)");
   const uint8_t* header = base + kPrefixBytes;
-  if (checksum(header, header_size) != header_sum) prefix.fail("header: checksum mismatch (the file is damaged)");
+  if (header_checksum(header, header_size, m.format_version) != header_sum)
+    prefix.fail("header: checksum mismatch (the file is damaged)");
   Reader r(header, header_size, kPrefixBytes, path);
   const uint64_t data_start = align_up(kPrefixBytes + header_size);
 
@@ -440,7 +464,7 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
       const uint8_t* offsets = c.take(8 * (n + 1), "catalog offsets");
       const uint64_t text_bytes = c.remaining();
       const uint8_t* text = c.take(text_bytes, "catalog ids");
-      m.catalog.resize(static_cast<size_t>(n));
+      if (!in_place) m.catalog.resize(static_cast<size_t>(n));
       uint64_t previous = 0;
       for (uint64_t k = 0; k <= n; ++k) {
         uint64_t at;
@@ -448,9 +472,30 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
         if (at < previous || at > text_bytes || (k == n && at != text_bytes) || (k == 0 && at != 0))
           c.fail("catalog offsets: entry " + std::to_string(k) + " = " + std::to_string(at) +
                  ", expected non-decreasing from 0 to " + std::to_string(text_bytes));
-        if (k > 0) m.catalog[k - 1].assign(reinterpret_cast<const char*>(text) + previous, at - previous);
+        if (k > 0 && !in_place) m.catalog[k - 1].assign(reinterpret_cast<const char*>(text) + previous, at - previous);
         previous = at;
       }
+      // The offsets sit 8 bytes into a 64-byte aligned section: u64-aligned in the mapping.
+      if (in_place)
+        m.catalog_in_place = std::make_shared<Catalog>(static_cast<int64_t>(n), reinterpret_cast<const uint64_t*>(offsets),
+                                                       reinterpret_cast<const char*>(text), file);
+    } else if (name == "scan_table" && m.format_version >= 3) {
+      if (m.scorer_tables.scan_table) r.fail(field + ": appears twice");
+      const auto expected = static_cast<uint64_t>(kernels::quantized_table_bytes(m.spec.n_items, m.spec.d));
+      if (e.bytes != expected)
+        r.fail(field + ": " + std::to_string(e.bytes) + " bytes, expected " + std::to_string(expected) + " (n_items " +
+               std::to_string(m.spec.n_items) + ", d " + std::to_string(m.spec.d) + ")");
+      m.scorer_tables.scan_table = data;
+      m.scorer_tables.scan_table_bytes = e.bytes;
+      m.scorer_tables.backing = file;
+    } else if (name == "inverse_norms" && m.format_version >= 3) {
+      if (m.scorer_tables.inverse_norms) r.fail(field + ": appears twice");
+      if (e.bytes != n_items * sizeof(float))
+        r.fail(field + ": " + std::to_string(e.bytes) + " bytes, expected " + std::to_string(n_items * sizeof(float)) +
+               " (one f32 per item)");
+      verify_finite(r, field, data, e.bytes);
+      m.scorer_tables.inverse_norms = reinterpret_cast<const float*>(data);
+      m.scorer_tables.backing = file;
     } else if (name == "popularity") {
       if (!m.popularity.empty()) r.fail(field + ": appears twice");
       if (e.bytes != n_items * sizeof(uint64_t)) r.fail(popularity_size_error(e.bytes / sizeof(uint64_t), m.spec.n_items));
@@ -461,6 +506,9 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
     }
   }
   if (!has_catalog) r.fail("section 'catalog': missing");
+  if ((m.scorer_tables.scan_table == nullptr) != (m.scorer_tables.inverse_norms == nullptr))
+    r.fail(std::string("section '") + (m.scorer_tables.scan_table ? "inverse_norms" : "scan_table") +
+           "': missing (the scan table and the inverse norms are stored together)");
   read_provenance(r, m.provenance);
   if (r.remaining() != 0)
     r.fail("header: " + std::to_string(r.remaining()) + " trailing bytes after the provenance, expected none");
@@ -563,13 +611,35 @@ void read_v1(const uint8_t* base, uint64_t size, const std::string& path, ModelF
     r.fail("trailing bytes: " + std::to_string(r.remaining()) + " after the provenance, expected end of file");
 }
 
+void validate_catalog_ids(const ModelFile& m, const std::function<void(const std::string&)>& fail,
+                          const std::function<void(std::string_view, std::size_t, std::size_t)>& duplicate);
+
 // What validate_model_file checks beyond the framing the readers check.
 void validate_catalog(const ModelFile& m, const std::function<void(const std::string&)>& fail) {
   const auto n_items = static_cast<uint64_t>(m.spec.n_items);
-  if (m.catalog.size() != n_items) fail(catalog_size_error(m.catalog.size(), m.spec.n_items));
-  auto duplicate = [&](const std::string& id, std::size_t first, std::size_t row) {
-    fail("catalog: duplicate id " + single_quoted(id) + " at rows " + std::to_string(first) + " and " + std::to_string(row));
+  auto duplicate = [&](std::string_view id, std::size_t first, std::size_t row) {
+    fail("catalog: duplicate id " + single_quoted(std::string(id)) + " at rows " + std::to_string(first) + " and " +
+         std::to_string(row));
   };
+  if (m.catalog_in_place) {
+    // Indexing the ids found what would make them unusable.
+    const Catalog& c = *m.catalog_in_place;
+    if (static_cast<uint64_t>(c.size()) != n_items) fail(catalog_size_error(static_cast<uint64_t>(c.size()), m.spec.n_items));
+    if (const auto d = c.duplicate()) duplicate(c.id(d->second), static_cast<size_t>(d->first), static_cast<size_t>(d->second));
+    if (const auto e = c.empty_id()) fail("catalog: row " + std::to_string(*e) + ": empty id");
+  } else {
+    validate_catalog_ids(m, fail, duplicate);
+  }
+  if (!m.popularity.empty() && m.popularity.size() != n_items)
+    fail(popularity_size_error(m.popularity.size(), m.spec.n_items));
+  if (m.provenance.rating_threshold && !std::isfinite(*m.provenance.rating_threshold))
+    fail("provenance.rating_threshold: " + std::to_string(*m.provenance.rating_threshold) +
+         ", expected a finite number");
+}
+
+void validate_catalog_ids(const ModelFile& m, const std::function<void(const std::string&)>& fail,
+                          const std::function<void(std::string_view, std::size_t, std::size_t)>& duplicate) {
+  if (m.catalog.size() != static_cast<uint64_t>(m.spec.n_items)) fail(catalog_size_error(m.catalog.size(), m.spec.n_items));
   // Most catalogs are small decimal numbers (MovieLens, exported row ids): those are checked
   // with a table indexed by value, which for a million ids is ~20x faster than hashing them.
   constexpr uint64_t kNumericLimit = uint64_t{1} << 28;
@@ -607,11 +677,6 @@ void validate_catalog(const ModelFile& m, const std::function<void(const std::st
       if (!inserted) duplicate(id, it->second, row);
     }
   }
-  if (!m.popularity.empty() && m.popularity.size() != n_items)
-    fail(popularity_size_error(m.popularity.size(), m.spec.n_items));
-  if (m.provenance.rating_threshold && !std::isfinite(*m.provenance.rating_threshold))
-    fail("provenance.rating_threshold: " + std::to_string(*m.provenance.rating_threshold) +
-         ", expected a finite number");
 }
 
 }  // namespace
@@ -681,7 +746,7 @@ void save_model_file(const ModelFile& model, const std::string& path) {
   if (ec) fail("cannot rename " + tmp + ": " + ec.message());
 }
 
-ModelFile load_model_file(const std::string& path) {
+ModelFile load_model_file(const std::string& path, CatalogLoad catalog) {
   // The whole file, mapped (FileBytes): nothing is copied, and nothing is parsed twice.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -711,13 +776,13 @@ ModelFile load_model_file(const std::string& path) {
   model.format_version = version;
   if (version == 1)
     read_v1(base, size, path, model);
-  else if (version == kSeqrecFormatVersion)
-    read_v2(file, path, model);
+  else if (version == 2 || version == 3)
+    read_v2(file, path, model, catalog == CatalogLoad::in_place);
   else if (version > kSeqrecFormatVersion)
     throw Error(path + ": format version " + std::to_string(version) +
-                ": written by a newer seqrec (this build reads versions 1 and 2)");
+                ": written by a newer seqrec (this build reads versions 1, 2 and 3)");
   else
-    throw Error(path + ": format version " + std::to_string(version) + ", expected 1 or 2");
+    throw Error(path + ": format version " + std::to_string(version) + ", expected 1, 2 or 3");
   auto fail = [&](const std::string& message) { throw Error(path + ": " + message); };
   validate_catalog(model, fail);
   return model;

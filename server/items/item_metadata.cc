@@ -207,7 +207,7 @@ size_t ItemMetadata::n_tag_assignments() const {
 std::function<std::shared_ptr<const ItemTags>(const Catalog&)> tags_for(const ItemMetadata* metadata) {
   if (!metadata) return {};
   return [metadata](const Catalog& catalog) {
-    return std::make_shared<const ItemTags>(catalog, [metadata](const std::string& id) {
+    return std::make_shared<const ItemTags>(catalog, [metadata](std::string_view id) {
       const ItemRecord* record = metadata->find(id);
       return record ? &record->tags : nullptr;
     });

@@ -673,3 +673,60 @@ TEST(PreScanRecommender, SmallAndLargeBatchesAnswerBitForBit) {
 
 }  // namespace
 }  // namespace seqrec
+
+#include <filesystem>
+
+#include "weights/model_loader.h"
+#include "weights/seqrec_file.h"
+
+namespace seqrec {
+namespace {
+
+// A model file (format 3) carries the scorer's scan table and inverse norms for catalogs it
+// pre-scans; a load uses them in place. Answers, similar items included, are bit for bit those
+// of the same model with tables made at load.
+TEST(StoredScorerTables, AnswerAsTablesMadeAtLoad) {
+  const ModelSpec spec = testing::small_spec(2100, 10, 32, 2);  // 67,200 floats: pre-scanned
+  ModelFile file;
+  file.spec = spec;
+  file.tensors = testing::random_weights(spec, 21);
+  file.catalog = testing::offset_ids(spec.n_items);
+  file.provenance = {"safetensors", "", "m.safetensors", "test", std::nullopt};
+  const std::string path = ::testing::TempDir() + "stored_tables.seqrec";
+  save_model_file(file, path);
+
+  const ModelFile read = load_model_file(path);
+  ASSERT_NE(read.scorer_tables.scan_table, nullptr);
+  ASSERT_NE(read.scorer_tables.inverse_norms, nullptr);
+  const DerivedScorerTables derived = Scorer::derive_tables(spec, file.tensors);
+  ASSERT_EQ(read.scorer_tables.scan_table_bytes, derived.scan_table.size());
+  EXPECT_EQ(std::memcmp(read.scorer_tables.scan_table, derived.scan_table.data(), derived.scan_table.size()), 0);
+  EXPECT_EQ(std::memcmp(read.scorer_tables.inverse_norms, derived.inverse_norms.data(),
+                        derived.inverse_norms.size() * sizeof(float)), 0);
+
+  const LoadedModel loaded = load_recommender(path, std::nullopt, nullptr);
+  const Recommender& from_file = *loaded.recommender;
+  ASSERT_TRUE(from_file.model().scorer().tables_from_file());
+  ASSERT_TRUE(from_file.model().scorer().has_pre_scan());
+  const Recommender made(spec, testing::random_weights(spec, 21), testing::offset_ids(spec.n_items), {}, std::nullopt);
+  ASSERT_FALSE(made.model().scorer().tables_from_file());
+  for (const Request& r : request_mix(spec.n_items, 17))
+    expect_same_answers(one(from_file, r), one(made, r), 0, "recommend");
+  Workspace ws_a, ws_b;
+  Request similar;
+  similar.k = 10;
+  for (const std::string item : {"100", "517", "2198"})
+    expect_same_answers(from_file.similar_items(item, similar, ws_a), made.similar_items(item, similar, ws_b), 0,
+                        "similar items of " + item);
+  std::filesystem::remove(path);
+}
+
+// Small catalogs are scored in full: nothing derived is stored, and the file is as version 2
+// wrote it but for its version number.
+TEST(StoredScorerTables, NoneForCatalogsScoredInFull) {
+  const ModelSpec spec = testing::small_spec(40, 10, 32, 2);
+  EXPECT_TRUE(Scorer::derive_tables(spec, testing::random_weights(spec)).scan_table.empty());
+}
+
+}  // namespace
+}  // namespace seqrec

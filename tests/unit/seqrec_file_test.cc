@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/scorer.h"
 
 #include <map>
 #include <xxhash.h>
@@ -161,9 +162,11 @@ struct Encoded {
 uint64_t xxh3(const std::string& bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
 uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
 
-// Version 2: prefix | header (spec fields, tensor directory, sections, provenance) | data.
-// `order` (default: required_tensors order, then any extra) lists the tensors to write.
-Encoded encode(const ModelFile& m, uint32_t version = kSeqrecFormatVersion) {
+// Versions 2 and 3: prefix | header (spec fields, tensor directory, sections, provenance) | data.
+// Tensors in required_tensors order, then any extra; `extra` sections after the catalog and
+// popularity (version 3's derived tables, or damaged ones).
+Encoded encode(const ModelFile& m, uint32_t version = kSeqrecFormatVersion,
+               const std::vector<std::pair<std::string, std::string>>& extra = {}) {
   std::vector<std::string> order;
   for (const auto& decl : required_tensors(m.spec))
     if (m.tensors.count(decl.name)) order.push_back(decl.name);
@@ -183,6 +186,7 @@ Encoded encode(const ModelFile& m, uint32_t version = kSeqrecFormatVersion) {
   std::string popularity(reinterpret_cast<const char*>(m.popularity.data()), m.popularity.size() * 8);
   std::vector<std::pair<std::string, const std::string*>> sections = {{"catalog", &catalog}};
   if (!m.popularity.empty()) sections.emplace_back("popularity", &popularity);
+  for (const auto& [name, bytes] : extra) sections.emplace_back(name, &bytes);
 
   // The header twice: its length does not depend on the offsets.
   auto header = [&](const std::vector<uint64_t>& offsets, Encoded& h, std::size_t base) {
@@ -264,7 +268,7 @@ Encoded encode(const ModelFile& m, uint32_t version = kSeqrecFormatVersion) {
   e.mark("header length");
   e.pod<uint64_t>(h.bytes.size(), true);
   e.mark("header checksum");
-  e.pod<uint64_t>(xxh3(h.bytes), true);
+  e.pod<uint64_t>(version >= 3 ? XXH3_64bits_withSeed(h.bytes.data(), h.bytes.size(), version) : xxh3(h.bytes), true);
   e.framing.emplace_back(32, 32 + h.bytes.size());  // every header byte is checksummed
   for (const auto& [key, offset] : h.at) e.at.emplace(key, offset);
   e.bytes += h.bytes;
@@ -354,10 +358,11 @@ class SeqrecFileTest : public ::testing::Test {
   }
   // Loads `bytes` and returns the error message; fails the test if loading succeeds or the
   // message is not one line starting with the file path and naming `expected`.
-  std::string load_error(const std::string& bytes, const std::string& expected) {
+  std::string load_error(const std::string& bytes, const std::string& expected,
+                         CatalogLoad catalog = CatalogLoad::as_strings) {
     write(bytes);
     try {
-      load_model_file(path_);
+      load_model_file(path_, catalog);
     } catch (const Error& e) {
       const std::string message = e.what();
       EXPECT_EQ(message.rfind(path_ + ": ", 0), 0u) << message;
@@ -380,7 +385,10 @@ void patch_u64(std::string& bytes, std::size_t offset, uint64_t value) {
 void reseal(std::string& bytes) {
   uint64_t length;
   std::memcpy(&length, bytes.data() + 16, 8);
-  patch_u64(bytes, 24, XXH3_64bits(bytes.data() + 32, static_cast<size_t>(length)));
+  uint32_t version;
+  std::memcpy(&version, bytes.data() + 8, 4);
+  const auto n = static_cast<size_t>(length);
+  patch_u64(bytes, 24, version >= 3 ? XXH3_64bits_withSeed(bytes.data() + 32, n, version) : XXH3_64bits(bytes.data() + 32, n));
 }
 
 // ---- round trip and layout ---------------------------------------------------------------
@@ -429,6 +437,75 @@ TEST_F(SeqrecFileTest, VersionOneFilesStillLoad) {
     expect_same(model, loaded);
     EXPECT_EQ(loaded.format_version, 1u);
   }
+}
+
+// A model whose catalog the scorer pre-scans: version 3 stores its derived tables.
+ModelFile prescanned_model() {
+  ModelFile m = small_model();
+  m.spec.n_items = 2100;
+  m.spec.d = 32;
+  m.spec.blocks.ffn_dim = 32;
+  m.tensors.clear();
+  float next = 0;
+  for (const auto& decl : required_tensors(m.spec)) {
+    Tensor t(decl.shape);
+    for (auto& v : t.data) v = std::sin(next += 0.25f);
+    m.tensors.emplace(decl.name, std::move(t));
+  }
+  m.catalog.assign({"[PAD]"});
+  for (int64_t r = 1; r < m.spec.n_items; ++r) m.catalog.push_back("i" + std::to_string(r));
+  m.popularity.clear();
+  return m;
+}
+
+std::vector<std::pair<std::string, std::string>> derived_sections(const ModelFile& m) {
+  const DerivedScorerTables d = Scorer::derive_tables(m.spec, m.tensors);
+  return {{"scan_table", std::string(reinterpret_cast<const char*>(d.scan_table.data()), d.scan_table.size())},
+          {"inverse_norms", std::string(reinterpret_cast<const char*>(d.inverse_norms.data()), d.inverse_norms.size() * 4)}};
+}
+
+TEST_F(SeqrecFileTest, VersionThreeStoresTheScorersTables) {
+  const ModelFile model = prescanned_model();
+  save_model_file(model, path_);
+  EXPECT_EQ(read(path_), encode(model, 3, derived_sections(model)).bytes);
+  const ModelFile loaded = load_model_file(path_);
+  expect_same(model, loaded);
+  EXPECT_NE(loaded.scorer_tables.scan_table, nullptr);
+  EXPECT_NE(loaded.scorer_tables.inverse_norms, nullptr);
+}
+
+// Version 2 files (no derived tables) still load; the scorer makes its tables itself.
+TEST_F(SeqrecFileTest, VersionTwoFilesStillLoad) {
+  const ModelFile model = prescanned_model();
+  write(encode(model, 2).bytes);
+  const ModelFile loaded = load_model_file(path_);
+  expect_same(model, loaded);
+  EXPECT_EQ(loaded.format_version, 2u);
+  EXPECT_EQ(loaded.scorer_tables.scan_table, nullptr);
+  // A version 2 file may not carry version 3's sections.
+  load_error(encode(model, 2, derived_sections(model)).bytes, "section 'scan_table': unknown section");
+}
+
+TEST_F(SeqrecFileTest, DamagedScorerTables) {
+  const ModelFile model = prescanned_model();
+  auto sections = derived_sections(model);
+  const std::size_t scan_bytes = sections[0].second.size();
+  load_error(encode(model, 3, {sections[0]}).bytes, "section 'inverse_norms': missing");
+  load_error(encode(model, 3, {sections[1]}).bytes, "section 'scan_table': missing");
+  auto shorter = sections;
+  shorter[0].second.resize(scan_bytes - 64);
+  load_error(encode(model, 3, shorter).bytes,
+             "section 'scan_table': " + std::to_string(scan_bytes - 64) + " bytes, expected " + std::to_string(scan_bytes));
+  auto fewer = sections;
+  fewer[1].second.resize(4 * 100);
+  load_error(encode(model, 3, fewer).bytes, "section 'inverse_norms': 400 bytes, expected 8400 (one f32 per item)");
+  auto nan = sections;
+  const float bad = std::nanf("");
+  std::memcpy(nan[1].second.data() + 4 * 7, &bad, 4);
+  load_error(encode(model, 3, nan).bytes, "section 'inverse_norms'");
+  auto twice = sections;
+  twice.push_back(sections[0]);
+  load_error(encode(model, 3, twice).bytes, "section 'scan_table': appears twice");
 }
 
 TEST_F(SeqrecFileTest, SaveOverwritesAnExistingFile) {
@@ -532,6 +609,31 @@ TEST_F(SeqrecFileTest, DuplicateCatalogIdNamesIdAndRows) {
   ModelFile model = small_model();
   model.catalog[5] = "item_2";
   load_error(encode(model).bytes, "catalog: duplicate id 'item_2' at rows 2 and 5");
+  load_error(encode(model).bytes, "catalog: duplicate id 'item_2' at rows 2 and 5", CatalogLoad::in_place);
+  ModelFile numeric = small_model();
+  for (size_t r = 1; r < numeric.catalog.size(); ++r) numeric.catalog[r] = std::to_string(10 * r);
+  numeric.catalog[6] = "30";
+  load_error(encode(numeric).bytes, "catalog: duplicate id '30' at rows 3 and 6", CatalogLoad::in_place);
+}
+
+// Served models keep their ids where the mapped file holds them: the same ids, the same rows.
+TEST_F(SeqrecFileTest, CatalogInPlace) {
+  for (ModelFile model : {small_model(), prescanned_model()}) {
+    model.catalog[0] = model.catalog[3];  // the padding row may repeat an id; lookups never return row 0
+    write(encode(model).bytes);
+    const ModelFile loaded = load_model_file(path_, CatalogLoad::in_place);
+    EXPECT_TRUE(loaded.catalog.empty());
+    ASSERT_NE(loaded.catalog_in_place, nullptr);
+    const Catalog& c = *loaded.catalog_in_place;
+    ASSERT_EQ(c.size(), static_cast<int64_t>(model.catalog.size()));
+    for (size_t r = 0; r < model.catalog.size(); ++r) {
+      EXPECT_EQ(c.id(static_cast<int32_t>(r)), model.catalog[r]);
+      if (r > 0) EXPECT_EQ(c.row(model.catalog[r]), static_cast<int32_t>(r));
+    }
+    EXPECT_EQ(c.row(model.catalog[3]), 3);
+    EXPECT_EQ(c.row("nope"), -1);
+    EXPECT_EQ(c.row(""), -1);
+  }
 }
 
 TEST_F(SeqrecFileTest, PaddingRowMayRepeatAnId) {
@@ -545,6 +647,7 @@ TEST_F(SeqrecFileTest, EmptyCatalogId) {
   ModelFile model = small_model();
   model.catalog[4].clear();
   load_error(encode(model).bytes, "catalog: row 4: empty id");
+  load_error(encode(model).bytes, "catalog: row 4: empty id", CatalogLoad::in_place);
 }
 
 TEST_F(SeqrecFileTest, CatalogSizeMismatch) {
@@ -653,7 +756,7 @@ TEST_F(SeqrecFileTest, BadMagic) {
 
 TEST_F(SeqrecFileTest, NewerAndOlderFormatVersions) {
   load_error(encode(small_model(), kSeqrecFormatVersion + 1).bytes, "written by a newer seqrec");
-  load_error(encode(small_model(), 0).bytes, "format version 0, expected 1 or 2");
+  load_error(encode(small_model(), 0).bytes, "format version 0, expected 1, 2 or 3");
 }
 
 TEST_F(SeqrecFileTest, TrailingBytes) {

@@ -45,12 +45,12 @@ TEST_P(SimilarItems, SameAsEveryCosineComputed) {
     for (int64_t k : {1, 10, 200}) {
       Request request;
       request.k = k;
-      const Response got = rec.similar_items(rec.catalog().id(item), request, ws);
+      const Response got = rec.similar_items(std::string(rec.catalog().id(item)), request, ws);
       ASSERT_FALSE(got.error);
       const auto want = brute_force(rec, item, k, eligible);
       ASSERT_EQ(want.size(), got.recommendations.size());
       for (size_t j = 0; j < want.size(); ++j) {
-        EXPECT_EQ(rec.catalog().id(want[j].first), got.recommendations[j].id) << "item " << item << " k " << k;
+        EXPECT_EQ(std::string(rec.catalog().id(want[j].first)), got.recommendations[j].id) << "item " << item << " k " << k;
         EXPECT_EQ(want[j].second, got.recommendations[j].score);
       }
     }
@@ -63,14 +63,14 @@ TEST_P(SimilarItems, CandidatesExclusionsAndUnknownItems) {
   Workspace ws;
   Request request;
   request.k = 5;
-  request.candidate_ids = std::vector<std::string>{rec.catalog().id(7), rec.catalog().id(9), rec.catalog().id(3), "nope",
-                                                   rec.catalog().id(3)};
-  request.exclude_ids = {rec.catalog().id(9)};
-  const Response got = rec.similar_items(rec.catalog().id(3), request, ws);
+  request.candidate_ids = std::vector<std::string>{std::string(rec.catalog().id(7)), std::string(rec.catalog().id(9)), std::string(rec.catalog().id(3)), "nope",
+                                                   std::string(rec.catalog().id(3))};
+  request.exclude_ids = {std::string(rec.catalog().id(9))};
+  const Response got = rec.similar_items(std::string(rec.catalog().id(3)), request, ws);
   const auto want = brute_force(rec, 3, 5, {7});
   ASSERT_EQ(2u, got.recommendations.size());  // item 7, then the unknown candidate at score 0 or before it
   bool has7 = false;
-  for (const ScoredItem& it : got.recommendations) has7 |= it.id == rec.catalog().id(7);
+  for (const ScoredItem& it : got.recommendations) has7 |= it.id == std::string(rec.catalog().id(7));
   EXPECT_TRUE(has7);
   const Response unknown = rec.similar_items("no-such-item", request, ws);
   ASSERT_TRUE(unknown.error);
@@ -84,7 +84,7 @@ INSTANTIATE_TEST_SUITE_P(Paths, SimilarItems, ::testing::Values(PreScan::always,
 // Tags: row r carries "even"/"odd", and "ten" when r % 10 == 0; row 5 carries nothing.
 std::shared_ptr<ItemTags> parity_tags(const Catalog& catalog) {
   static std::vector<std::string> even{"even"}, odd{"odd"}, even_ten{"even", "ten"};
-  return std::make_shared<ItemTags>(catalog, [&catalog](const std::string& id) -> const std::vector<std::string>* {
+  return std::make_shared<ItemTags>(catalog, [&catalog](std::string_view id) -> const std::vector<std::string>* {
     const int32_t r = catalog.row(id);
     if (r == 5) return nullptr;
     return r % 10 == 0 ? &even_ten : r % 2 == 0 ? &even : &odd;
@@ -115,7 +115,7 @@ TEST_P(Filters, FilteredAnswerIsTheFullRankingRestricted) {
   rec.set_item_tags(parity_tags(rec.catalog()));
   Workspace ws;
   Request base;
-  base.interactions = {{rec.catalog().id(4), 1, std::nullopt}, {rec.catalog().id(8), 2, std::nullopt}};
+  base.interactions = {{std::string(rec.catalog().id(4)), 1, std::nullopt}, {std::string(rec.catalog().id(8)), 2, std::nullopt}};
   base.k = 4000;
   const std::vector<ScoredItem> everything = rec.recommend({&base, 1}, ws)[0].recommendations;
   for (const ItemFilter& filter : {ItemFilter{{"ten"}, {}, {}}, ItemFilter{{}, {}, {"odd"}}, ItemFilter{{"odd"}, {}, {}}}) {
