@@ -3,7 +3,8 @@
 # enough on a brand-new minimal Debian 12 or 13 (scripts/check-fresh-machine.sh proves it).
 #   scripts/install-deps.sh          build + run dependencies
 #   scripts/install-deps.sh --test   also what the test suite needs (PyTorch for parity, Redis,
-#                                    Chromium + Node.js/npm for the web console's browser test)
+#                                    Chromium + Node.js/npm for the web console's browser test,
+#                                    clang for the fuzzers)
 #   scripts/install-deps.sh --deb    also what building the Debian package needs (dpkg-shlibdeps)
 #   scripts/install-deps.sh --bench  also what bench/ runs against: PyTorch, wrk, Node.js + npm,
 #                                    and onnxruntime-node (npm, into bench/node_modules)
@@ -19,6 +20,8 @@ case "${1:-}" in
     # python3-jsonschema: every HTTP test answer is checked against the OpenAPI document;
     # mypy: the Python client's type check.
     packages+=(python3 python3-torch python3-numpy redis-server python3-jsonschema mypy)
+    # clang: the fuzzers' short run (scripts/fuzz.sh; libFuzzer comes with clang's compiler-rt).
+    packages+=(clang)
     # The web console's test (tests/console): playwright-core (npm, installed by the test itself
     # with `npm ci`) drives Debian's chromium headless. Node.js may come from another apt source
     # that bundles npm; add Debian's only if missing.
