@@ -40,8 +40,8 @@ done
 ((${#fuzzers[@]})) || fuzzers=("${all_fuzzers[@]}")
 
 if ! command -v clang++ > /dev/null; then
-  echo "fuzz.sh: clang++ not found: installing Debian's clang (libFuzzer comes with its compiler-rt)" >&2
-  apt-get install -y clang
+  echo "fuzz.sh: clang++ not found: installing Debian's clang and its compiler-rt (libFuzzer, sanitizers)" >&2
+  apt-get install -y --no-install-recommends clang libclang-rt-dev
 fi
 
 build=build-fuzz

@@ -20,8 +20,9 @@ case "${1:-}" in
     # python3-jsonschema: every HTTP test answer is checked against the OpenAPI document;
     # mypy: the Python client's type check.
     packages+=(python3 python3-torch python3-numpy redis-server python3-jsonschema mypy)
-    # clang: the fuzzers' short run (scripts/fuzz.sh; libFuzzer comes with clang's compiler-rt).
-    packages+=(clang)
+    # clang: the fuzzers' short run (scripts/fuzz.sh). libFuzzer and the sanitizer runtimes are
+    # in compiler-rt (libclang-rt-dev), only a Recommends of clang.
+    packages+=(clang libclang-rt-dev)
     # The web console's test (tests/console): playwright-core (npm, installed by the test itself
     # with `npm ci`) drives Debian's chromium headless. Node.js may come from another apt source
     # that bundles npm; add Debian's only if missing.
