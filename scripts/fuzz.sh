@@ -40,8 +40,8 @@ done
 ((${#fuzzers[@]})) || fuzzers=("${all_fuzzers[@]}")
 
 if ! command -v clang++ > /dev/null; then
-  echo "fuzz.sh: clang++ not found: installing Debian's clang and its compiler-rt (libFuzzer, sanitizers)" >&2
-  apt-get install -y --no-install-recommends clang libclang-rt-dev
+  echo "fuzz.sh: clang++ not found: installing Debian's clang, its compiler-rt (libFuzzer, sanitizers) and OpenMP runtime" >&2
+  apt-get install -y --no-install-recommends clang libclang-rt-dev libomp-dev
 fi
 
 build=build-fuzz

@@ -21,8 +21,9 @@ case "${1:-}" in
     # mypy: the Python client's type check.
     packages+=(python3 python3-torch python3-numpy redis-server python3-jsonschema mypy)
     # clang: the fuzzers' short run (scripts/fuzz.sh). libFuzzer and the sanitizer runtimes are
-    # in compiler-rt (libclang-rt-dev), only a Recommends of clang.
-    packages+=(clang libclang-rt-dev)
+    # in compiler-rt (libclang-rt-dev), only a Recommends of clang; the kernels' OpenMP under
+    # clang needs LLVM's runtime (libomp-dev; g++ brings its own libgomp).
+    packages+=(clang libclang-rt-dev libomp-dev)
     # The web console's test (tests/console): playwright-core (npm, installed by the test itself
     # with `npm ci`) drives Debian's chromium headless. Node.js may come from another apt source
     # that bundles npm; add Debian's only if missing.
