@@ -236,15 +236,16 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
     // y = u ⊙ LN(o) on the rows that go on, then x += y·W_oᵀ + b_o.
     const int64_t n_out = last ? batch : rows;
     float* y = ws.projected.data();
-    kernels::layer_norm(o, value_width, n_out, value_width, nullptr, nullptr, blocks.ln_eps, y, value_width);
+    // u as the norm's per-row gamma: the same products as LN(o), then ⊙ u (an affine-free norm
+    // times 1 is exact), without a second pass over y.
     for (int64_t r = 0; r < n_out; ++r) {
-      const SequencePlan* p = last ? &ws.plans[r] : nullptr;
-      if (last && p->n_rows == 0) {
+      if (last && ws.plans[r].n_rows == 0) {
         std::fill(y + r * value_width, y + (r + 1) * value_width, 0.0f);
         continue;
       }
       const float* u = last ? uq + r * vk_width : uvqk + r * width;
-      for (int64_t c = 0; c < value_width; ++c) y[r * value_width + c] *= u[c];
+      kernels::layer_norm(o + r * value_width, value_width, 1, value_width, u, nullptr, blocks.ln_eps,
+                          y + r * value_width, value_width);
     }
     if (last) {
       for (int64_t b = 0; b < batch; ++b) {  // the residual: each read-out row's x
