@@ -91,7 +91,8 @@ int32_t time_bucket(int64_t gap) {
 }
 
 struct Layer {
-  PackedLinear uvqk;                     // silu fused
+  PackedLinear uvqk;                     // silu fused; not in the last block, which has vk and uq
+  PackedLinear vk, uq;                   // the last block's [v | k] (every row), [u | q] (read-out rows)
   const float* position_bias = nullptr;  // [2N − 1]
   const float* time_bias = nullptr;      // [time_buckets + 1]
   PackedLinear out;                      // + residual, fused
@@ -106,8 +107,24 @@ class HstuStack final : public BlockStack {
       const std::string p = tensor_names::layer(i);
       const bool last = i + 1 == b.n_layers;
       Layer layer;
-      layer.uvqk = PackedLinear(weight(weights, p + "/uvqk/weight", {width, d}), nullptr, width, d,
-                                kernels::Epilogue::swish, true, kernels::Rows::padded);
+      const float* uvqk = weight(weights, p + "/uvqk/weight", {width, d});
+      if (!last) {
+        layer.uvqk = PackedLinear(uvqk, nullptr, width, d, kernels::Epilogue::swish, true, kernels::Rows::padded);
+      } else {
+        // The last block reads out one row per sequence: u and q are needed there only, v and k
+        // on every row (halves the block's projection: ~2% of hstu-large). Each output column is
+        // the same product as in uvqk, so the bits do not change.
+        const int64_t hv = b.heads * b.linear_dim, hqk = b.heads * b.attention_dim;
+        auto rows_of = [&](std::initializer_list<std::pair<int64_t, int64_t>> ranges) {
+          std::vector<float> w;
+          for (auto [first, count] : ranges) w.insert(w.end(), uvqk + first * d, uvqk + (first + count) * d);
+          return w;
+        };
+        const std::vector<float> vk = rows_of({{hv, hv}, {2 * hv + hqk, hqk}});
+        const std::vector<float> uq = rows_of({{0, hv}, {2 * hv, hqk}});
+        layer.vk = PackedLinear(vk.data(), nullptr, hv + hqk, d, kernels::Epilogue::swish, true, kernels::Rows::padded);
+        layer.uq = PackedLinear(uq.data(), nullptr, hv + hqk, d, kernels::Epilogue::swish, true, kernels::Rows::exact);
+      }
       layer.position_bias = weight(weights, p + "/relative_bias/position/weight", {2 * b.attention_len - 1});
       layer.time_bias = weight(weights, p + "/relative_bias/time/weight", {b.time_buckets + 1});
       const LinearWeights out = linear_weights(weights, p + "/out", d, b.heads * b.linear_dim);
@@ -140,6 +157,7 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
   ws.grow(ws.qkv, capacity * width);
   ws.grow(ws.context, capacity * value_width);
   ws.grow(ws.projected, capacity * value_width);
+  ws.grow(ws.hidden, kernels::padded_rows(batch) * d);  // the last block's read-out rows of LN(x)
   int64_t longest = 0;
   for (const SequencePlan& p : ws.plans) longest = std::max(longest, p.n_rows);
   ws.grow(ws.scores, kernels::silu_attention_scratch_floats(longest, dqk));
@@ -168,7 +186,26 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
     const Layer& layer = layers_[l];
     const bool last = l + 1 == layers_.size();
     kernels::layer_norm(x, d, rows, d, nullptr, nullptr, blocks.ln_eps, normed, d);
-    layer.uvqk.apply(normed, d, rows, uvqk);  // silu fused
+    // Where u, v, q, k of row r (or, in the last block, u and q of sequence b) are: uvqk with
+    // row stride `width`, or in the last block [v | k] rows of width vk_width and [u | q] rows.
+    const int64_t vk_width = value_width + heads * dqk;
+    float* uq = uvqk + capacity * vk_width;  // the last block's [u | q], [batch, vk_width]
+    if (!last) {
+      layer.uvqk.apply(normed, d, rows, uvqk);  // silu fused
+    } else {
+      layer.vk.apply(normed, d, rows, uvqk);
+      float* readout = ws.hidden.data();
+      for (int64_t b = 0; b < batch; ++b) {
+        const SequencePlan& p = ws.plans[b];
+        if (p.n_rows > 0)
+          std::copy(normed + (p.first_row + p.readout) * d, normed + (p.first_row + p.readout + 1) * d, readout + b * d);
+        else
+          std::fill(readout + b * d, readout + (b + 1) * d, 0.0f);
+      }
+      layer.uq.apply(readout, d, batch, uq);
+    }
+    const int64_t row_width = last ? vk_width : width;
+    const int64_t v_at = last ? 0 : value_width, k_at = last ? value_width : 2 * value_width + heads * dqk;
 
     // Attention per sequence and head: o [rows (or batch), H·dv] in context.
     float* o = ws.context.data();
@@ -185,29 +222,30 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
       kernels::offset_index_bias(layer.position_bias, N - 1 - first_query, layer.time_bias,
                                  ws.relations.data() + (p.first_row + first_query) * longest, longest, n_q,
                                  first_query, bias, n);
-      const float* m = uvqk + p.first_row * width;  // this sequence's rows
+      const float* m = uvqk + p.first_row * row_width;  // this sequence's rows
+      const float* q_rows = last ? uq + b * vk_width + value_width : m + first_query * width + 2 * value_width;
       float* out = o + (last ? b : p.first_row) * value_width;
       for (int64_t e = 0; e < heads; ++e) {
-        const float* v = m + value_width + e * dv;
-        const float* q = m + first_query * width + 2 * value_width + e * dqk;
-        const float* k = m + 2 * value_width + heads * dqk + e * dqk;
-        kernels::silu_attention_head(q, width, n_q, k, width, v, width, n, dqk, dv, bias, n, first_query, divisor,
-                                     out + e * dv, value_width, ws.scores.data());
+        const float* v = m + v_at + e * dv;
+        const float* q = q_rows + e * dqk;
+        const float* k = m + k_at + e * dqk;
+        kernels::silu_attention_head(q, width, n_q, k, row_width, v, row_width, n, dqk, dv, bias, n, first_query,
+                                     divisor, out + e * dv, value_width, ws.scores.data());
       }
     }
     // y = u ⊙ LN(o) on the rows that go on, then x += y·W_oᵀ + b_o.
     const int64_t n_out = last ? batch : rows;
     float* y = ws.projected.data();
-    kernels::layer_norm(o, value_width, n_out, value_width, nullptr, nullptr, blocks.ln_eps, y, value_width);
+    // u as the norm's per-row gamma: the same products as LN(o), then ⊙ u (an affine-free norm
+    // times 1 is exact), without a second pass over y.
     for (int64_t r = 0; r < n_out; ++r) {
-      const SequencePlan* p = last ? &ws.plans[r] : nullptr;
-      if (last && p->n_rows == 0) {
+      if (last && ws.plans[r].n_rows == 0) {
         std::fill(y + r * value_width, y + (r + 1) * value_width, 0.0f);
         continue;
       }
-      const int64_t row = last ? p->first_row + p->readout : r;
-      const float* u = uvqk + row * width;
-      for (int64_t c = 0; c < value_width; ++c) y[r * value_width + c] *= u[c];
+      const float* u = last ? uq + r * vk_width : uvqk + r * width;
+      kernels::layer_norm(o + r * value_width, value_width, 1, value_width, u, nullptr, blocks.ln_eps,
+                          y + r * value_width, value_width);
     }
     if (last) {
       for (int64_t b = 0; b < batch; ++b) {  // the residual: each read-out row's x
