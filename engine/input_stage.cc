@@ -116,4 +116,15 @@ int64_t InputStage::embed(std::span<const SequenceInput> sequences, Workspace& w
   return rows;
 }
 
+void gather_readout_rows(const float* x, int64_t d, std::span<const SequencePlan> plans, float* out) {
+  for (size_t b = 0; b < plans.size(); ++b) {
+    const SequencePlan& p = plans[b];
+    float* to = out + static_cast<int64_t>(b) * d;
+    if (p.n_rows > 0)
+      std::copy(x + (p.first_row + p.readout) * d, x + (p.first_row + p.readout + 1) * d, to);
+    else
+      std::fill(to, to + d, 0.0f);
+  }
+}
+
 }  // namespace seqrec

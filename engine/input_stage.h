@@ -43,6 +43,10 @@ struct SequencePlan {
   int64_t readout = 0;          // the row whose state is the user (-1: no row, an empty sequence by kind)
 };
 
+// Each sequence's read-out row of x ([rows, d], the batch's rows) into out ([plans.size(), d]);
+// zeros for a sequence without rows.
+void gather_readout_rows(const float* x, int64_t d, std::span<const SequencePlan> plans, float* out);
+
 struct Workspace;  // engine/workspace.h
 
 class InputStage {

@@ -195,13 +195,7 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
     } else {
       layer.vk.apply(normed, d, rows, uvqk);
       float* readout = ws.hidden.data();
-      for (int64_t b = 0; b < batch; ++b) {
-        const SequencePlan& p = ws.plans[b];
-        if (p.n_rows > 0)
-          std::copy(normed + (p.first_row + p.readout) * d, normed + (p.first_row + p.readout + 1) * d, readout + b * d);
-        else
-          std::fill(readout + b * d, readout + (b + 1) * d, 0.0f);
-      }
+      gather_readout_rows(normed, d, {ws.plans.data(), static_cast<size_t>(batch)}, readout);
       layer.uq.apply(readout, d, batch, uq);
     }
     const int64_t row_width = last ? vk_width : width;
@@ -263,13 +257,7 @@ void HstuStack::run(Workspace& ws, float* x, float* state) const {
     }
   }
   if (layers_.empty())
-    for (int64_t b = 0; b < batch; ++b) {
-      const SequencePlan& p = ws.plans[b];
-      if (p.n_rows > 0)
-        std::copy(x + (p.first_row + p.readout) * d, x + (p.first_row + p.readout + 1) * d, state + b * d);
-      else
-        std::fill(state + b * d, state + (b + 1) * d, 0.0f);
-    }
+    gather_readout_rows(x, d, {ws.plans.data(), static_cast<size_t>(batch)}, state);
 }
 
 // ---- the kind ------------------------------------------------------------------------------

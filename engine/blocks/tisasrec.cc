@@ -209,13 +209,7 @@ void TisasrecStack::run(Workspace& ws, float* x, float* state) const {
         if (ws.plans[b].n_rows == 0) std::fill(state + b * d, state + (b + 1) * d, 0.0f);
   }
   if (layers_.empty())
-    for (int64_t b = 0; b < batch; ++b) {
-      const SequencePlan& p = ws.plans[b];
-      if (p.n_rows > 0)
-        std::copy(x + (p.first_row + p.readout) * d, x + (p.first_row + p.readout + 1) * d, state + b * d);
-      else
-        std::fill(state + b * d, state + (b + 1) * d, 0.0f);
-    }
+    gather_readout_rows(x, d, {ws.plans.data(), static_cast<size_t>(batch)}, state);
 }
 
 // ---- the kind ------------------------------------------------------------------------------
