@@ -6,9 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +21,7 @@
 namespace seqrec::tabular {
 
 inline constexpr size_t kReadBlockBytes = size_t{4} << 20;
+inline constexpr size_t kStreamBlockBytes = size_t{64} << 10;  // a pipe's default capacity
 inline constexpr size_t kMaxRecordBytes = size_t{64} << 20;
 
 inline std::string_view trim(std::string_view s) {
@@ -51,7 +54,13 @@ class RecordReader {
       throw Error(path + ": cannot read: " + (S_ISDIR(st.st_mode) ? "is a directory" : std::strerror(errno)));
     }
     size_ = S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0;
-    buffer_.resize(kReadBlockBytes);
+    // A regular file needs no more than its size plus one byte (to see its end in one read); a
+    // pipe hands over at most its capacity per read. The buffer still doubles for a longer
+    // record. Zeroing a 4 MiB block was most of the time a small import took.
+    // The bytes are left uninitialised: read() writes every byte before the parser sees it.
+    capacity_ = S_ISREG(st.st_mode) ? static_cast<size_t>(std::clamp<uint64_t>(size_ + 1, 4096, kReadBlockBytes))
+                                    : kStreamBlockBytes;
+    buffer_ = std::make_unique_for_overwrite<char[]>(capacity_);
   }
   ~RecordReader() { ::close(fd_); }
   RecordReader(const RecordReader&) = delete;
@@ -64,7 +73,7 @@ class RecordReader {
   // mark); nullopt when the file holds no such line.
   std::optional<std::string> first_line() {
     for (;;) {
-      std::string_view data(buffer_.data() + pos_, end_ - pos_);
+      std::string_view data(buffer_.get() + pos_, end_ - pos_);
       if (pos_ == 0 && data.size() >= 3 && data.substr(0, 3) == "\xEF\xBB\xBF") {
         pos_ = 3;
         consumed_ = 3;
@@ -88,8 +97,8 @@ class RecordReader {
   bool next(Record& record) {
     for (;;) {
       if (pos_ == end_ && eof_) return false;
-      const char* begin = buffer_.data() + pos_;
-      const char* end = buffer_.data() + end_;
+      const char* begin = buffer_.get() + pos_;
+      const char* end = buffer_.get() + end_;
       uint64_t lines = 1;
       record.error.clear();
       const char* after = format_ == Format::kCsv ? parse_csv(begin, end, record, lines) : parse_split(begin, end, record);
@@ -112,13 +121,18 @@ class RecordReader {
   // reads more; sets eof_ when there is nothing more.
   void refill() {
     if (pos_ > 0) {
-      std::memmove(buffer_.data(), buffer_.data() + pos_, end_ - pos_);
+      std::memmove(buffer_.get(), buffer_.get() + pos_, end_ - pos_);
       end_ -= pos_;
       pos_ = 0;
     }
-    if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);
+    if (end_ == capacity_) {  // one record fills the buffer: double it
+      auto grown = std::make_unique_for_overwrite<char[]>(capacity_ * 2);
+      std::memcpy(grown.get(), buffer_.get(), end_);
+      buffer_ = std::move(grown);
+      capacity_ *= 2;
+    }
     for (;;) {
-      const ssize_t n = ::read(fd_, buffer_.data() + end_, buffer_.size() - end_);
+      const ssize_t n = ::read(fd_, buffer_.get() + end_, capacity_ - end_);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) throw Error(path_ + ": read error: " + std::strerror(errno));
       if (n == 0) eof_ = true;
@@ -214,7 +228,8 @@ class RecordReader {
   std::string path_;
   int fd_ = -1;
   uint64_t size_ = 0;
-  std::vector<char> buffer_;
+  std::unique_ptr<char[]> buffer_;
+  size_t capacity_ = 0;
   size_t pos_ = 0, end_ = 0;
   bool eof_ = false;
   uint64_t consumed_ = 0;

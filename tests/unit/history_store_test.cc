@@ -1133,6 +1133,33 @@ TEST_F(ImportTest, HostileBytesAreBadLinesNotCrashes) {
   }
 }
 
+TEST_F(ImportTest, RecordsLongerThanTheFirstBufferFromAFileAndAPipe) {
+  // A file's first buffer is its size plus one byte, a pipe's 64 KiB; a quoted item id of
+  // 200 KB makes both grow, and the lines around it must come back whole.
+  const std::string long_id(200'000, 'x');
+  const std::string text = "user,item\nu,a\nu,\"" + long_id + "\"\nu,b\n";
+  const std::string path = write("long.csv", text);
+  auto from_file = open_store("memory");
+  EXPECT_EQ(3u, InteractionFile(path).load_into(*from_file).interactions);
+  EXPECT_EQ((std::vector<std::string>{"a", long_id, "b"}), ids_of(from_file->get("u")));
+
+  int fds[2];
+  ASSERT_EQ(0, pipe(fds));
+  std::thread writer([&] {
+    for (size_t at = 0; at < text.size();) {  // small writes: the reader refills many times
+      const ssize_t n = ::write(fds[1], text.data() + at, std::min<size_t>(4096, text.size() - at));
+      if (n <= 0) break;
+      at += static_cast<size_t>(n);
+    }
+    ::close(fds[1]);
+  });
+  auto from_pipe = open_store("memory");
+  EXPECT_EQ(3u, InteractionFile("/proc/self/fd/" + std::to_string(fds[0])).load_into(*from_pipe).interactions);
+  writer.join();
+  ::close(fds[0]);
+  EXPECT_EQ((std::vector<std::string>{"a", long_id, "b"}), ids_of(from_pipe->get("u")));
+}
+
 TEST_F(ImportTest, TheMovieLensRatings) {
   const std::string path = std::string(SEQREC_TEST_DATA_DIR) + "/../../examples/movielens/ratings.csv";
   if (!fs::exists(path)) GTEST_SKIP() << path << " is not there";
