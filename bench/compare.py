@@ -2,6 +2,7 @@
 """seqrec side by side with PyTorch eager and ONNX Runtime (docs/performance.md).
 
   /usr/bin/python3 bench/compare.py [--workloads ml1m,recbole,bert4rec,catalog1m,tisasrec,hstu,hstu-large]
+                                    (catalog10m only when named: ~8 GB of files, ~16 GB of memory)
                                     [--rounds N] [--quick] [--settle S] [--min-pass S] [--build DIR]
                                     [--workdir DIR]
 
@@ -59,6 +60,11 @@ OPENBLAS_CORETYPE=SkylakeX (AVX-512) and =Haswell (AVX2) forced, each product ch
 OpenBLAS 0.3.21 does not know Sapphire Rapids and falls back to its generic Prescott (SSE3)
 kernel, a fraction of what the core does; the environment lines say which kernel won.
 
+The catalog workloads (catalog1m, catalog10m) also start `seqrec serve` on their model (memory
+history store), after the timing, with the other workers gone: the seconds from the process's
+start to /readyz answering 200, the load time its start-up log gives, and its VmRSS after one
+answered /recommend, against the model file's size.
+
 Results also go to WORKDIR/results.json, WORKDIR/results.md and a chart, WORKDIR/results.png
 (ms/request by batch per system, workload and thread count; needs python3-matplotlib).
 """
@@ -68,6 +74,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -266,6 +273,31 @@ def time_workload(w, folder, workers, limits, rounds, sgemm, budget, capped, set
     return cells, ms, p50
 
 
+# ---- the server's footprint on a large catalog --------------------------------------------------------
+
+def serve_footprint(seqrec, folder):
+    """Starts `seqrec serve` on FOLDER/model.seqrec, asks one /recommend and stops it:
+    {"ready_s": process start to /readyz 200, "load_ms": the start-up log's load time,
+     "rss_mib": VmRSS after the answer, "file_mib": the model file's size}."""
+    import http_bench  # bench/: its Server starts and stops `seqrec serve` on a free port
+    model = os.path.join(folder, "model.seqrec")
+    started = time.perf_counter()
+    server = http_bench.Server(seqrec, model, threads=1, max_batch=1)
+    ready_s = time.perf_counter() - started
+    try:
+        history = open(os.path.join(folder, "sets", "main.txt")).readline().split()
+        body = {"k": 10, "user_interactions": [{"item_id": item} for item in history]}
+        status, answer = server.post("/recommend", json.dumps(body))
+        if status != 200 or len(answer.get("recommendations", [])) != 10:
+            raise RuntimeError(f"seqrec serve answered {status} with {answer}")
+        rss_mib = http_bench.rss_kib(server.proc.pid) / 1024
+    finally:
+        server.stop()
+    logged = re.search(r"loaded in (\d+) ms", open(server.log_path).read())
+    return {"ready_s": ready_s, "load_ms": int(logged.group(1)) if logged else None, "rss_mib": rss_mib,
+            "file_mib": os.path.getsize(model) / 2**20}
+
+
 # ---- the report ----------------------------------------------------------------------------------------
 
 def fmt_ms(x):
@@ -409,6 +441,34 @@ def targets(all_results, rows, sgemm_gflops):
             f"ONNX Runtime {fmt_ms(ort_p50) if ort_p50 is not None else 'n/a'})")
     else:
         add("catalog1m batch-1 p50 <= 5 ms, 1 thread", None, False, None)
+    wr = res.get("catalog10m")
+    if wr:
+        p50 = wr["p50"][("seqrec", ("main", 1, 1))]
+        ort_p50 = wr["p50"].get(("ort", ("main", 1, 1)))
+        add("catalog10m batch-1 p50 <= 20 ms, 1 thread", p50, p50 <= 20,
+            f"{fmt_ms(p50)} ms (PyTorch {fmt_ms(wr['p50'][('pytorch', ('main', 1, 1))])}, "
+            f"ONNX Runtime {fmt_ms(ort_p50) if ort_p50 is not None else 'n/a'})")
+        for threads in THREADS:
+            r = by.get(("catalog10m", 64, threads))
+            add(f"catalog10m batch 64, {threads} thread{'s' if threads > 1 else ''}: <= 3 ms/request",
+                r and r["seqrec_ms"], r and r["seqrec_ms"] <= 3, r and f"{fmt_ms(r['seqrec_ms'])} ms/request")
+    for name in ("catalog1m", "catalog10m"):
+        serve = res[name].get("serve") if name in res else None
+        if not serve or "error" in serve:
+            if name in res:
+                add(f"{name}: seqrec serve footprint", None, False, None)
+            continue
+        if name == "catalog10m":
+            ratio = serve["rss_mib"] / serve["file_mib"]
+            add("catalog10m seqrec serve RSS <= 1.2x the model file", ratio, ratio <= 1.2,
+                f"{serve['rss_mib']:.0f} MiB / {serve['file_mib']:.0f} MiB = {ratio:.2f}x")
+            add("catalog10m seqrec serve loads in <= 3 s", serve["ready_s"], serve["ready_s"] <= 3,
+                f"{serve['ready_s']:.2f} s from start to /readyz (start-up log: loaded in {serve['load_ms']} ms)")
+        else:
+            out.append((f"{name} seqrec serve footprint (no target)",
+                        f"ready in {serve['ready_s']:.2f} s (loaded in {serve['load_ms']} ms), RSS "
+                        f"{serve['rss_mib']:.0f} MiB = {serve['rss_mib'] / serve['file_mib']:.2f}x the "
+                        f"{serve['file_mib']:.0f} MiB file", "info"))
     # The models that read time.
     for name in ("tisasrec", "hstu", "hstu-large"):
         add_vs_ort(name, 1, 1, 5, "faster than ONNX Runtime")
@@ -497,17 +557,27 @@ def run_workloads(args, names, rounds_for, seqrec, limits, sgemm, all_results, s
         finally:
             for worker in workers.values():
                 worker.close()
+        serve = None
+        if name.startswith("catalog"):  # after the workers are gone: their memory would skew nothing, but
+            try:                        # a 10M catalog's three peers and the server need not share RAM
+                serve = serve_footprint(seqrec, folder)
+                log(f"[{name}] seqrec serve: ready in {serve['ready_s']:.2f} s (log: loaded in {serve['load_ms']} ms), "
+                    f"RSS {serve['rss_mib']:.0f} MiB for a {serve['file_mib']:.0f} MiB model file")
+            except Exception as error:
+                log(f"[{name}] seqrec serve footprint FAILED: {error}")
+                serve = {"error": str(error)}
         all_results.append({"workload": w, "folder": folder, "cells": cells, "ms": ms, "p50": p50,
-                            "onnx_failed": workloads.onnx_failure(folder)})
+                            "onnx_failed": workloads.onnx_failure(folder), "serve": serve})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default=",".join(workloads.WORKLOADS),
-                        help=f"comma-separated, of {','.join(workloads.WORKLOADS)} (default: all)")
+    parser.add_argument("--workloads", default=",".join(n for n in workloads.WORKLOADS if n != "catalog10m"),
+                        help=f"comma-separated, of {','.join(workloads.WORKLOADS)} (default: all but catalog10m, "
+                             "which needs ~8 GB of disk and ~16 GB of memory)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="timing rounds (default 6: every order once; catalog1m and hstu-large 3; "
+                        help="timing rounds (default 6: every order once; catalog1m and hstu-large 3, catalog10m 2; "
                              "2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller request sets and 2 rounds")
     parser.add_argument("--settle", type=float, default=1.5,
@@ -526,6 +596,8 @@ def main():
                         "(default BUILD/compare)")
     args = parser.parse_args()
     def rounds_for(name):  # the slow workloads' rounds take minutes each
+        if name == "catalog10m":  # a round is minutes of the peers' 10M-row products
+            return args.rounds or 2
         return args.rounds or (2 if args.quick else 3 if name in ("catalog1m", "hstu-large") else 6)
     args.workdir = args.workdir or os.path.join(args.build, "compare")
     os.makedirs(args.workdir, exist_ok=True)

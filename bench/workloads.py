@@ -21,6 +21,7 @@ A prepared workload folder holds:
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -84,6 +85,10 @@ WORKLOADS = {
                  activation="gelu", requests=512, quick_requests=128),
         Workload("catalog1m", "recbole_sasrec", d=64, max_len=50, heads=2, blocks=2, ffn=256, items=1_000_000,
                  activation="gelu", requests=128, quick_requests=64),
+        # The same encoder over 10M items: a 2.56 GB fp32 item table, past ONNX's 2 GB protobuf
+        # limit (torch.onnx.export then writes the weights as external data beside model.onnx).
+        Workload("catalog10m", "recbole_sasrec", d=64, max_len=50, heads=2, blocks=2, ffn=256, items=10_000_000,
+                 activation="gelu", requests=64, quick_requests=32),
         # TiSASRec.pytorch on ml-1m as its README trains it (maxlen 200, 2 blocks, 1 head, d 50,
         # time_span 256), in the code generation of the published checkpoint (9ddc21e): no FFN
         # activation. 256 requests: each one's relation matrix is an L x L input of the peers.
@@ -321,9 +326,16 @@ def export_onnx(w, scoring, example_inputs, folder, log):
             os.remove(stale)
     example = {k: torch.from_numpy(v) for k, v in example_inputs.items()}
     names = list(example)
+    # Past 2 GB of weights (catalog10m) torch 1.13's per-node ONNX shape inference serialises
+    # the whole graph, weights included, once per node: hours. Without it the export takes
+    # a minute, writes the weights as external data beside model.onnx (the 2 GB protobuf
+    # limit), and ONNX Runtime infers the shapes itself at load.
+    large = sum(p.numel() * p.element_size() for p in scoring.parameters()) >= 2**31
+    export = (functools.partial(torch.onnx.utils._export, onnx_shape_inference=False) if large
+              else torch.onnx.export)
     try:
         with torch.no_grad():
-            torch.onnx.export(scoring, tuple(example[k] for k in names), onnx_file,
+            export(scoring, tuple(example[k] for k in names), onnx_file,
                               opset_version=14, input_names=names, output_names=["logits"],
                               dynamic_axes={**{k: {0: "batch"} for k in names}, "logits": {0: "batch"}},
                               do_constant_folding=True)

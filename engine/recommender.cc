@@ -164,9 +164,11 @@ void Recommender::score_and_select(std::span<const Request> requests, const floa
     scan.scores = ws.top_scores.data() + ws.top_at[b];
   }
   scorer.exact_top_k(ws.scans.data(), static_cast<int64_t>(ws.scans.size()), ws.scan);
-  Workspace::grow(ws.logits, n);
   for (size_t b = 0; b < batch; ++b) {
     const float* h = hidden + b * d;
+    // A row of n logits only for the requests below that need one: on a 10M-item catalog it
+    // is 40 MB a worker would otherwise hold (and fault in) for scans that never read it.
+    if (ws.scan_of[b] == SIZE_MAX || ws.scans[ws.scan_of[b]].found < 0) Workspace::grow(ws.logits, n);
     if (ws.scan_of[b] == SIZE_MAX) {
       // Candidate lists: only the candidates are scored, exactly (select reads only them).
       for (const int32_t row : ws.prepared[ws.model_batch[b]].candidate_rows) ws.logits[row] = scorer.exact_score(h, row);
