@@ -129,6 +129,11 @@ Action add_serve(CLI::App& app) {
                  "Microseconds an idle worker watches the queue before sleeping (0: sleep at once; saves a "
                  "wake-up per request at low load, costs that much CPU after each batch)")
       ->capture_default_str();
+  app.add_option("--inline-max-us", f->workers.inline_max_microseconds,
+                 "A request that arrives while every worker is idle runs on the I/O thread instead, when its "
+                 "model's last batch-1 time was at most this (0: never; saves two thread hand-offs per request "
+                 "at low load)")
+      ->capture_default_str();
   app.add_option("--max-k", f->service.limits.max_k, "Largest k a request may ask for")->capture_default_str();
   app.add_option("--max-interactions", f->service.limits.max_interactions, "Most interactions in one request")
       ->capture_default_str();
@@ -173,6 +178,8 @@ Action add_serve(CLI::App& app) {
     require_positive("--queue-capacity", f->workers.queue_capacity);
     if (f->workers.spin_microseconds < 0 || f->workers.spin_microseconds > 10000)
       throw Error("--worker-spin-us: " + std::to_string(f->workers.spin_microseconds) + " (expected 0..10000)");
+    if (f->workers.inline_max_microseconds < 0 || f->workers.inline_max_microseconds > 100000)
+      throw Error("--inline-max-us: " + std::to_string(f->workers.inline_max_microseconds) + " (expected 0..100000)");
     require_positive("--max-k", f->service.limits.max_k);
     require_positive("--max-interactions", f->service.limits.max_interactions);
     require_positive("--max-candidates", f->service.limits.max_candidates);

@@ -1,6 +1,7 @@
 #include "engine/worker_pool.h"
 
 #include <chrono>
+#include <span>
 
 #include "kernels/gemm.h"
 
@@ -34,7 +35,43 @@ bool WorkerPool::enqueue(Job job) {
 }
 
 bool WorkerPool::submit(ModelHandle model, Request request, Completion done) {
+  if (try_inline(model, request, done)) return true;
   return enqueue(Job{std::move(model), std::move(request), std::nullopt, std::move(done)});
+}
+
+bool WorkerPool::try_inline(ModelHandle& model, Request& request, Completion& done) {
+  if (options_.inline_max_microseconds <= 0) return false;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ || inline_busy_ || computing_ > 0 || !queue_.empty()) return false;
+    const auto known = batch1_seconds_.find(model.recommender.get());
+    if (known == batch1_seconds_.end() || known->second * 1e6 > options_.inline_max_microseconds) return false;
+    inline_busy_ = true;
+  }
+  if (queue_observer_) queue_observer_(0.0);
+  std::vector<Response> responses;
+  std::exception_ptr error;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    responses = model.recommender->recommend(std::span<const Request>(&request, 1), inline_workspace_,
+                                             model.popularity.get());
+  } catch (...) {
+    error = std::current_exception();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  {
+    std::lock_guard lock(mutex_);
+    inline_busy_ = false;
+    note_batch1_seconds(model.recommender.get(), seconds);
+  }
+  if (observer_) observer_(1, seconds);
+  done(error ? Response{} : std::move(responses[0]), error);
+  return true;
+}
+
+void WorkerPool::note_batch1_seconds(const Recommender* model, double seconds) {
+  if (batch1_seconds_.size() >= 64 && !batch1_seconds_.count(model)) batch1_seconds_.clear();  // models come and go
+  batch1_seconds_[model] = seconds;
 }
 
 bool WorkerPool::submit_similar(ModelHandle model, std::string item_id, Request request, Completion done) {
@@ -88,6 +125,7 @@ void WorkerPool::run() {
         queue_.pop_front();
       }
       queued_.store(queue_.size(), std::memory_order_release);
+      ++computing_;
     }
     if (queue_observer_) {
       const auto taken = std::chrono::steady_clock::now();
@@ -128,12 +166,18 @@ void WorkerPool::run() {
         error = std::current_exception();
       }
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (group.size() == 1 && options_.inline_max_microseconds > 0) {
+        std::lock_guard lock(mutex_);
+        note_batch1_seconds(lead.model.recommender.get(), seconds);
+      }
       if (observer_) observer_(group.size(), seconds);
       for (size_t g = 0; g < group.size(); ++g) {
         done_jobs[group[g]] = true;
         batch[group[g]].done(error ? Response{} : std::move(responses[g]), error);
       }
     }
+    std::lock_guard lock(mutex_);
+    --computing_;
   }
 }
 

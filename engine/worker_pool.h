@@ -3,8 +3,15 @@
 // with ONE Recommender::recommend call, so concurrent requests share one forward pass and one
 // scoring GEMM. The pool serves any number of models: each job carries the model it is for
 // (held until the job is answered, so a model swapped out meanwhile finishes what it took).
-// Callers never compute; completions run on the worker thread and should only hand the
-// response back (e.g. post it to a connection's strand).
+// Completions run on the thread that computed and should only hand the response back (e.g.
+// post it to a connection's strand).
+//
+// One exception to "callers never compute": a request submitted while no worker is computing
+// and nothing is queued runs on the submitting thread (one at a time), when its model's last
+// batch-1 time was under inline_max_microseconds. One request at a time then skips the
+// hand-off to a worker and back: two thread wake-ups, which cost more than a small model's
+// inference. Under load the workers are busy or the queue is not empty, and every request goes
+// to the queue as before; a model never measured yet (its first request) always goes there.
 #pragma once
 
 #include <atomic>
@@ -18,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/recommender.h"
@@ -41,6 +49,9 @@ class WorkerPool {
     // arrives meanwhile is taken without a futex wake-up (the hand-off that dominates one
     // request at a time). 0: sleep at once.
     int spin_microseconds = 50;
+    // The inline path above: the longest batch-1 time (µs) a model may have had for its
+    // requests to run on the submitting thread. 0: never.
+    int inline_max_microseconds = 300;
   };
   // Called with the response, or with an exception_ptr when the engine failed.
   using Completion = std::function<void(Response response, std::exception_ptr error)>;
@@ -72,6 +83,10 @@ class WorkerPool {
     std::chrono::steady_clock::time_point queued{};
   };
   bool enqueue(Job job);
+  // Runs the request on this thread when the inline path's conditions hold (see above).
+  bool try_inline(ModelHandle& model, Request& request, Completion& done);
+  // The latest batch-1 time of a model (under mutex_), which decides whether it may run inline.
+  void note_batch1_seconds(const Recommender* model, double seconds);
   void run();
 
   Options options_;
@@ -82,6 +97,10 @@ class WorkerPool {
   std::deque<Job> queue_;
   std::atomic<size_t> queued_{0};  // queue_.size(), readable without the mutex (spinning workers)
   int sleeping_ = 0;               // workers waiting on work_ready_ (under mutex_)
+  int computing_ = 0;              // workers between taking a batch and answering it (under mutex_)
+  bool inline_busy_ = false;       // a request is running inline (under mutex_)
+  Workspace inline_workspace_;     // its scratch (used by the one inline request)
+  std::unordered_map<const Recommender*, double> batch1_seconds_;  // under mutex_
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

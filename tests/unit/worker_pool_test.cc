@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <thread>
 
 #include "test_models.h"
 
@@ -121,6 +122,70 @@ TEST(WorkerPool, RequestsForDifferentModelsInOneBatchAreEachAnsweredByTheirOwn) 
   pool.shutdown();
   // The first request alone, then the five as one pass for each model.
   EXPECT_EQ(batch_sizes, (std::vector<size_t>{1, 3, 2}));
+}
+
+TEST(WorkerPool, AnIdlePoolAnswersAMeasuredCheapModelOnTheSubmittingThread) {
+  const ModelHandle model{small_recommender(), nullptr};
+  std::vector<size_t> batch_sizes;
+  std::mutex sizes_mutex;
+  WorkerPool pool({.threads = 1, .max_batch = 8, .inline_max_microseconds = 100000}, [&](size_t size, double) {
+    std::lock_guard lock(sizes_mutex);
+    batch_sizes.push_back(size);
+  });
+  const auto submit_and_wait = [&](const std::string& id) {
+    std::promise<std::thread::id> answered_on;
+    EXPECT_TRUE(pool.submit(model, one_item(id), [&](Response r, std::exception_ptr e) {
+      EXPECT_FALSE(e);
+      EXPECT_EQ(r.recommendations.size(), 3u);
+      answered_on.set_value(std::this_thread::get_id());
+    }));
+    return answered_on.get_future().get();
+  };
+  // A model never measured goes to a worker (its cost is unknown)...
+  EXPECT_NE(submit_and_wait("101"), std::this_thread::get_id());
+  // ...then, measured and with the pool idle, it runs here, with the same answer a worker gives.
+  EXPECT_EQ(submit_and_wait("102"), std::this_thread::get_id());
+  Workspace ws;
+  const Request request = one_item("102");
+  std::promise<Response> inline_answer;
+  ASSERT_TRUE(pool.submit(model, request, [&](Response r, std::exception_ptr) { inline_answer.set_value(std::move(r)); }));
+  const Response got = inline_answer.get_future().get();
+  const Response expected = model.recommender->recommend({&request, 1}, ws)[0];
+  ASSERT_EQ(got.recommendations.size(), expected.recommendations.size());
+  for (size_t i = 0; i < got.recommendations.size(); ++i) {
+    EXPECT_EQ(got.recommendations[i].id, expected.recommendations[i].id);
+    EXPECT_EQ(got.recommendations[i].score, expected.recommendations[i].score);
+  }
+
+  // While a worker computes (here: held in a completion), requests queue for the workers.
+  // Another model's first request goes to the worker (unmeasured) and holds it.
+  Gate gate;
+  const ModelHandle other{small_recommender(9), nullptr};
+  ASSERT_TRUE(pool.submit(other, one_item("101"), [&](Response, std::exception_ptr) { gate.wait(); }));
+  gate.entered.get_future().wait();
+  std::promise<std::thread::id> queued_on;
+  ASSERT_TRUE(pool.submit(model, one_item("104"), [&](Response, std::exception_ptr) {
+    queued_on.set_value(std::this_thread::get_id());
+  }));
+  EXPECT_EQ(pool.queue_depth(), 1u) << "a busy pool must queue, not compute on the caller's thread";
+  gate.release();
+  EXPECT_NE(queued_on.get_future().get(), std::this_thread::get_id());
+  pool.shutdown();
+  EXPECT_EQ(batch_sizes.size(), 5u);  // every request a pass of one, the inline ones counted too
+}
+
+TEST(WorkerPool, NoInlineWhenTheLimitIsZeroOrTheModelCostsMore) {
+  const ModelHandle model{small_recommender(), nullptr};
+  for (const int limit : {0, 1}) {  // never; 1 µs, less than any forward pass takes
+    WorkerPool pool({.threads = 1, .max_batch = 8, .inline_max_microseconds = limit});
+    for (int i = 0; i < 3; ++i) {
+      std::promise<std::thread::id> answered_on;
+      ASSERT_TRUE(pool.submit(model, one_item("101"), [&](Response, std::exception_ptr) {
+        answered_on.set_value(std::this_thread::get_id());
+      }));
+      EXPECT_NE(answered_on.get_future().get(), std::this_thread::get_id()) << "limit " << limit << ", request " << i;
+    }
+  }
 }
 
 }  // namespace
