@@ -130,11 +130,11 @@ def rss_kib(pid):
 
 
 class Server:
-    def __init__(self, seqrec, model, threads, max_batch):
+    def __init__(self, seqrec, model, threads, max_batch, extra=()):
         self.log_path = model + ".serve.log"
         self.log_file = open(self.log_path, "w")
         self.proc = subprocess.Popen([seqrec, "serve", "--model", model, "--history", "memory", "--bind", "127.0.0.1",
-                                      "--port", "0", "--threads", str(threads), "--max-batch", str(max_batch)],
+                                      "--port", "0", "--threads", str(threads), "--max-batch", str(max_batch), *extra],
                                      stdout=subprocess.DEVNULL, stderr=self.log_file)
         self.port = None
         deadline = time.time() + 120
@@ -213,6 +213,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="inference workers = engine threads (default 2)")
     parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch and the engine's batch")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="one more argument for seqrec serve (repeat it), e.g. --serve-arg=--inline-max-us=0")
     parser.add_argument("--quick", action="store_true", help="10 s runs, one of each, the --quick request set")
     parser.add_argument("--workload", default="ml1m", choices=sorted(workloads.WORKLOADS),
                         help="the model and request set (default ml1m, the issue's)")
@@ -255,7 +257,7 @@ def main():
         return answer["n"] / answer["seconds"]
 
     json.loads(engine.stdout.readline())  # ready
-    server = Server(seqrec, model, args.threads, args.max_batch)
+    server = Server(seqrec, model, args.threads, args.max_batch, args.serve_arg)
     try:
         idle_rss_mib = rss_kib(server.proc.pid) / 1024
         status, answer = server.post("/recommend", open(bodies).readline())
@@ -308,7 +310,8 @@ def main():
         return "PASS" if ok else "FAIL"
 
     lines = [
-        f"HTTP: seqrec serve --history memory --threads {args.threads} --max-batch {args.max_batch}, {w.name} "
+        f"HTTP: seqrec serve --history memory --threads {args.threads} --max-batch {args.max_batch}"
+        f"{''.join(' ' + a for a in args.serve_arg)}, {w.name} "
         f"({w.items:,} items, L={w.max_len}), {n_bodies} request bodies (histories of 1..{2 * w.max_len} items) "
         f"in rotation; wrk 1 thread, {args.connections} keep-alive connections, loopback, "
         f"{args.runs} x {args.duration} s; {time.strftime('%Y-%m-%d %H:%M %Z')}, load average "
