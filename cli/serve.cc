@@ -132,7 +132,7 @@ Action add_serve(CLI::App& app) {
   app.add_option("--inline-max-us", f->workers.inline_max_microseconds,
                  "A request that arrives while every worker is idle runs on the I/O thread instead, when its "
                  "model's last batch-1 time was at most this (0: never; saves two thread hand-offs per request "
-                 "at low load)")
+                 "for one client at a time, but with many connections the workers stop batching)")
       ->capture_default_str();
   app.add_option("--max-k", f->service.limits.max_k, "Largest k a request may ask for")->capture_default_str();
   app.add_option("--max-interactions", f->service.limits.max_interactions, "Most interactions in one request")

@@ -10,8 +10,8 @@
 // and nothing is queued runs on the submitting thread (one at a time), when its model's last
 // batch-1 time was under inline_max_microseconds. One request at a time then skips the
 // hand-off to a worker and back: two thread wake-ups, which cost more than a small model's
-// inference. Under load the workers are busy or the queue is not empty, and every request goes
-// to the queue as before; a model never measured yet (its first request) always goes there.
+// inference. A model never measured yet (its first request) always goes to the queue. Off by
+// default: see inline_max_microseconds.
 #pragma once
 
 #include <atomic>
@@ -50,8 +50,11 @@ class WorkerPool {
     // request at a time). 0: sleep at once.
     int spin_microseconds = 50;
     // The inline path above: the longest batch-1 time (µs) a model may have had for its
-    // requests to run on the submitting thread. 0: never.
-    int inline_max_microseconds = 300;
+    // requests to run on the submitting thread. 0: never (the default: with one I/O thread and
+    // many connections, the I/O thread computing one request at a time kept the queue empty,
+    // so the workers never batched — bench/http_bench.py at 64 connections fell from 41% to
+    // 31% of engine-only throughput, batches of 1.0 instead of 12.9).
+    int inline_max_microseconds = 0;
   };
   // Called with the response, or with an exception_ptr when the engine failed.
   using Completion = std::function<void(Response response, std::exception_ptr error)>;
