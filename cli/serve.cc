@@ -309,7 +309,8 @@ Action add_serve(CLI::App& app) {
       line("seqrec_accept_errors_total", "counter", "accept() failures (EMFILE at the descriptor limit, ...).",
            s.accept_errors.load());
       line("seqrec_evicted_connections_total", "counter",
-           "Connections closed before sending a whole request header, to make room at the descriptor limit.",
+           "Connections closed before sending a whole request header, to make room (at the descriptor "
+           "limit, or for newer connections over --max-connections).",
            s.evicted_connections.load());
       line("seqrec_buffered_body_bytes", "gauge", "Request-body bytes being received now.",
            s.buffered_body_bytes.load());

@@ -3,8 +3,9 @@
 # time budget on its seeds and dictionary; new corpus entries are kept in build-fuzz/corpus/NAME
 # (never in the repository), so later runs start where earlier ones stopped.
 #
-# usage: scripts/fuzz.sh [--seconds N] [--jobs J] [--build-only] [NAME...]
+# usage: scripts/fuzz.sh [--seconds N] [--runs R] [--jobs J] [--build-only] [NAME...]
 #   --seconds N   run each fuzzer N seconds (default 600)
+#   --runs R      also stop a fuzzer once it has executed R inputs (e.g. 10000000)
 #   --jobs J      compile with J jobs and run J fuzzers side by side (default 2)
 #   --build-only  configure and build, run nothing
 #   NAME          the fuzzers to run (default: all): json_request import_file zip_reader pickle
@@ -20,15 +21,17 @@ cd "$(dirname "$0")/.."
 
 all_fuzzers=(json_request import_file zip_reader pickle safetensors seqrec_file percent_decode http_request)
 seconds=600
+runs=-1
 jobs=2
 build_only=0
 fuzzers=()
 while (($#)); do
   case $1 in
     --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
+    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
     --jobs) jobs=${2:?--jobs needs a value}; shift 2 ;;
     --build-only) build_only=1; shift ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "fuzz.sh: error: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *)
       [[ " ${all_fuzzers[*]} " == *" $1 "* ]] || { echo "fuzz.sh: error: unknown fuzzer '$1' (expected one of: ${all_fuzzers[*]})" >&2; exit 2; }
@@ -36,6 +39,7 @@ while (($#)); do
   esac
 done
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --seconds '$seconds' (expected a positive integer)" >&2; exit 2; }
+[[ $runs == -1 || $runs =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --runs '$runs' (expected a positive integer)" >&2; exit 2; }
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --jobs '$jobs' (expected a positive integer)" >&2; exit 2; }
 ((${#fuzzers[@]})) || fuzzers=("${all_fuzzers[@]}")
 
@@ -67,13 +71,15 @@ run_one() {
   local dict=()
   [[ -f fuzz/$name.dict ]] && dict=(-dict="fuzz/$name.dict")
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 UBSAN_OPTIONS=print_stacktrace=1 \
-    "$build/fuzz/${name}_fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "$build/fuzz/${name}_fuzzer" -max_total_time="$seconds" -runs="$runs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$artifacts/" "${dict[@]}" "${inputs[@]}" > "$log" 2>&1
 }
 
 rm -rf "$build/logs"
 mkdir -p "$build/logs"
-echo "fuzz.sh: running ${fuzzers[*]} for $seconds s each, $jobs at a time (logs in $build/logs/)"
+limit="$seconds s"
+((runs > 0)) && limit+=" or $runs executions"
+echo "fuzz.sh: running ${fuzzers[*]} for $limit each, $jobs at a time (logs in $build/logs/)"
 declare -A status
 running=0
 for name in "${fuzzers[@]}"; do

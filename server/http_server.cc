@@ -48,8 +48,12 @@ constexpr std::size_t kReadChunk = 16 * 1024;
 // header grew it; the next request rarely needs it).
 constexpr std::size_t kKeptBufferBytes = 64 * 1024;
 // Connections over max_connections answered with one short reply at once; beyond this many
-// they are closed without a word (a flood must not get a session each).
+// they get a reply from whatever bytes already arrived, without a session (a flood must not
+// get a session each).
 constexpr int64_t kMaxOverflowSessions = 1024;
+// Past kMaxOverflowSessions minus this, each new overflow connection closes the oldest silent one
+// (an idle flood) to take its place; the slack covers the closes still on their way.
+constexpr int64_t kOverflowEvictionSlack = 64;
 constexpr auto kOverflowReadTimeout = std::chrono::milliseconds(200);
 // At the descriptor limit, waiting connections shed per accept retry (10 ms apart): enough to
 // keep the backlog short under a flood, so that health checks get through.
@@ -79,6 +83,10 @@ struct State {
   // out the clients that talk). Guarded by silent_mutex, like each Session's place in it.
   std::mutex silent_mutex;
   std::list<std::weak_ptr<Session>> silent;
+  // The same for the sessions over max_connections (answered once, then closed): when all
+  // kMaxOverflowSessions are taken, the oldest silent one makes room for the newest, so a health
+  // check that connects during an idle flood still gets its request read instead of a guess.
+  std::list<std::weak_ptr<Session>> silent_overflow;
 
   bool reserve_body(uint64_t bytes) {
     const uint64_t before = stats.buffered_body_bytes.fetch_add(bytes);
@@ -129,28 +137,31 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void run() {
-    if (!overflow_) {
+    {
       std::lock_guard lock(state_->silent_mutex);
-      silent_place_ = state_->silent.insert(state_->silent.end(), weak_from_this());
+      auto& silent = silent_list(*state_, overflow_);
+      silent_place_ = silent.insert(silent.end(), weak_from_this());
       silent_ = true;
     }
     net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this()));
   }
 
   // Closes up to `count` of the oldest sessions still waiting for their first request header
-  // (from the listener, at the descriptor limit) → how many were closed. Their descriptors are
-  // free once each session's strand has run the close.
-  static int evict_silent(State& state, int count) {
+  // (from the listener: regular ones at the descriptor limit, overflow ones when all overflow
+  // places are taken) → how many were closed. Their descriptors are free once each session's
+  // strand has run the close.
+  static int evict_silent(State& state, int count, bool overflow) {
     std::vector<std::shared_ptr<Session>> victims;
     {
       std::lock_guard lock(state.silent_mutex);
-      for (auto it = state.silent.begin(); it != state.silent.end() && static_cast<int>(victims.size()) < count;) {
+      auto& silent = silent_list(state, overflow);
+      for (auto it = silent.begin(); it != silent.end() && static_cast<int>(victims.size()) < count;) {
         auto session = it->lock();
         if (!session) {  // being destroyed: its destructor takes it off the list
           ++it;
           continue;
         }
-        it = state.silent.erase(it);
+        it = silent.erase(it);
         session->silent_ = false;
         victims.push_back(std::move(session));
       }
@@ -166,9 +177,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
  private:
+  static std::list<std::weak_ptr<Session>>& silent_list(State& state, bool overflow) {
+    return overflow ? state.silent_overflow : state.silent;
+  }
+
   void leave_silent() {
     std::lock_guard lock(state_->silent_mutex);
-    if (silent_) state_->silent.erase(silent_place_);
+    if (silent_) silent_list(*state_, overflow_).erase(silent_place_);
     silent_ = false;
   }
 
@@ -445,7 +460,7 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t reserved_ = 0;  // body bytes reserved in State for the request being read
   char drain_buffer_[8192];
   uint64_t drained_ = 0;
-  // This session's entry in State::silent until its first request header is read (both
+  // This session's entry in State::silent (or silent_overflow) until its first request header is read (both
   // guarded by State::silent_mutex).
   std::list<std::weak_ptr<Session>>::iterator silent_place_;
   bool silent_ = false;
@@ -510,7 +525,9 @@ class Listener : public std::enable_shared_from_this<Listener> {
       std::make_shared<Session>(std::move(socket), state_, false)->run();
     } else {
       ++stats.refused_connections;
-      if (state_->overflow_sessions.fetch_add(1) < kMaxOverflowSessions) {
+      const int64_t overflow = state_->overflow_sessions.fetch_add(1);
+      if (overflow < kMaxOverflowSessions - kOverflowEvictionSlack ||
+          (overflow < kMaxOverflowSessions && Session::evict_silent(*state_, 1, true) > 0)) {
         std::make_shared<Session>(std::move(socket), state_, true)->run();
       } else {
         --state_->overflow_sessions;
@@ -537,7 +554,7 @@ class Listener : public std::enable_shared_from_this<Listener> {
                 (out_of_descriptors ? " (at the file-descriptor limit: raise `ulimit -n` or lower --max-connections)"
                                     : ""));
     auto pause = std::chrono::milliseconds(10);
-    if (out_of_descriptors && Session::evict_silent(*state_, kEvictPerRetry) > 0) {
+    if (out_of_descriptors && Session::evict_silent(*state_, kEvictPerRetry, false) > 0) {
       pause = std::chrono::milliseconds(2);  // the closes run on the sessions' strands first
     } else if (out_of_descriptors && reserve_fd_ >= 0) {
       ::close(reserve_fd_);
