@@ -34,18 +34,20 @@ bool WorkerPool::enqueue(Job job) {
   return true;
 }
 
-bool WorkerPool::submit(ModelHandle model, Request request, Completion done) {
-  if (try_inline(model, request, done)) return true;
+bool WorkerPool::submit(ModelHandle model, Request request, Completion done, uint64_t client) {
+  if (try_inline(model, request, done, client)) return true;
   return enqueue(Job{std::move(model), std::move(request), std::nullopt, std::move(done)});
 }
 
-bool WorkerPool::try_inline(ModelHandle& model, Request& request, Completion& done) {
-  if (options_.inline_max_microseconds <= 0) return false;
+bool WorkerPool::try_inline(ModelHandle& model, Request& request, Completion& done, uint64_t client) {
+  if (options_.inline_max_microseconds <= 0 || client == 0) return false;
   {
     std::lock_guard lock(mutex_);
+    const int active_clients = active_clients_.note(client, std::chrono::steady_clock::now());
     if (stopping_ || inline_busy_ || computing_ > 0 || !queue_.empty()) return false;
     const auto known = batch1_seconds_.find(model.recommender.get());
-    if (known == batch1_seconds_.end() || known->second * 1e6 > options_.inline_max_microseconds) return false;
+    if (known == batch1_seconds_.end() || active_clients * known->second * 1e6 > options_.inline_max_microseconds)
+      return false;
     inline_busy_ = true;
   }
   if (queue_observer_) queue_observer_(0.0);
@@ -67,6 +69,20 @@ bool WorkerPool::try_inline(ModelHandle& model, Request& request, Completion& do
   if (observer_) observer_(1, seconds);
   done(error ? Response{} : std::move(responses[0]), error);
   return true;
+}
+
+int ActiveClients::note(uint64_t client, std::chrono::steady_clock::time_point now) {
+  entries_[next_] = {client, now};
+  next_ = (next_ + 1) % kSize;
+  const auto recent = [now](const Entry& e) { return e.client != 0 && e.at <= now && now - e.at <= kWindow; };
+  int distinct = 0;
+  for (int i = 0; i < kSize; ++i) {
+    if (!recent(entries_[i])) continue;
+    bool counted = false;  // at an earlier slot already
+    for (int j = 0; j < i && !counted; ++j) counted = entries_[j].client == entries_[i].client && recent(entries_[j]);
+    distinct += !counted;
+  }
+  return distinct;
 }
 
 void WorkerPool::note_batch1_seconds(const Recommender* model, double seconds) {

@@ -6,12 +6,18 @@
 // Completions run on the thread that computed and should only hand the response back (e.g.
 // post it to a connection's strand).
 //
-// One exception to "callers never compute": a request submitted while no worker is computing
-// and nothing is queued runs on the submitting thread (one at a time), when its model's last
-// batch-1 time was under inline_max_microseconds. One request at a time then skips the
-// hand-off to a worker and back: two thread wake-ups, which cost more than a small model's
-// inference. A model never measured yet (its first request) always goes to the queue. Off by
-// default: see inline_max_microseconds.
+// One exception to "callers never compute": a request that names its client (e.g. the HTTP
+// connection) may run on the submitting thread, one at a time, when
+//   - no worker is computing and nothing is queued, and
+//   - (clients seen in the last ActiveClients::kWindow) x (the model's last batch-1 time) is at
+//     most inline_max_microseconds: all the work the submitting thread could be asked to do
+//     back to back for the clients active now stays within that budget.
+// One client at a time then skips the hand-off to a worker and back (two thread wake-ups,
+// which cost more than a small model's inference); many clients (a loaded server) go to the
+// workers, which batch them. The client count matters because an I/O thread that computes
+// does not read the other connections meanwhile: their requests never reach the queue, so
+// "the queue is empty" alone cannot tell one client from sixty-four. A model never measured
+// yet (its first request), and a request without a client, always go to the queue.
 #pragma once
 
 #include <atomic>
@@ -39,6 +45,25 @@ struct ModelHandle {
   std::shared_ptr<const std::vector<uint64_t>> popularity;
 };
 
+// Who sent the latest requests: a ring of the last kSize (client, time) pairs, enough to tell
+// one, a few and many clients apart. Not thread-safe (the pool calls it under its mutex).
+class ActiveClients {
+ public:
+  static constexpr int kSize = 32;
+  static constexpr std::chrono::milliseconds kWindow{10};
+  // Records `client`'s request at `now` → the distinct clients (non-zero) seen within kWindow
+  // before `now`, this one included; at most kSize.
+  int note(uint64_t client, std::chrono::steady_clock::time_point now);
+
+ private:
+  struct Entry {
+    uint64_t client = 0;
+    std::chrono::steady_clock::time_point at{};
+  };
+  Entry entries_[kSize];
+  int next_ = 0;
+};
+
 class WorkerPool {
  public:
   struct Options {
@@ -49,11 +74,8 @@ class WorkerPool {
     // arrives meanwhile is taken without a futex wake-up (the hand-off that dominates one
     // request at a time). 0: sleep at once.
     int spin_microseconds = 50;
-    // The inline path above: the longest batch-1 time (µs) a model may have had for its
-    // requests to run on the submitting thread. 0: never (the default: with one I/O thread and
-    // many connections, the I/O thread computing one request at a time kept the queue empty,
-    // so the workers never batched — bench/http_bench.py at 64 connections fell from 41% to
-    // 31% of engine-only throughput, batches of 1.0 instead of 12.9).
+    // The inline path above: its budget in µs (active clients x the model's batch-1 time).
+    // 0: never.
     int inline_max_microseconds = 0;
   };
   // Called with the response, or with an exception_ptr when the engine failed.
@@ -69,7 +91,8 @@ class WorkerPool {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   // Queues one request for `model`; false when the queue is full or the pool is stopping.
-  bool submit(ModelHandle model, Request request, Completion done);
+  // `client` (non-zero) names who sent it, e.g. the connection: only then may it run inline.
+  bool submit(ModelHandle model, Request request, Completion done, uint64_t client = 0);
   // Queues one similar-items request (Recommender::similar_items) for `model`.
   bool submit_similar(ModelHandle model, std::string item_id, Request request, Completion done);
 
@@ -87,7 +110,7 @@ class WorkerPool {
   };
   bool enqueue(Job job);
   // Runs the request on this thread when the inline path's conditions hold (see above).
-  bool try_inline(ModelHandle& model, Request& request, Completion& done);
+  bool try_inline(ModelHandle& model, Request& request, Completion& done, uint64_t client);
   // The latest batch-1 time of a model (under mutex_), which decides whether it may run inline.
   void note_batch1_seconds(const Recommender* model, double seconds);
   void run();
@@ -104,6 +127,7 @@ class WorkerPool {
   bool inline_busy_ = false;       // a request is running inline (under mutex_)
   Workspace inline_workspace_;     // its scratch (used by the one inline request)
   std::unordered_map<const Recommender*, double> batch1_seconds_;  // under mutex_
+  ActiveClients active_clients_;  // of the requests offered to the inline path (under mutex_)
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

@@ -77,6 +77,7 @@ struct State {
   std::atomic<int64_t> in_flight{0};
   std::atomic<bool> draining{false};
   std::atomic<int64_t> overflow_sessions{0};
+  std::atomic<uint64_t> next_connection{1};
   std::atomic<uint64_t> body_bytes_since_trim{0};
   // Sessions accepted whose first request header has not arrived yet, oldest first: at the
   // descriptor limit these are closed to make room (an idle-connection flood must not lock
@@ -121,7 +122,11 @@ class Session : public std::enable_shared_from_this<Session> {
  public:
   // `overflow`: a connection beyond max_connections, answered once and closed.
   Session(tcp::socket&& socket, std::shared_ptr<State> state, bool overflow)
-      : stream_(std::move(socket)), wait_timer_(stream_.get_executor()), state_(std::move(state)), overflow_(overflow) {
+      : stream_(std::move(socket)),
+        wait_timer_(stream_.get_executor()),
+        state_(std::move(state)),
+        overflow_(overflow),
+        connection_(overflow ? 0 : state_->next_connection.fetch_add(1, std::memory_order_relaxed)) {
     // Beast reads at most the buffer's free capacity per call (512 bytes when empty): room
     // for a typical request lets one recv take it whole instead of a dozen growing reads.
     buffer_.reserve(kReadChunk);
@@ -298,7 +303,7 @@ class Session : public std::enable_shared_from_this<Session> {
       response.version(version);
       response.keep_alive(keep_alive && !self->state_->draining);
       self->answer_request(std::move(response));
-    });
+    }, connection_);
   }
 
   // The answer to the request being handled, from whatever thread computed it (usually an
@@ -456,6 +461,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string wire_;  // a handled request's answer as bytes (answer_request)
   std::shared_ptr<State> state_;
   const bool overflow_;
+  const uint64_t connection_;  // this connection's number for the handler (0: overflow, never handled)
   bool head_ = false;
   uint64_t reserved_ = 0;  // body bytes reserved in State for the request being read
   char drain_buffer_[8192];

@@ -29,7 +29,9 @@ using HttpRequest = http::request<http::string_body>;
 using HttpResponse = http::response<http::string_body>;
 // Call exactly once, from any thread.
 using Reply = std::function<void(HttpResponse)>;
-using Handler = std::function<void(HttpRequest&& request, Reply reply)>;
+// `connection` numbers the connection the request came on (1, 2, ...; never reused while the
+// server runs): requests with the same number came from the same client, one after another.
+using Handler = std::function<void(HttpRequest&& request, Reply reply, uint64_t connection)>;
 
 struct Options {
   std::string bind = "127.0.0.1";

@@ -40,6 +40,7 @@ std::string percent_decode(std::string_view text) {
 struct Service::Call {
   http_server::HttpRequest request;
   http_server::Reply reply;
+  uint64_t connection = 0;  // the HTTP connection it came on (0: unknown)
   Metrics* metrics = nullptr;
   std::string route = "other";
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
@@ -91,10 +92,11 @@ std::shared_ptr<const items::ItemMetadata> Service::current_items() const {
   return items_;
 }
 
-void Service::handle(http_server::HttpRequest&& request, http_server::Reply reply) {
+void Service::handle(http_server::HttpRequest&& request, http_server::Reply reply, uint64_t connection) {
   auto call = std::make_shared<Call>();
   call->request = std::move(request);
   call->reply = std::move(reply);
+  call->connection = connection;
   call->metrics = &metrics_;
   try {
     route(call);
@@ -427,8 +429,9 @@ std::shared_ptr<api::ItemFieldsWriter> Service::fields_writer(const std::vector<
 }
 
 void Service::infer(api::RecommendRequest parsed, std::shared_ptr<const ServedModel> model,
-                    std::shared_ptr<api::ItemFieldsWriter> fields, std::function<void(std::string json, int status)> done) {
-  auto submit = [this, done, model, fields](Request request) {
+                    std::shared_ptr<api::ItemFieldsWriter> fields, uint64_t client,
+                    std::function<void(std::string json, int status)> done) {
+  auto submit = [this, done, model, fields, client](Request request) {
     const bool queued = workers_.submit(model->handle, std::move(request), [this, done, fields](Response response, std::exception_ptr error) {
       // A request the model cannot answer as sent (e.g. a time-reading model and an
       // interaction without a timestamp) is the client's error, named in the message.
@@ -447,7 +450,7 @@ void Service::infer(api::RecommendRequest parsed, std::shared_ptr<const ServedMo
       } catch (const std::exception& e) {
         done(api::write_error("internal", e.what()), 500);
       }
-    });
+    }, client);
     if (!queued) done(api::write_error("overloaded", "the inference queue is full; retry shortly"), 503);
   };
   if (!parsed.user_id) return submit(std::move(parsed.request));
@@ -485,7 +488,7 @@ void Service::recommend(const std::shared_ptr<Call>& call, const std::string& al
   std::shared_ptr<api::ItemFieldsWriter> fields = fields_writer(parsed.fields);
   call->model = model->name;
   metrics_.observe_stage("parse", std::chrono::duration<double>(std::chrono::steady_clock::now() - call->start).count());
-  infer(std::move(parsed), std::move(model), std::move(fields), [call](std::string json, int status) {
+  infer(std::move(parsed), std::move(model), std::move(fields), call->connection, [call](std::string json, int status) {
     call->answer(static_cast<http::status>(status), std::move(json));
   });
 }
@@ -528,8 +531,9 @@ void Service::recommend_batch(const std::shared_ptr<Call>& call, const std::stri
       finish_one(i, api::write_error(entries[i].error->code(), entries[i].error->what()));
       continue;
     }
-    // The entry's result is its response, or its {"error": {...}} (e.g. store down).
-    infer(std::move(*entries[i].request), chosen[i], writers[i],
+    // The entry's result is its response, or its {"error": {...}} (e.g. store down). No client:
+    // a batch's entries belong in one forward pass, never computed one by one inline.
+    infer(std::move(*entries[i].request), chosen[i], writers[i], 0,
           [finish_one, i](std::string json, int) { finish_one(i, std::move(json)); });
   }
 }

@@ -58,7 +58,9 @@ class Service {
           std::shared_ptr<const items::ItemMetadata> items);
 
   // The http_server::Handler.
-  void handle(http_server::HttpRequest&& request, http_server::Reply reply);
+  // `connection`: the HTTP connection's number (see http_server::Handler), which lets the worker
+  // pool tell one client from many (its inline path).
+  void handle(http_server::HttpRequest&& request, http_server::Reply reply, uint64_t connection = 0);
   // The http_server::HeaderCheck: refuses a request whose route needs a key the header does
   // not carry, before its body is read.
   std::optional<http_server::HttpResponse> check_header(const boost::beast::http::request_header<>& header) const;
@@ -108,9 +110,11 @@ class Service {
                                                std::optional<std::string_view> key) const;
   // The writer of a request's "fields" (null when none asked); ApiError 400 for a bad field.
   std::shared_ptr<api::ItemFieldsWriter> fields_writer(const std::vector<std::string>& fields) const;
-  // Resolves user_id (store) when needed, then queues the request for inference.
+  // Resolves user_id (store) when needed, then queues the request for inference. `client`: the
+  // connection it came on, 0 when it must go to the workers (e.g. one entry of a batch).
   void infer(api::RecommendRequest parsed, std::shared_ptr<const ServedModel> model,
-             std::shared_ptr<api::ItemFieldsWriter> fields, std::function<void(std::string json, int status)> done);
+             std::shared_ptr<api::ItemFieldsWriter> fields, uint64_t client,
+             std::function<void(std::string json, int status)> done);
   std::shared_ptr<const items::ItemMetadata> current_items() const;
   std::string model_summary_json(const ServedModel& model) const;
   std::string split_json() const;

@@ -125,6 +125,8 @@ TEST(WorkerPool, RequestsForDifferentModelsInOneBatchAreEachAnsweredByTheirOwn) 
   EXPECT_EQ(batch_sizes, (std::vector<size_t>{1, 3, 2}));
 }
 
+constexpr uint64_t kClient = 7;
+
 TEST(WorkerPool, AnIdlePoolAnswersAMeasuredCheapModelOnTheSubmittingThread) {
   const ModelHandle model{small_recommender(), nullptr};
   std::vector<size_t> batch_sizes;
@@ -139,7 +141,7 @@ TEST(WorkerPool, AnIdlePoolAnswersAMeasuredCheapModelOnTheSubmittingThread) {
       EXPECT_FALSE(e);
       EXPECT_EQ(r.recommendations.size(), 3u);
       answered_on.set_value(std::this_thread::get_id());
-    }));
+    }, kClient));
     return answered_on.get_future().get();
   };
   // A model never measured goes to a worker (its cost is unknown)...
@@ -155,7 +157,8 @@ TEST(WorkerPool, AnIdlePoolAnswersAMeasuredCheapModelOnTheSubmittingThread) {
   Workspace ws;
   const Request request = one_item("102");
   std::promise<Response> inline_answer;
-  ASSERT_TRUE(pool.submit(model, request, [&](Response r, std::exception_ptr) { inline_answer.set_value(std::move(r)); }));
+  ASSERT_TRUE(pool.submit(model, request, [&](Response r, std::exception_ptr) { inline_answer.set_value(std::move(r)); },
+                          kClient));
   const Response got = inline_answer.get_future().get();
   const Response expected = model.recommender->recommend({&request, 1}, ws)[0];
   ASSERT_EQ(got.recommendations.size(), expected.recommendations.size());
@@ -173,7 +176,7 @@ TEST(WorkerPool, AnIdlePoolAnswersAMeasuredCheapModelOnTheSubmittingThread) {
   std::promise<std::thread::id> queued_on;
   ASSERT_TRUE(pool.submit(model, one_item("104"), [&](Response, std::exception_ptr) {
     queued_on.set_value(std::this_thread::get_id());
-  }));
+  }, kClient));
   EXPECT_EQ(pool.queue_depth(), 1u) << "a busy pool must queue, not compute on the caller's thread";
   gate.release();
   EXPECT_NE(queued_on.get_future().get(), std::this_thread::get_id());
@@ -189,9 +192,44 @@ TEST(WorkerPool, NoInlineWhenTheLimitIsZeroOrTheModelCostsMore) {
       std::promise<std::thread::id> answered_on;
       ASSERT_TRUE(pool.submit(model, one_item("101"), [&](Response, std::exception_ptr) {
         answered_on.set_value(std::this_thread::get_id());
-      }));
+      }, kClient));
       EXPECT_NE(answered_on.get_future().get(), std::this_thread::get_id()) << "limit " << limit << ", request " << i;
     }
+  }
+}
+
+TEST(ActiveClients, CountsTheDistinctClientsOfTheLastRequestsWithinTheWindow) {
+  ActiveClients clients;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto us = [t0](int n) { return t0 + std::chrono::microseconds(n); };
+  // One client, request after request: 1.
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(clients.note(5, us(i * 50)), 1) << i;
+  // A second one joins: 2, and stays 2 while they alternate.
+  EXPECT_EQ(clients.note(6, us(5000)), 2);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(clients.note(i % 2 ? 5 : 6, us(5100 + i * 50)), 2) << i;
+  // Forty different ones in a burst: as many as the ring holds.
+  int last = 0;
+  for (uint64_t c = 100; c < 140; ++c) last = clients.note(c, us(6000 + static_cast<int>(c)));
+  EXPECT_EQ(last, ActiveClients::kSize);
+  // After a quiet window, the one client that comes back is alone again.
+  const auto later = us(6200) + ActiveClients::kWindow + std::chrono::microseconds(1);
+  EXPECT_EQ(clients.note(5, later), 1);
+  // Requests without a client (0) are not counted.
+  EXPECT_EQ(clients.note(0, later + std::chrono::microseconds(1)), 1);
+}
+
+// A request without a client (e.g. one entry of a batch) never runs inline, however idle the
+// pool and cheap the model.
+TEST(WorkerPool, RequestsWithoutAClientNeverRunInline) {
+  const ModelHandle model{small_recommender(), nullptr};
+  WorkerPool pool({.threads = 1, .max_batch = 8, .inline_max_microseconds = 100000});
+  for (int i = 0; i < 5; ++i) {
+    std::promise<std::thread::id> answered_on;
+    ASSERT_TRUE(pool.submit(model, one_item("101"), [&](Response, std::exception_ptr) {
+      answered_on.set_value(std::this_thread::get_id());
+    }));
+    EXPECT_NE(answered_on.get_future().get(), std::this_thread::get_id()) << "request " << i;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the worker finishes its completion
   }
 }
 
