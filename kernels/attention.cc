@@ -1,6 +1,7 @@
 #include "kernels/attention.h"
 
 #include "kernels/simd_math.h"
+#include "kernels/tile_dispatch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -66,8 +67,8 @@ void softmax_in_place(float* s, int64_t begin, int64_t end, float first_key_weig
   }
 }
 
-constexpr int kRows = 8;       // query rows per tile
-constexpr int kMaxBlocks = 4;  // d_h <= 64 in registers; wider heads take the generic path
+constexpr int kRows = kMaxTileRows;       // query rows per tile
+constexpr int kMaxBlocks = kMaxTileBlocks;  // d_h <= 64 in registers; wider heads take the generic path
 
 // Row counts and block counts are template parameters so every accumulator array below is
 // fully unrolled into registers (with run-time counts GCC keeps them on the stack, which
@@ -217,27 +218,10 @@ void attention_tile(const float* q, int64_t ld_q, int64_t q_row0, const float* k
 using TileFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
                         int64_t, int64_t, bool, float, float, float*, int64_t, float*);
 
-template <int BLOCKS>
-TileFn tile_for_rows(int64_t rows) {
-  switch (rows) {
-    case 1: return attention_tile<1, BLOCKS>;
-    case 2: return attention_tile<2, BLOCKS>;
-    case 3: return attention_tile<3, BLOCKS>;
-    case 4: return attention_tile<4, BLOCKS>;
-    case 5: return attention_tile<5, BLOCKS>;
-    case 6: return attention_tile<6, BLOCKS>;
-    case 7: return attention_tile<7, BLOCKS>;
-    default: return attention_tile<8, BLOCKS>;
-  }
-}
-
 TileFn tile_for(int64_t rows, int64_t d_h) {
-  switch ((d_h + 15) / 16) {
-    case 1: return tile_for_rows<1>(rows);
-    case 2: return tile_for_rows<2>(rows);
-    case 3: return tile_for_rows<3>(rows);
-    default: return tile_for_rows<4>(rows);
-  }
+  return with_tile_blocks(d_h, [rows](auto blocks) {
+    return with_tile_rows(rows, [](auto r) -> TileFn { return attention_tile<decltype(r)::value, decltype(blocks)::value>; });
+  });
 }
 
 // One query row (the last block's read-out slot): dot products straight from the key rows
@@ -320,16 +304,10 @@ void attention_head(const float* q, int64_t ld_q, int64_t q_begin, int64_t n_q, 
 #if SEQREC_HAVE_AVX512
 SEQREC_INTRINSIC_WARNINGS_OFF
   if (d_h <= kMaxBlocks * 16 && n_q == 1) {
-    auto one_row = [&](auto blocks) {
+    with_tile_blocks(d_h, [&](auto blocks) {
       attention_one_row<decltype(blocks)::value>(q, q_begin, k, v, ld_kv, n_kv, d_h, key_begin, key_end, causal,
                                                  first_key_weight, scale, out, scratch);
-    };
-    switch ((d_h + 15) / 16) {
-      case 1: one_row(std::integral_constant<int, 1>{}); break;
-      case 2: one_row(std::integral_constant<int, 2>{}); break;
-      case 3: one_row(std::integral_constant<int, 3>{}); break;
-      default: one_row(std::integral_constant<int, 4>{}); break;
-    }
+    });
     return;
   }
   if (d_h <= kMaxBlocks * 16) {

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/simd_math.h"
+#include "kernels/tile_dispatch.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -267,8 +268,8 @@ void silu_weighted_values(const float* a, int64_t a_ld, const float* v, int64_t 
     for (int b = 0; b < BLOCKS; ++b) _mm512_mask_storeu_ps(out + r * ld_out + b * 16, masks[b], acc[r][b]);
 }
 
-constexpr int kSiluRows = 8;       // query rows per tile
-constexpr int kSiluMaxBlocks = 4;  // d_v <= 64 in registers; wider heads take the generic path
+constexpr int kSiluRows = kMaxTileRows;       // query rows per tile
+constexpr int kSiluMaxBlocks = kMaxTileBlocks;  // d_v <= 64 in registers; wider heads take the generic path
 
 // A tile of ROWS causal queries whose first sees keys < end0: the weights, then the values.
 // Rows past the first pass's see more keys, so the value loop runs in two passes when BLOCKS
@@ -292,27 +293,10 @@ void silu_tile(const float* q, int64_t ld_q, int64_t end0, const float* kt, int6
 using SiluTileFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
                             int64_t, int64_t, const float*, int64_t, __m512, float*, int64_t, float*);
 
-template <int BLOCKS>
-SiluTileFn silu_tile_for_rows(int64_t rows) {
-  switch (rows) {
-    case 1: return silu_tile<1, BLOCKS>;
-    case 2: return silu_tile<2, BLOCKS>;
-    case 3: return silu_tile<3, BLOCKS>;
-    case 4: return silu_tile<4, BLOCKS>;
-    case 5: return silu_tile<5, BLOCKS>;
-    case 6: return silu_tile<6, BLOCKS>;
-    case 7: return silu_tile<7, BLOCKS>;
-    default: return silu_tile<8, BLOCKS>;
-  }
-}
-
 SiluTileFn silu_tile_for(int64_t rows, int64_t d_v) {
-  switch ((d_v + 15) / 16) {
-    case 1: return silu_tile_for_rows<1>(rows);
-    case 2: return silu_tile_for_rows<2>(rows);
-    case 3: return silu_tile_for_rows<3>(rows);
-    default: return silu_tile_for_rows<4>(rows);
-  }
+  return with_tile_blocks(d_v, [rows](auto blocks) {
+    return with_tile_rows(rows, [](auto r) -> SiluTileFn { return silu_tile<decltype(r)::value, decltype(blocks)::value>; });
+  });
 }
 
 // One query row (HSTU's last block reads out one slot): dot products straight from the key rows
@@ -354,12 +338,9 @@ SEQREC_INTRINSIC_WARNINGS_OFF
     const __m512 vdivisor = _mm512_set1_ps(divisor);
     if (n_q == 1) {
       const int64_t end = std::min<int64_t>(n_kv, first_visible + 1);
-      switch ((d_v + 15) / 16) {
-        case 1: silu_one_row<1>(q, k, ld_k, v, ld_v, end, d_qk, d_v, bias, vdivisor, out, scratch); break;
-        case 2: silu_one_row<2>(q, k, ld_k, v, ld_v, end, d_qk, d_v, bias, vdivisor, out, scratch); break;
-        case 3: silu_one_row<3>(q, k, ld_k, v, ld_v, end, d_qk, d_v, bias, vdivisor, out, scratch); break;
-        default: silu_one_row<4>(q, k, ld_k, v, ld_v, end, d_qk, d_v, bias, vdivisor, out, scratch); break;
-      }
+      with_tile_blocks(d_v, [&](auto blocks) {
+        silu_one_row<decltype(blocks)::value>(q, k, ld_k, v, ld_v, end, d_qk, d_v, bias, vdivisor, out, scratch);
+      });
       return;
     }
     float* kt = scratch;

@@ -332,6 +332,24 @@ void read_provenance(Reader& r, Provenance& p) {
 
 // A tensor or section's place in the file, checked: inside the data area, aligned, after the
 // one before it (so none overlap), and its checksum.
+// A tensor entry's dtype, rank and shape (after its name), each checked against the spec's
+// declaration of that name, in the order the entry stores them (versions 1 and 2 alike) → the shape.
+std::vector<int64_t> read_tensor_type(Reader& r, const std::unordered_map<std::string, const TensorDecl*>& declared,
+                                      const ModelFile& m, const std::string& name, const std::string& field) {
+  const auto it = declared.find(name);
+  if (it == declared.end()) r.fail(field + ": unexpected (not required by the spec)");
+  if (m.tensors.count(name)) r.fail(field + ": appears twice");
+  const std::string dtype = r.string(field + " dtype");
+  if (dtype != kDtypeF32) r.fail(field + ": dtype " + single_quoted(dtype) + ", expected 'f32'");
+  const auto rank = r.pod<uint32_t>(field + " rank");
+  if (rank > kMaxRank) r.fail(field + ": rank " + std::to_string(rank) + ", expected " + std::to_string(it->second->shape.size()));
+  std::vector<int64_t> shape(rank);
+  for (auto& dim : shape) dim = r.pod<int64_t>(field + " shape");
+  if (shape != it->second->shape)
+    r.fail(field + ": shape " + shape_string(shape) + ", expected " + shape_string(it->second->shape));
+  return shape;
+}
+
 struct Placed {
   uint64_t offset, bytes, sum;
 };
@@ -416,17 +434,7 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
   for (uint64_t i = 0; i < n_tensors; ++i) {
     const std::string name = r.string("tensor name");
     const std::string field = tensor_field(name);
-    const auto it = declared.find(name);
-    if (it == declared.end()) r.fail(field + ": unexpected (not required by the spec)");
-    if (m.tensors.count(name)) r.fail(field + ": appears twice");
-    const std::string dtype = r.string(field + " dtype");
-    if (dtype != kDtypeF32) r.fail(field + ": dtype " + single_quoted(dtype) + ", expected 'f32'");
-    const auto rank = r.pod<uint32_t>(field + " rank");
-    if (rank > kMaxRank) r.fail(field + ": rank " + std::to_string(rank) + ", expected " + std::to_string(it->second->shape.size()));
-    std::vector<int64_t> shape(rank);
-    for (auto& dim : shape) dim = r.pod<int64_t>(field + " shape");
-    if (shape != it->second->shape)
-      r.fail(field + ": shape " + shape_string(shape) + ", expected " + shape_string(it->second->shape));
+    const std::vector<int64_t> shape = read_tensor_type(r, declared, m, name, field);
     Placed e;
     e.offset = r.pod<uint64_t>(field + " offset");
     e.bytes = r.pod<uint64_t>(field + " byte length");
@@ -573,17 +581,7 @@ void read_v1(const uint8_t* base, uint64_t size, const std::string& path, ModelF
   for (uint64_t i = 0; i < n_tensors; ++i) {
     const std::string name = r.string("tensor name");
     const std::string field = tensor_field(name);
-    const auto it = declared.find(name);
-    if (it == declared.end()) r.fail(field + ": unexpected (not required by the spec)");
-    if (m.tensors.count(name)) r.fail(field + ": appears twice");
-    const std::string dtype = r.string(field + " dtype");
-    if (dtype != kDtypeF32) r.fail(field + ": dtype " + single_quoted(dtype) + ", expected 'f32'");
-    const auto rank = r.pod<uint32_t>(field + " rank");
-    if (rank > kMaxRank) r.fail(field + ": rank " + std::to_string(rank) + ", expected " + std::to_string(it->second->shape.size()));
-    std::vector<int64_t> shape(rank);
-    for (auto& dim : shape) dim = r.pod<int64_t>(field + " shape");
-    if (shape != it->second->shape)
-      r.fail(field + ": shape " + shape_string(shape) + ", expected " + shape_string(it->second->shape));
+    const std::vector<int64_t> shape = read_tensor_type(r, declared, m, name, field);
     const auto n_bytes = r.pod<uint64_t>(field + " byte length");
     const uint64_t expected_bytes = Tensor::count(shape) * sizeof(float);
     if (n_bytes != expected_bytes)
