@@ -45,6 +45,7 @@ constexpr Shape kMl1m{"ml1m", 50, 200, 1, 50, 3417, true, true};
 constexpr Shape kRecbole{"recbole", 64, 50, 2, 256, 10001, false, true};
 constexpr Shape kBert4rec{"bert4rec", 64, 51, 2, 256, 10002, false, false};
 constexpr Shape kCatalog1m{"catalog1m", 64, 50, 2, 256, 1000001, false, true};
+constexpr Shape kCatalog10m{"catalog10m", 64, 50, 2, 256, 10000001, false, true};  // the scans only (2.6 GB table)
 const Shape kShapes[] = {kMl1m, kRecbole, kBert4rec, kCatalog1m};
 
 // Uniform values of standard deviation `scale` (a cheap generator: catalog1m's table has 64M).
@@ -225,14 +226,14 @@ void top_k(benchmark::State& state, Shape s, bool with_skip) {
   state.SetBytesProcessed(state.iterations() * s.items * static_cast<int64_t>(sizeof(float)));
 }
 
-// ---- exact top-k through the int8 pre-scan (kernels/quantized_scan.h): the scan of the int8
-// table, then the fp32 rescoring of the rows that may reach the top-k (counter "rescored", per
-// query); a batch's queries share one read of the table ----------------------------------------
+// ---- exact top-k through the int8 or int4 pre-scan (kernels/quantized_scan.h): the scan of
+// the quantized table, then the fp32 rescoring of the rows that may reach the top-k (counter
+// "rescored", per query); a batch's queries share one read of the table ------------------------
 
-void int8_scan_top_k(benchmark::State& state, Shape s, int64_t batch) {
+void quantized_scan_top_k(benchmark::State& state, Shape s, int64_t batch, k::ScanCode code) {
   FloatBuffer table = random_buffer(s.items * s.d, 17, 0.05f), hidden = random_buffer(batch * s.d, 18);
-  std::vector<uint8_t, seqrec::AlignedAllocator<uint8_t>> quantized(k::quantized_table_bytes(s.items, s.d));
-  if (!k::quantize_table(table.data(), s.items, s.d, quantized.data())) {
+  std::vector<uint8_t, seqrec::AlignedAllocator<uint8_t>> quantized(k::quantized_table_bytes(s.items, s.d, code));
+  if (!k::quantize_table(table.data(), s.items, s.d, quantized.data(), code)) {
     state.SkipWithError("quantize_table refused the table");
     return;
   }
@@ -249,7 +250,7 @@ void int8_scan_top_k(benchmark::State& state, Shape s, int64_t batch) {
     queries[b].scores = scores.data() + 10 * b;
   }
   for (auto _ : state) {
-    k::scan_top_k(table.data(), nullptr, quantized.data(), s.items, s.d, queries.data(), batch);
+    k::scan_top_k(table.data(), nullptr, quantized.data(), s.items, s.d, queries.data(), batch, code);
     benchmark::ClobberMemory();
   }
   double rescored = 0;
@@ -342,8 +343,19 @@ void register_all() {
     benchmark::RegisterBenchmark((p + "/top_k/k:10/skip_seen").c_str(), top_k, s, true);
     for (int64_t batch : {int64_t{1}, int64_t{8}, int64_t{64}})
       benchmark::RegisterBenchmark((p + "/int8_scan_top_k/k:10/batch:" + std::to_string(batch)).c_str(),
-                                   int8_scan_top_k, s, batch);
+                                   quantized_scan_top_k, s, batch, k::ScanCode::int8);
+    if (s.items >= 1000000)
+      benchmark::RegisterBenchmark((p + "/int4_scan_top_k/k:10/batch:1").c_str(), quantized_scan_top_k, s, int64_t{1},
+                                   k::ScanCode::int4);
   }
+  // catalog10m: the scans only (its table is 2.6 GB). Batches of 1 and 2 show where the int4
+  // copy stops paying (engine/scorer.cc).
+  for (int64_t batch : {int64_t{1}, int64_t{2}, int64_t{64}})
+    benchmark::RegisterBenchmark(("catalog10m/int8_scan_top_k/k:10/batch:" + std::to_string(batch)).c_str(),
+                                 quantized_scan_top_k, kCatalog10m, batch, k::ScanCode::int8);
+  for (int64_t batch : {int64_t{1}, int64_t{2}})
+    benchmark::RegisterBenchmark(("catalog10m/int4_scan_top_k/k:10/batch:" + std::to_string(batch)).c_str(),
+                                 quantized_scan_top_k, kCatalog10m, batch, k::ScanCode::int4);
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:mix", recommend, int64_t{1}, int64_t{0});
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:64/history:mix", recommend, int64_t{64}, int64_t{0});
   benchmark::RegisterBenchmark("engine/ml1m/recommend/batch:1/history:10", recommend, int64_t{1}, int64_t{10});

@@ -66,7 +66,10 @@ Action add_inspect(CLI::App& app) {
     std::printf("parameters    %zu (%zu tensors)\n", parameters, m.tensors.size());
     std::printf("catalog       %lld items (+ padding row)\n", (long long)(s.n_items - 1));
     std::printf("popularity    %s\n", m.popularity.empty() ? "none" : "training counts");
-    if (m.scorer_tables.scan_table)
+    if (m.scorer_tables.scan_table && m.scorer_tables.scan_table_int4)
+      std::printf("scan table    stored (%.1f MiB int8 + %.1f MiB int4 + inverse norms): used in place at load\n",
+                  m.scorer_tables.scan_table_bytes / 1048576.0, m.scorer_tables.scan_table_int4_bytes / 1048576.0);
+    else if (m.scorer_tables.scan_table)
       std::printf("scan table    stored (%.1f MiB int8 + inverse norms): used in place at load\n",
                   m.scorer_tables.scan_table_bytes / 1048576.0);
     std::printf("score         %s\n", to_string(s.scorer.score));

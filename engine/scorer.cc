@@ -19,6 +19,14 @@ constexpr int64_t kMaxPackedTableFloats = int64_t{16} << 20;
 // 0.064 ms per request, RecBole 0.059 -> 0.041, catalog1m 9.2 -> 1.8 ms.
 constexpr int64_t kMinPreScanFloats = int64_t{64} << 10;
 
+// Beyond this the int8 copy (here 34 MB) no longer stays in the caches between requests, a
+// batch-1 scan streams it from memory, and the bytes read are its time: an int4 copy (half
+// the bytes; looser bounds, so more rows rescored) is kept as well for batches of one request.
+// kernels_bench, batch 1, other work on the machine: catalog1m 1.55-2.1 -> 1.0-1.1 ms,
+// catalog10m 22-26 -> 11-13 ms. Two or more queries share each read of the int8 copy, and its
+// tighter bounds then win (catalog10m: int8 22 ms for 2 queries, int4 23).
+constexpr int64_t kMinInt4Floats = int64_t{32} << 20;
+
 bool wants_pre_scan(PreScan pre_scan, const ModelSpec& spec) {
   switch (pre_scan) {
     case PreScan::always: return true;
@@ -26,6 +34,23 @@ bool wants_pre_scan(PreScan pre_scan, const ModelSpec& spec) {
     case PreScan::automatic: break;
   }
   return spec.n_items * spec.d >= kMinPreScanFloats;
+}
+
+// Whether a scorer that pre-scans also keeps the int4 copy (PreScan::always: every table, so
+// that tests reach the int4 path with small catalogs).
+bool wants_int4(PreScan pre_scan, const ModelSpec& spec) {
+  return pre_scan == PreScan::always || spec.n_items * spec.d >= kMinInt4Floats;
+}
+
+using ScanTable = std::vector<uint8_t, UninitAlignedAllocator<uint8_t>>;
+
+// The table's copy in `code`, or an empty one when the table cannot be bounded.
+template <class Bytes>
+Bytes make_scan_table(const float* table, int64_t n, int64_t d, kernels::ScanCode code) {
+  Bytes out(static_cast<size_t>(kernels::quantized_table_bytes(n, d, code)));
+  // A table beyond the bounds (values not finite, or huge) is scored in full.
+  if (!kernels::quantize_table(table, n, d, out.data(), code)) Bytes().swap(out);
+  return out;
 }
 
 
@@ -63,18 +88,26 @@ Scorer::Scorer(const ModelSpec& spec, const WeightMap& weights, PreScan pre_scan
   if (spec.scorer.output_bias) bias_ = weight(weights, "output/bias", {n_items_});
   product_ = kernels::PackedLinear(table_, bias_, n_items_, d_, kernels::Epilogue::none,
                                    n_items_ * d_ <= kMaxPackedTableFloats);
+  using kernels::ScanCode;
   const bool stored_scan = stored.scan_table &&
                            stored.scan_table_bytes == static_cast<uint64_t>(kernels::quantized_table_bytes(n_items_, d_));
+  const bool stored_int4 =
+      stored_scan && stored.scan_table_int4 &&
+      stored.scan_table_int4_bytes == static_cast<uint64_t>(kernels::quantized_table_bytes(n_items_, d_, ScanCode::int4));
   if (wants_pre_scan(pre_scan, spec) && bias_bounded(bias_, n_items_)) {
     if (stored_scan) {
       scan_table_ = stored.scan_table;
     } else {
-      own_scan_table_.resize(static_cast<size_t>(kernels::quantized_table_bytes(n_items_, d_)));
-      // A table beyond the bounds (values not finite, or huge) is scored in full.
-      if (kernels::quantize_table(table_, n_items_, d_, own_scan_table_.data()))
-        scan_table_ = own_scan_table_.data();
-      else
-        decltype(own_scan_table_)().swap(own_scan_table_);
+      own_scan_table_ = make_scan_table<ScanTable>(table_, n_items_, d_, ScanCode::int8);
+      if (!own_scan_table_.empty()) scan_table_ = own_scan_table_.data();
+    }
+    if (scan_table_ && wants_int4(pre_scan, spec)) {
+      if (stored_int4) {
+        scan_table_int4_ = stored.scan_table_int4;
+      } else {
+        own_scan_table_int4_ = make_scan_table<ScanTable>(table_, n_items_, d_, ScanCode::int4);
+        if (!own_scan_table_int4_.empty()) scan_table_int4_ = own_scan_table_int4_.data();
+      }
     }
   }
   // Similar items divide by the norms: made here, not by the first request that needs them
@@ -94,11 +127,11 @@ DerivedScorerTables Scorer::derive_tables(const ModelSpec& spec, const WeightMap
   const float* table = scoring_table(spec, weights);
   const float* bias = spec.scorer.output_bias ? weight(weights, "output/bias", {spec.n_items}) : nullptr;
   if (!bias_bounded(bias, spec.n_items)) return out;
-  out.scan_table.resize(static_cast<size_t>(kernels::quantized_table_bytes(spec.n_items, spec.d)));
-  if (!kernels::quantize_table(table, spec.n_items, spec.d, out.scan_table.data())) {
-    out.scan_table.clear();
-    return out;
-  }
+  using Bytes = decltype(out.scan_table);
+  out.scan_table = make_scan_table<Bytes>(table, spec.n_items, spec.d, kernels::ScanCode::int8);
+  if (out.scan_table.empty()) return out;
+  if (wants_int4(PreScan::automatic, spec))
+    out.scan_table_int4 = make_scan_table<Bytes>(table, spec.n_items, spec.d, kernels::ScanCode::int4);
   out.inverse_norms = make_inverse_norms(table, spec.n_items, spec.d);
   return out;
 }
@@ -106,7 +139,10 @@ DerivedScorerTables Scorer::derive_tables(const ModelSpec& spec, const WeightMap
 void Scorer::logits(const float* hidden, int64_t rows, float* out) const { product_.apply(hidden, d_, rows, out); }
 
 void Scorer::exact_top_k(kernels::ScanTopK* queries, int64_t n_queries, kernels::ScanScratch& scratch) const {
-  kernels::scan_top_k(table_, bias_, scan_table_, n_items_, d_, queries, n_queries, scratch);
+  if (n_queries == 1 && scan_table_int4_)
+    kernels::scan_top_k(table_, bias_, scan_table_int4_, n_items_, d_, queries, n_queries, scratch, kernels::ScanCode::int4);
+  else
+    kernels::scan_top_k(table_, bias_, scan_table_, n_items_, d_, queries, n_queries, scratch);
 }
 
 float Scorer::exact_score(const float* hidden, int32_t row) const {

@@ -44,14 +44,20 @@ class Scorer {
   // scoring product and its top-k even at batch 64 (kernels_bench, recbole: ~4 vs ~6.6 µs per
   // request).
   bool has_pre_scan() const { return scan_table_ != nullptr; }
-  size_t pre_scan_bytes() const { return has_pre_scan() ? static_cast<size_t>(kernels::quantized_table_bytes(n_items_, d_)) : 0; }
+  size_t pre_scan_bytes() const {
+    return (has_pre_scan() ? static_cast<size_t>(kernels::quantized_table_bytes(n_items_, d_)) : 0) +
+           (has_int4_pre_scan() ? static_cast<size_t>(kernels::quantized_table_bytes(n_items_, d_, kernels::ScanCode::int4)) : 0);
+  }
+  // Whether a batch of one request scans the int4 copy (made for tables that stream from memory).
+  bool has_int4_pre_scan() const { return scan_table_int4_ != nullptr; }
   // Whether the scan table and the inverse norms were read from the model file, not made at load.
   bool tables_from_file() const { return stored_.backing != nullptr; }
   // Each query's k best rows for its hidden state (ScanTopK::h, [d]) outside its `never` rows,
   // by exact score (kernels::exact_score, + bias) descending, ties by catalog order: what the
   // full product ranks; the int8 table is read once for all the queries. A query's `found` is
   // -1 when its scores cannot be bounded (a hidden state not finite, or huge): rank its full
-  // logits instead. Needs has_pre_scan().
+  // logits instead. Needs has_pre_scan(). One query scans the int4 copy when there is one;
+  // the answer is the same either way, bit for bit.
   void exact_top_k(kernels::ScanTopK* queries, int64_t n_queries, kernels::ScanScratch& scratch) const;
   // The exact score of one row, as exact_top_k reports it.
   float exact_score(const float* hidden, int32_t row) const;
@@ -70,7 +76,9 @@ class Scorer {
   kernels::PackedLinear product_;
   const uint8_t* scan_table_ = nullptr;    // kernels::quantize_table of table_: stored or own_scan_table_; null: none
   const float* inverse_norms_ = nullptr;  // [n_items] 1/||row|| (0 for a zero row): stored or own_inverse_norms_
+  const uint8_t* scan_table_int4_ = nullptr;  // the int4 copy: stored or own_scan_table_int4_; null: none
   std::vector<uint8_t, UninitAlignedAllocator<uint8_t>> own_scan_table_;
+  std::vector<uint8_t, UninitAlignedAllocator<uint8_t>> own_scan_table_int4_;
   std::vector<float> own_inverse_norms_;
   StoredScorerTables stored_;  // keeps the file's tables alive when they are used
 };

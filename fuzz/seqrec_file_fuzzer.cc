@@ -2,7 +2,7 @@
 // load_model_file, through a memfd path since the loader only opens paths), and a file it
 // accepts on to what `seqrec serve` does with it: a Recommender built from it
 // (weights/model_loader.cc) answering two small requests.
-// Version 2 and 3 files carry an XXH3 checksum of their header, which a mutation almost always
+// Version 2 to 4 files carry an XXH3 checksum of their header, which a mutation almost always
 // breaks; so an input whose header checksum is wrong is loaded as is AND with the checksum
 // made right, so the mutations reach the header's parser.
 // A failure: any sanitizer report; an exception other than seqrec::Error (the loader promises
@@ -38,9 +38,9 @@ std::vector<uint8_t> with_header_checksum_fixed(const uint8_t* data, size_t size
   std::memcpy(&version, data + 8, 4);
   std::memcpy(&header_size, data + 16, 8);
   std::memcpy(&stored_sum, data + 24, 8);
-  if ((version != 2 && version != 3) || header_size > size - kPrefixBytes) return {};
+  if (version < 2 || version > 4 || header_size > size - kPrefixBytes) return {};
   const auto n = static_cast<size_t>(header_size);
-  const uint64_t sum = version == 3 ? XXH3_64bits_withSeed(data + kPrefixBytes, n, version) : XXH3_64bits(data + kPrefixBytes, n);
+  const uint64_t sum = version >= 3 ? XXH3_64bits_withSeed(data + kPrefixBytes, n, version) : XXH3_64bits(data + kPrefixBytes, n);
   if (sum == stored_sum) return {};
   std::vector<uint8_t> fixed(data, data + size);
   std::memcpy(fixed.data() + 24, &sum, 8);

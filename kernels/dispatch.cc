@@ -15,7 +15,7 @@ namespace seqrec::kernels {
 namespace {
 // scan_top_k is overloaded here; each path's copy defines only the batched form.
 using ScanTopKBatch = void(const float*, const float*, const uint8_t*, int64_t, int64_t, ScanTopK*, int64_t,
-                           ScanScratch&);
+                           ScanScratch&, ScanCode);
 }  // namespace
 
 // The kernels every path defines, with the public declarations' signatures.
@@ -153,19 +153,20 @@ void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
 float exact_score(const float* h, const float* w, int64_t d) { return active().exact_score(h, w, d); }
 
 void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
-                int64_t n_queries, ScanScratch& scratch) {
-  active().scan_top_k(table, bias, qtable, n, d, queries, n_queries, scratch);
+                int64_t n_queries, ScanScratch& scratch, ScanCode code) {
+  active().scan_top_k(table, bias, qtable, n, d, queries, n_queries, scratch, code);
 }
 
 // Conveniences over the batched scan: a scratch of their own; one query.
 void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
-                int64_t n_queries) {
+                int64_t n_queries, ScanCode code) {
   ScanScratch scratch;
-  scan_top_k(table, bias, qtable, n, d, queries, n_queries, scratch);
+  scan_top_k(table, bias, qtable, n, d, queries, n_queries, scratch, code);
 }
 
 int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, const float* h,
-                   const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores, TopKStats* stats) {
+                   const int32_t* never, int64_t n_never, int64_t k, int32_t* rows, float* scores, TopKStats* stats,
+                   ScanCode code) {
   ScanTopK query;
   query.h = h;
   query.never = never;
@@ -173,7 +174,7 @@ int64_t scan_top_k(const float* table, const float* bias, const uint8_t* qtable,
   query.k = k;
   query.rows = rows;
   query.scores = scores;
-  scan_top_k(table, bias, qtable, n, d, &query, 1);
+  scan_top_k(table, bias, qtable, n, d, &query, 1, code);
   if (stats) *stats = query.stats;
   return query.found;
 }

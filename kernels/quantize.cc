@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -80,21 +81,39 @@ bool flushes_denormals() {
 
 }  // namespace
 
-bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
+namespace {
+
+// The largest |q| of a code (Q in the header).
+double code_max(ScanCode code) { return code == ScanCode::int8 ? 127.0 : 7.0; }
+
+// Writes row `lane` of a block: q[0 .. 8·d8) (zero past d) in the code's layout.
+void store_row(ScanCode code, const int8_t* q, int64_t d4, uint8_t* block, int64_t lane) {
+  if (code == ScanCode::int8) {
+    for (int64_t g = 0; g < d4; ++g)
+      for (int t = 0; t < 4; ++t) block[g * 64 + lane * 4 + t] = static_cast<uint8_t>(q[g * 4 + t] + 128);
+    return;
+  }
+  for (int64_t p = 0; p < (d4 + 1) / 2; ++p)
+    for (int t = 0; t < 4; ++t)
+      block[p * 64 + lane * 4 + t] = static_cast<uint8_t>((q[p * 8 + t] + 8) | (q[p * 8 + 4 + t] + 8) << 4);
+}
+
+}  // namespace
+
+bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out, ScanCode code) {
   if (d > kMaxScanDim) return false;
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
-  const double root_d = std::sqrt(static_cast<double>(d));
-  // Bytes no row writes hold 128 (q = 0): the dimensions past d in each block's last group, and
-  // the lanes past n in the last block (its metadata 0). Only those are set here (setting the
-  // whole table first cost as much as quantizing it).
+  const int64_t d4 = groups_of(d), data_bytes = quantized_data_bytes(d, code),
+                block_bytes = quantized_block_bytes(d, code);
+  const double root_d = std::sqrt(static_cast<double>(d)), q_max = code_max(code);
+  // The lanes past n in the last block hold q = 0 (128, or 8 in both nibbles) and metadata 0;
+  // every row writes all of its own bytes, dimensions past d included.
   const int64_t n_blocks = (n + kLanes - 1) / kLanes;
-  if (d % 4 != 0)
-    for (int64_t b = 0; b < n_blocks; ++b) std::memset(out + b * block_bytes + (d4 - 1) * 64, 128, 64);
   if (n % kLanes != 0) {
     uint8_t* last = out + (n_blocks - 1) * block_bytes;
-    std::memset(last, 128, static_cast<size_t>(d4 * 64));
-    std::memset(last + d4 * 64, 0, kLanes * 4);
+    std::memset(last, code == ScanCode::int8 ? 128 : 0x88, static_cast<size_t>(data_bytes));
+    std::memset(last + data_bytes, 0, kLanes * 4);
   }
+  std::vector<int8_t> q(static_cast<size_t>((d4 + 1) / 2 * 8), 0);  // the row's q, zero past d
   for (int64_t i = 0; i < n; ++i) {
     const float* w = table + i * d;
     uint8_t* block = out + (i / kLanes) * block_bytes;
@@ -103,34 +122,36 @@ bool quantize_table(const float* table, int64_t n, int64_t d, uint8_t* out) {
     if (!measure(w, d, max_abs, norm)) return false;
     uint32_t meta = 0;
     if (max_abs > 0) {
-      const float s = bfloat16_up(max_abs / 127.0);
+      const float s = bfloat16_up(max_abs / q_max);
       double residual_squares = 0;
       for (int64_t j = 0; j < d; ++j) {
         const double x = static_cast<double>(w[j]) / s;
-        const double q = std::clamp(round_even(x), -127.0, 127.0);
-        residual_squares += (x - q) * (x - q);
-        block[(j / 4) * 64 + lane * 4 + j % 4] = static_cast<uint8_t>(static_cast<int>(q) + 128);
+        const double r = std::clamp(round_even(x), -q_max, q_max);
+        residual_squares += (x - r) * (x - r);
+        q[static_cast<size_t>(j)] = static_cast<int8_t>(r);
       }
-      // ν: ||w|| / (s·127√d) <= 1; ρ: ||w/s − q|| / (√d/2) <= 1 (each |w/s − q| <= 1/2).
-      const uint32_t nu = fixed_point_up(norm / (static_cast<double>(s) * 127.0 * root_d));
+      // ν: ||w|| / (s·Q√d) <= 1; ρ: ||w/s − q|| / (√d/2) <= 1 (each |w/s − q| <= 1/2).
+      const uint32_t nu = fixed_point_up(norm / (static_cast<double>(s) * q_max * root_d));
       const uint32_t rho = fixed_point_up(std::sqrt(residual_squares) / (root_d / 2));
       uint32_t scale_bits;
       std::memcpy(&scale_bits, &s, sizeof scale_bits);
       meta = (scale_bits & 0xFFFF0000u) | nu << 8 | rho;
     } else {
-      for (int64_t j = 0; j < d; ++j) block[(j / 4) * 64 + lane * 4 + j % 4] = 128;  // a zero row: q = 0
+      std::fill(q.begin(), q.begin() + d, int8_t{0});  // a zero row: q = 0
     }
-    std::memcpy(block + d4 * 64 + lane * 4, &meta, sizeof meta);
+    store_row(code, q.data(), d4, block, lane);
+    std::memcpy(block + data_bytes + lane * 4, &meta, sizeof meta);
   }
   return true;
 }
 
-bool quantize_query(const float* h, int64_t d, ScanQuery& out) {
+bool quantize_query(const float* h, int64_t d, ScanQuery& out, ScanCode code) {
   if (d > kMaxScanDim || flushes_denormals()) return false;
   double max_abs, norm;
   if (!measure(h, d, max_abs, norm)) return false;
   const float s = max_abs > 0 ? float_up(max_abs / 127.0) : 0.0f;
-  out.groups.assign(static_cast<size_t>(groups_of(d)), 0);
+  out.code = code;
+  out.groups.assign(static_cast<size_t>((groups_of(d) + 1) / 2 * 2), 0);  // an even count: int4 reads pairs
   double error_squares = 0, quantized_squares = 0;
   int32_t q_sum = 0;
   for (int64_t j = 0; j < d; ++j) {
@@ -151,12 +172,13 @@ bool quantize_query(const float* h, int64_t d, ScanQuery& out) {
   const double root_d = std::sqrt(dd);
   const double computing_e = 1.0 + 0x1p-16;  // e_i's own few fp32 roundings, relative
   out.scale = s;
-  out.offset = 128 * q_sum;
-  out.norm_coef = float_up((error + tau * big_h) * 127.0 * root_d / 255.0 * computing_e);
+  const double q_max = code_max(code);
+  out.offset = (static_cast<int32_t>(q_max) + 1) * q_sum;
+  out.norm_coef = float_up((error + tau * big_h) * q_max * root_d / 255.0 * computing_e);
   out.residual_coef = float_up((quantized + tau * big_h) * (root_d / 2.0) / 255.0 * computing_e);
   out.bias_coef = float_up(tau * computing_e);
   // Products that underflow lose up to 2^-150 each, and a_i's scale product loses that
-  // times the dot product (<= 127²·d).
+  // times the dot product (<= 127²·d, for either code).
   out.floor = float_up(127.0 * 127.0 * (dd + 16.0) * 0x1p-146);
   return true;
 }

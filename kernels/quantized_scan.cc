@@ -21,20 +21,30 @@ namespace {
 
 constexpr int kLanes = static_cast<int>(kQuantizedLanes);  // items per block
 
-int64_t groups_of(int64_t d) { return quantized_groups(d); }
+// The 64-byte units of a block's data: groups (int8) or pairs of groups (int4).
+int64_t data_units(int64_t d, ScanCode code) { return quantized_data_bytes(d, code) / 64; }
 
 // ---- one block: the 16 integer dot products and the 16 bounds -----------------------------
 
-// dots[lane] = q_h · q_i (offset removed) for the 16 items of one block. (The portable
-// pieces are compiled everywhere, used where VNNI is missing.)
-[[maybe_unused]] void block_dots_portable(const uint8_t* block, int64_t d4, const ScanQuery& q, int32_t* dots) {
+// dots[lane] = q_h · q_i (offset removed) for the 16 items of one block, in the layout of
+// q.code (units: data_units). (The portable pieces are compiled everywhere, used where VNNI
+// is missing.)
+[[maybe_unused]] void block_dots_portable(const uint8_t* block, int64_t units, const ScanQuery& q, int32_t* dots) {
+  const auto query_byte = [&](int64_t g, int t) {
+    return static_cast<int32_t>(static_cast<int8_t>(static_cast<uint32_t>(q.groups[static_cast<size_t>(g)]) >> (8 * t)));
+  };
   for (int lane = 0; lane < kLanes; ++lane) {
     int32_t sum = 0;
-    for (int64_t g = 0; g < d4; ++g) {
-      const uint8_t* item = block + g * 64 + lane * 4;
-      const uint32_t group = static_cast<uint32_t>(q.groups[static_cast<size_t>(g)]);
-      for (int t = 0; t < 4; ++t)
-        sum += static_cast<int32_t>(item[t]) * static_cast<int32_t>(static_cast<int8_t>(group >> (8 * t)));
+    for (int64_t u = 0; u < units; ++u) {
+      const uint8_t* item = block + u * 64 + lane * 4;
+      for (int t = 0; t < 4; ++t) {
+        if (q.code == ScanCode::int8) {
+          sum += static_cast<int32_t>(item[t]) * query_byte(u, t);
+        } else {
+          sum += static_cast<int32_t>(item[t] & 0x0F) * query_byte(2 * u, t);
+          sum += static_cast<int32_t>(item[t] >> 4) * query_byte(2 * u + 1, t);
+        }
+      }
     }
     dots[lane] = sum - q.offset;
   }
@@ -344,17 +354,47 @@ __attribute__((always_inline)) inline void block_dots(const uint8_t* block, int6
   }
 }
 
+// The same for one query over an int4 block of d8 pairs: each 64-byte load is two groups'
+// nibbles; a mask and a shift make each an int8 group layout for vpdpbusd (the bytes read
+// halve, the vpdpbusd stay as many).
+__attribute__((always_inline)) inline __m512i block_dots_int4(const uint8_t* block, int64_t d8, const ScanQuery& query,
+                                                              const int32_t* groups) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+  const auto pair = [&](int64_t p, __m512i& acc_low, __m512i& acc_high) {
+    const __m512i items = _mm512_load_si512(block + p * 64);
+    const __m512i low = _mm512_and_si512(items, nibble);
+    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(items, 4), nibble);
+    // Embedded broadcasts, as block_dots<1>.
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc_low) : "v"(low), "m"(groups[2 * p]));
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc_high) : "v"(high), "m"(groups[2 * p + 1]));
+  };
+  int64_t p = 0;
+  for (; p + 2 <= d8; p += 2) {
+    pair(p, acc[0], acc[1]);
+    pair(p + 1, acc[2], acc[3]);
+  }
+  if (p < d8) pair(p, acc[0], acc[1]);
+  const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+  return _mm512_sub_epi32(sum, _mm512_set1_epi32(query.offset));
+}
+
 // The bounds of one block's 16 lanes for Q queries (item_bounds_portable's arithmetic, 16
-// lanes at once): block_dots, then the block's metadata unpacked once (BlockTerms).
+// lanes at once): the dot products, then the block's metadata unpacked once (BlockTerms).
 // bounds(q, upper, lower) gets query q's upper bounds and a function that computes the lower
-// ones (most blocks never need them).
-template <int Q, class Bounds>
-__attribute__((always_inline)) inline void bound_block(const uint8_t* block, int64_t d4, const float* block_bias,
+// ones (most blocks never need them). An int4 block is scanned by one query at a time.
+template <ScanCode C, int Q, class Bounds>
+__attribute__((always_inline)) inline void bound_block(const uint8_t* block, int64_t units, const float* block_bias,
                                                        float bias_coef, const ScanQuery* const* queries,
                                                        const int32_t* const* groups, Bounds&& bounds) {
   __m512i dots[Q];
-  block_dots<Q>(block, d4, queries, groups, dots);
-  const BlockTerms terms = block_terms(block + d4 * 64, block_bias, bias_coef);
+  if constexpr (C == ScanCode::int8) {
+    block_dots<Q>(block, units, queries, groups, dots);
+  } else {
+    static_assert(Q == 1);
+    dots[0] = block_dots_int4(block, units, *queries[0], groups[0]);
+  }
+  const BlockTerms terms = block_terms(block + units * 64, block_bias, bias_coef);
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q) {
     const ScanQuery& query = *queries[q];
@@ -367,10 +407,10 @@ __attribute__((always_inline)) inline void bound_block(const uint8_t* block, int
 }
 
 // Offers blocks [first_block, end_block) of the table to Q queries' selections.
-template <int Q>
+template <ScanCode C, int Q>
 void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery* const* queries,
                       Selection* const* selections, int64_t first_block, int64_t end_block) {
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+  const int64_t units = data_units(d, C), block_bytes = quantized_block_bytes(d, C);
   const float bias_coef = queries[0]->bias_coef;  // depends on d only
   const int32_t* groups[Q];
 #pragma GCC unroll 8
@@ -393,12 +433,22 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
     // 6.7-7.1 µs, ml1m 2.86-2.93 -> 2.79-2.87 µs; catalog1m, which streams from memory,
     // 1.70 -> 1.81-1.90 ms (the stores of the run's bounds cost there, the stall is hidden).
     constexpr int kRun = 8;
+    // The blocks two runs ahead are asked for before a run's arithmetic: the hardware
+    // prefetcher alone left the int4 scan of a table streaming from memory below the memory's
+    // bandwidth (kernels_bench catalog10m int4 batch 1, other work on the machine: 14.2-14.9 ms
+    // without, 11.2-12.8 with 16 blocks ahead; 8 and 48 in between).
+    constexpr int64_t kPrefetchBlocks = 16;
     alignas(64) float lo[kRun][kLanes], hi[kRun][kLanes];
     for (int64_t run = first_block; run < end_block; run += kRun) {
       const int blocks = static_cast<int>(std::min<int64_t>(kRun, end_block - run));
+      if (run + kPrefetchBlocks + kRun <= end_block) {
+        const uint8_t* ahead = qtable + (run + kPrefetchBlocks) * block_bytes;
+        for (int64_t off = 0; off < kRun * block_bytes; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + off), _MM_HINT_T0);
+      }
       for (int j = 0; j < blocks; ++j) {
         const int64_t first = (run + j) * kLanes;
-        bound_block<1>(qtable + (run + j) * block_bytes, d4, bias_of(first), bias_coef, queries, groups,
+        bound_block<C, 1>(qtable + (run + j) * block_bytes, units, bias_of(first), bias_coef, queries, groups,
                        [&](int, __m512 upper, auto lower) {
                          _mm512_store_ps(hi[j], upper);
                          _mm512_store_ps(lo[j], lower());
@@ -423,7 +473,7 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
       // GCC keep the other queries' accumulators in memory.
       __mmask16 reach[Q];
       bool any = false;
-      bound_block<Q>(qtable + b * block_bytes, d4, bias_of(first), bias_coef, queries, groups,
+      bound_block<C, Q>(qtable + b * block_bytes, units, bias_of(first), bias_coef, queries, groups,
                      [&](int q, __m512 upper, auto lower) {
                        reach[q] = _mm512_cmp_ps_mask(upper, _mm512_set1_ps(selections[q]->threshold()), _CMP_GE_OQ) &
                                   valid;
@@ -444,16 +494,16 @@ SEQREC_INTRINSIC_WARNINGS_ON
 // Offers blocks [first_block, end_block) of the table to one query's selection.
 void scan_blocks_portable(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query,
                           int64_t first_block, int64_t end_block, Selection& selection) {
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+  const int64_t units = data_units(d, query.code), block_bytes = quantized_block_bytes(d, query.code);
   int32_t dots[kLanes];
   for (int64_t b = first_block; b < end_block; ++b) {
     const int64_t first = b * kLanes;
     const uint8_t* block = qtable + b * block_bytes;
-    block_dots_portable(block, d4, query, dots);
+    block_dots_portable(block, units, query, dots);
     const int64_t lanes = std::min<int64_t>(kLanes, n - first);
     for (int64_t lane = 0; lane < lanes; ++lane) {
       uint32_t meta;
-      std::memcpy(&meta, block + d4 * 64 + lane * 4, sizeof meta);
+      std::memcpy(&meta, block + units * 64 + lane * 4, sizeof meta);
       float lo, hi;
       item_bounds_portable(dots[lane], meta, bias ? bias + first + lane : nullptr, query, lo, hi);
       selection.offer(static_cast<int32_t>(first + lane), lo, hi);
@@ -462,20 +512,27 @@ void scan_blocks_portable(const uint8_t* qtable, int64_t n, int64_t d, const flo
 }
 #endif
 
-// Offers blocks [first_block, end_block) to up to kQueriesPerPass queries' selections.
+// Offers blocks [first_block, end_block) to up to kQueriesPerPass queries' selections (of
+// one code: queries[0]->code).
 void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery* const* queries,
                  Selection* const* selections, int count, int64_t first_block, int64_t end_block) {
 #if SEQREC_HAVE_VNNI
   static_assert(kQueriesPerPass == 8);
+  constexpr ScanCode int8 = ScanCode::int8;
+  if (queries[0]->code == ScanCode::int4) {
+    for (int q = 0; q < count; ++q)
+      scan_blocks_vnni<ScanCode::int4, 1>(qtable, n, d, bias, queries + q, selections + q, first_block, end_block);
+    return;
+  }
   switch (count) {
-    case 1: return scan_blocks_vnni<1>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    case 2: return scan_blocks_vnni<2>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    case 3: return scan_blocks_vnni<3>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    case 4: return scan_blocks_vnni<4>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    case 5: return scan_blocks_vnni<5>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    case 6: return scan_blocks_vnni<6>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    case 7: return scan_blocks_vnni<7>(qtable, n, d, bias, queries, selections, first_block, end_block);
-    default: return scan_blocks_vnni<8>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 1: return scan_blocks_vnni<int8, 1>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 2: return scan_blocks_vnni<int8, 2>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 3: return scan_blocks_vnni<int8, 3>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 4: return scan_blocks_vnni<int8, 4>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 5: return scan_blocks_vnni<int8, 5>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 6: return scan_blocks_vnni<int8, 6>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    case 7: return scan_blocks_vnni<int8, 7>(qtable, n, d, bias, queries, selections, first_block, end_block);
+    default: return scan_blocks_vnni<int8, 8>(qtable, n, d, bias, queries, selections, first_block, end_block);
   }
 #else
   for (int q = 0; q < count; ++q)
@@ -486,7 +543,7 @@ void scan_blocks(const uint8_t* qtable, int64_t n, int64_t d, const float* bias,
 }  // namespace
 
 void quantized_dots(const uint8_t* qtable, int64_t n, int64_t d, const ScanQuery& query, int32_t* out) {
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+  const int64_t units = data_units(d, query.code), block_bytes = quantized_block_bytes(d, query.code);
   int32_t dots[kLanes];
   for (int64_t first = 0; first < n; first += kLanes) {
     const uint8_t* block = qtable + first / kLanes * block_bytes;
@@ -495,11 +552,14 @@ SEQREC_INTRINSIC_WARNINGS_OFF
     const ScanQuery* queries[1] = {&query};
     const int32_t* groups[1] = {query.groups.data()};
     __m512i block_dot[1];
-    block_dots<1>(block, d4, queries, groups, block_dot);
+    if (query.code == ScanCode::int8)
+      block_dots<1>(block, units, queries, groups, block_dot);
+    else
+      block_dot[0] = block_dots_int4(block, units, query, groups[0]);
     _mm512_storeu_si512(dots, block_dot[0]);
 SEQREC_INTRINSIC_WARNINGS_ON
 #else
-    block_dots_portable(block, d4, query, dots);
+    block_dots_portable(block, units, query, dots);
 #endif
     std::copy(dots, dots + std::min<int64_t>(kLanes, n - first), out + first);
   }
@@ -507,7 +567,7 @@ SEQREC_INTRINSIC_WARNINGS_ON
 
 void scan_bounds(const uint8_t* qtable, int64_t n, int64_t d, const float* bias, const ScanQuery& query, float* lower,
                  float* upper) {
-  const int64_t d4 = groups_of(d), block_bytes = quantized_block_bytes(d);
+  const int64_t units = data_units(d, query.code), block_bytes = quantized_block_bytes(d, query.code);
   for (int64_t first = 0; first < n; first += kLanes) {
     const uint8_t* block = qtable + first / kLanes * block_bytes;
     const int64_t lanes = std::min<int64_t>(kLanes, n - first);
@@ -518,18 +578,21 @@ SEQREC_INTRINSIC_WARNINGS_OFF
     if (bias) std::copy(bias + first, bias + first + lanes, padded_bias);
     const ScanQuery* queries[1] = {&query};
     const int32_t* groups[1] = {query.groups.data()};
-    bound_block<1>(block, d4, bias ? padded_bias : nullptr, query.bias_coef, queries, groups,
-                   [&](int, __m512 u, auto l) {
-                     _mm512_storeu_ps(hi, u);
-                     _mm512_storeu_ps(lo, l());
-                   });
+    const auto store = [&](int, __m512 u, auto l) {
+      _mm512_storeu_ps(hi, u);
+      _mm512_storeu_ps(lo, l());
+    };
+    if (query.code == ScanCode::int8)
+      bound_block<ScanCode::int8, 1>(block, units, bias ? padded_bias : nullptr, query.bias_coef, queries, groups, store);
+    else
+      bound_block<ScanCode::int4, 1>(block, units, bias ? padded_bias : nullptr, query.bias_coef, queries, groups, store);
 SEQREC_INTRINSIC_WARNINGS_ON
 #else
     int32_t dots[kLanes];
-    block_dots_portable(block, d4, query, dots);
+    block_dots_portable(block, units, query, dots);
     for (int64_t lane = 0; lane < lanes; ++lane) {
       uint32_t meta;
-      std::memcpy(&meta, block + d4 * 64 + lane * 4, sizeof meta);
+      std::memcpy(&meta, block + units * 64 + lane * 4, sizeof meta);
       item_bounds_portable(dots[lane], meta, bias ? bias + first + lane : nullptr, query, lo[lane], hi[lane]);
     }
 #endif
@@ -559,7 +622,7 @@ struct ScanState final : ScanScratch::State {
 }  // namespace
 
 void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, int64_t n, int64_t d, ScanTopK* queries,
-                int64_t n_queries, ScanScratch& scratch) {
+                int64_t n_queries, ScanScratch& scratch, ScanCode code) {
   if (!dynamic_cast<ScanState*>(scratch.state.get())) scratch.state = std::make_unique<ScanState>();
   ScanState& st = static_cast<ScanState&>(*scratch.state);
   const size_t count = static_cast<size_t>(n_queries);
@@ -571,7 +634,7 @@ void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, in
   for (int64_t i = 0; i < n_queries; ++i) {
     ScanTopK& q = queries[i];
     q.stats = {};
-    q.found = quantize_query(q.h, d, st.quantized[static_cast<size_t>(i)]) ? 0 : -1;
+    q.found = quantize_query(q.h, d, st.quantized[static_cast<size_t>(i)], code) ? 0 : -1;
     if (q.found != 0 || q.k <= 0) continue;
     st.selections[static_cast<size_t>(i)].reset(q.never, q.n_never, q.k);
     st.active.push_back(i);
@@ -580,7 +643,7 @@ void scan_top_k(const float* table, const float* bias, const uint8_t* qtable, in
   }
   // The table is read in chunks that stay in L2 while every query scans them: one read from
   // memory for the whole batch.
-  const int64_t block_bytes = quantized_block_bytes(d), n_blocks = (n + kLanes - 1) / kLanes;
+  const int64_t block_bytes = quantized_block_bytes(d, code), n_blocks = (n + kLanes - 1) / kLanes;
   const int64_t chunk_blocks = std::max<int64_t>(1, kScanChunkBytes / block_bytes);
   const int64_t n_active = static_cast<int64_t>(st.active.size());
   for (int64_t first = 0; first < n_blocks; first += chunk_blocks)

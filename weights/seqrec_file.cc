@@ -200,6 +200,9 @@ void write_model(std::ostream& os, const ModelFile& m) {
     sections.emplace_back("inverse_norms",
                           Extent{derived.inverse_norms.data(), derived.inverse_norms.size() * sizeof(float), 0, 0});
   }
+  if (!derived.scan_table_int4.empty())
+    sections.emplace_back("scan_table_int4",
+                          Extent{derived.scan_table_int4.data(), derived.scan_table_int4.size(), 0, 0});
 
   // The header's length does not depend on the offsets and sums (fixed-width fields): lay the
   // data out after a first rendering, then render it again with them.
@@ -399,7 +402,8 @@ void verify(const Reader& r, const std::string& field, const uint8_t* data, cons
            " (the file is damaged)");
 }
 
-// Versions 2 and 3 (3 adds the derived sections; m.format_version says which).
+// Versions 2, 3 and 4 (3 adds the derived sections, 4 the int4 scan table; m.format_version
+// says which).
 void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, ModelFile& m, bool in_place) {
   const uint8_t* base = file->data();
   const uint64_t size = file->size();
@@ -496,6 +500,16 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
       m.scorer_tables.scan_table = data;
       m.scorer_tables.scan_table_bytes = e.bytes;
       m.scorer_tables.backing = file;
+    } else if (name == "scan_table_int4" && m.format_version >= 4) {
+      if (m.scorer_tables.scan_table_int4) r.fail(field + ": appears twice");
+      const auto expected =
+          static_cast<uint64_t>(kernels::quantized_table_bytes(m.spec.n_items, m.spec.d, kernels::ScanCode::int4));
+      if (e.bytes != expected)
+        r.fail(field + ": " + std::to_string(e.bytes) + " bytes, expected " + std::to_string(expected) + " (n_items " +
+               std::to_string(m.spec.n_items) + ", d " + std::to_string(m.spec.d) + ")");
+      m.scorer_tables.scan_table_int4 = data;
+      m.scorer_tables.scan_table_int4_bytes = e.bytes;
+      m.scorer_tables.backing = file;
     } else if (name == "inverse_norms" && m.format_version >= 3) {
       if (m.scorer_tables.inverse_norms) r.fail(field + ": appears twice");
       if (e.bytes != n_items * sizeof(float))
@@ -517,6 +531,8 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
   if ((m.scorer_tables.scan_table == nullptr) != (m.scorer_tables.inverse_norms == nullptr))
     r.fail(std::string("section '") + (m.scorer_tables.scan_table ? "inverse_norms" : "scan_table") +
            "': missing (the scan table and the inverse norms are stored together)");
+  if (m.scorer_tables.scan_table_int4 && !m.scorer_tables.scan_table)
+    r.fail("section 'scan_table': missing (the int4 scan table is stored with it)");
   read_provenance(r, m.provenance);
   if (r.remaining() != 0)
     r.fail("header: " + std::to_string(r.remaining()) + " trailing bytes after the provenance, expected none");
@@ -774,13 +790,13 @@ ModelFile load_model_file(const std::string& path, CatalogLoad catalog) {
   model.format_version = version;
   if (version == 1)
     read_v1(base, size, path, model);
-  else if (version == 2 || version == 3)
+  else if (version >= 2 && version <= kSeqrecFormatVersion)
     read_v2(file, path, model, catalog == CatalogLoad::in_place);
   else if (version > kSeqrecFormatVersion)
     throw Error(path + ": format version " + std::to_string(version) +
-                ": written by a newer seqrec (this build reads versions 1, 2 and 3)");
+                ": written by a newer seqrec (this build reads versions 1 to 4)");
   else
-    throw Error(path + ": format version " + std::to_string(version) + ", expected 1, 2 or 3");
+    throw Error(path + ": format version " + std::to_string(version) + ", expected 1 to 4");
   auto fail = [&](const std::string& message) { throw Error(path + ": " + message); };
   validate_catalog(model, fail);
   return model;

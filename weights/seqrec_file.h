@@ -1,9 +1,9 @@
 // The .seqrec model file (docs/models.md "The .seqrec file").
 //
-// Version 3 (written by this version), little-endian:
+// Version 4 (written by this version), little-endian:
 //
 //   [0, 8)    magic "SEQREC\0\1"
-//   [8, 12)   format version (u32) = 3
+//   [8, 12)   format version (u32) = 4
 //   [12, 16)  reserved (u32) = 0
 //   [16, 24)  header length H (u64)
 //   [24, 32)  XXH3-64 of the header, seeded with the format version (version 2: unseeded)
@@ -17,9 +17,12 @@
 //                      "scan_table"  kernels::quantize_table of the scoring table,
 //                                    kernels::quantized_table_bytes(n_items, d) bytes
 //                      "inverse_norms"  f32[n_items]: 1 / ||row|| of the scoring table (0 for a zero row)
-//                    The last two (version 3) are derived from the tensors at conversion and only
-//                    for catalogs the scorer pre-scans (engine/scorer_tables.h); a load uses them
-//                    in place. Absent (version 2 files, small catalogs): made at load.
+//                      "scan_table_int4"  kernels::quantize_table(..., ScanCode::int4) of it,
+//                                    kernels::quantized_table_bytes(n_items, d, ScanCode::int4) bytes
+//                    The last three (version 3; the int4 table from version 4) are derived from
+//                    the tensors at conversion and only for catalogs the scorer pre-scans (the int4
+//                    table: tables that stream from memory; engine/scorer_tables.h); a load uses
+//                    them in place. Absent (older files, small catalogs): made at load.
 //       provenance   source, source_detail, source_file, converter_version (str) |
 //                    has rating_threshold (u8) [| rating_threshold (f64)]
 //   data: every tensor and section at a 64-byte aligned offset after the header, in header
@@ -30,8 +33,8 @@
 // no per-tensor copies. It checks every count, length, offset and shape against the file's
 // size before it allocates or reads, every checksum, and that every value is finite (in the
 // same pass as the checksum), and names the field at fault with expected vs. found.
-// Version 2 files (the same layout without the derived sections) and version 1 files (seqrec
-// 0.1: the spec as fixed fields, tensors inline) still load.
+// Version 3 files (no int4 table), version 2 files (the same layout without the derived
+// sections) and version 1 files (seqrec 0.1: the spec as fixed fields, tensors inline) still load.
 #pragma once
 
 #include <cstdint>
@@ -47,7 +50,7 @@
 
 namespace seqrec {
 
-inline constexpr uint32_t kSeqrecFormatVersion = 3;
+inline constexpr uint32_t kSeqrecFormatVersion = 4;
 
 // Where the model came from and how it is served by default.
 struct Provenance {

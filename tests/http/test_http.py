@@ -611,7 +611,7 @@ def test_time_model_reads_timestamps_and_now(ctx):
     try:
         status, info = server.get("/model")
         check(status == 200 and info["spec"]["block"] == "hstu" and info["uses_time"] is True
-              and info["uses_now"] is True and info["format_version"] == 3, f"/model: {info}")
+              and info["uses_now"] is True and info["format_version"] == 4, f"/model: {info}")
         history = [{"item_id": ids[i], "timestamp": 1_600_000_000 + 3600 * i * i} for i in (3, 7, 1, 12)]
         now = 1_600_000_000 + 3600 * 200
         status, at_now = server.post("/recommend", {"user_interactions": history, "now": now, "k": 8})

@@ -1,7 +1,7 @@
-// The int8 pre-scan (kernels/quantized_scan.h): its layout and integer dot products against
-// a scalar reference, its bounds against exact scores on random and hostile tables, and its
-// top-k against a full exact scan; then the engine end to end: a Recommender whose model has
-// the pre-scan answers as one scoring every row in full.
+// The int8 and int4 pre-scans (kernels/quantized_scan.h): their layouts and integer dot
+// products against a scalar reference, their bounds against exact scores on random and hostile
+// tables, and their top-k against a full exact scan; then the engine end to end: a Recommender
+// whose model has the pre-scan answers as one scoring every row in full.
 #include "kernels/cpu_isa.h"
 #include "kernels/quantized_scan.h"
 
@@ -27,27 +27,34 @@ using Bytes = std::vector<uint8_t, AlignedAllocator<uint8_t>>;
 
 using seqrec::testing::noise;
 
-Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d) {
-  Bytes q(static_cast<size_t>(quantized_table_bytes(n, d)));
-  EXPECT_TRUE(quantize_table(table.data(), n, d, q.data()));
+Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d, ScanCode code) {
+  Bytes q(static_cast<size_t>(quantized_table_bytes(n, d, code)));
+  EXPECT_TRUE(quantize_table(table.data(), n, d, q.data(), code));
   return q;
 }
 
 // Decodes item i of the documented layout: its q (d values) and scale.
-std::vector<int> decode_item(const Bytes& q, int64_t d, int64_t i, float* scale) {
-  const int64_t d4 = (d + 3) / 4;
-  const uint8_t* block = q.data() + (i / 16) * quantized_block_bytes(d);
+std::vector<int> decode_item(const Bytes& q, int64_t d, int64_t i, ScanCode code, float* scale) {
+  const int64_t d4 = (d + 3) / 4, d8 = (d4 + 1) / 2;
+  const uint8_t* block = q.data() + (i / 16) * quantized_block_bytes(d, code);
   const int64_t lane = i % 16;
   std::vector<int> out(static_cast<size_t>(d));
-  for (int64_t j = 0; j < 4 * d4; ++j) {
-    const int value = static_cast<int>(block[(j / 4) * 64 + lane * 4 + j % 4]) - 128;
+  const int64_t stored_dims = code == ScanCode::int8 ? 4 * d4 : 8 * d8;
+  for (int64_t j = 0; j < stored_dims; ++j) {
+    int value;
+    if (code == ScanCode::int8) {
+      value = static_cast<int>(block[(j / 4) * 64 + lane * 4 + j % 4]) - 128;
+    } else {  // pair j / 8; the low nibble holds dimensions 8p .. 8p + 3, the high one the next four
+      const uint8_t byte = block[(j / 8) * 64 + lane * 4 + j % 4];
+      value = static_cast<int>(j % 8 < 4 ? byte & 0x0F : byte >> 4) - 8;
+    }
     if (j < d)
       out[static_cast<size_t>(j)] = value;
     else
       EXPECT_EQ(value, 0) << "padding dimension " << j;
   }
   uint32_t meta;
-  std::memcpy(&meta, block + d4 * 64 + lane * 4, sizeof meta);
+  std::memcpy(&meta, block + quantized_data_bytes(d, code) + lane * 4, sizeof meta);
   const uint32_t bits = meta & 0xFFFF0000u;
   std::memcpy(scale, &bits, sizeof bits);
   return out;
@@ -96,12 +103,13 @@ Ranked full_scan(const std::vector<float>& table, const float* bias, int64_t n, 
 }
 
 Ranked scan(const std::vector<float>& table, const float* bias, const Bytes& q, int64_t n, int64_t d, const float* h,
-            const std::vector<int32_t>& never, int64_t k, TopKStats* stats = nullptr) {
+            const std::vector<int32_t>& never, int64_t k, ScanCode code, TopKStats* stats = nullptr) {
   Ranked out;
   out.rows.resize(static_cast<size_t>(std::max<int64_t>(k, 0)));
   out.scores.resize(out.rows.size());
   const int64_t found = scan_top_k(table.data(), bias, q.data(), n, d, h, never.data(),
-                                   static_cast<int64_t>(never.size()), k, out.rows.data(), out.scores.data(), stats);
+                                   static_cast<int64_t>(never.size()), k, out.rows.data(), out.scores.data(), stats,
+                                   code);
   EXPECT_GE(found, 0);
   out.rows.resize(static_cast<size_t>(std::max<int64_t>(found, 0)));
   out.scores.resize(out.rows.size());
@@ -118,12 +126,12 @@ void expect_same(const Ranked& got, const Ranked& want, const std::string& what)
 
 // Checks l_i <= exact_i <= u_i for every row of `table` and every query.
 void expect_bounds_hold(const std::vector<float>& table, const std::vector<float>* bias, int64_t n, int64_t d,
-                        const std::vector<std::vector<float>>& queries, const std::string& what) {
-  const Bytes q = quantize(table, n, d);
+                        const std::vector<std::vector<float>>& queries, ScanCode code, const std::string& what) {
+  const Bytes q = quantize(table, n, d, code);
   std::vector<float> lower(static_cast<size_t>(n)), upper(static_cast<size_t>(n));
   for (size_t qi = 0; qi < queries.size(); ++qi) {
     ScanQuery query;
-    ASSERT_TRUE(quantize_query(queries[qi].data(), d, query)) << what;
+    ASSERT_TRUE(quantize_query(queries[qi].data(), d, query, code)) << what;
     scan_bounds(q.data(), n, d, bias ? bias->data() : nullptr, query, lower.data(), upper.data());
     for (int64_t i = 0; i < n; ++i) {
       float exact = exact_score(queries[qi].data(), table.data() + i * d, d);
@@ -134,15 +142,39 @@ void expect_bounds_hold(const std::vector<float>& table, const std::vector<float
   }
 }
 
-TEST(QuantizedScan, LayoutAndIntegerDotsMatchAScalarReference) {
+// Each test runs on both codes of the table.
+class QuantizedScan : public ::testing::TestWithParam<ScanCode> {
+ protected:
+  ScanCode code() const { return GetParam(); }
+  int q_max() const { return code() == ScanCode::int8 ? 127 : 7; }
+  Bytes quantize(const std::vector<float>& table, int64_t n, int64_t d) const {
+    return kernels::quantize(table, n, d, code());
+  }
+  Ranked scan(const std::vector<float>& table, const float* bias, const Bytes& q, int64_t n, int64_t d, const float* h,
+              const std::vector<int32_t>& never, int64_t k, TopKStats* stats = nullptr) const {
+    return kernels::scan(table, bias, q, n, d, h, never, k, code(), stats);
+  }
+  void expect_bounds_hold(const std::vector<float>& table, const std::vector<float>* bias, int64_t n, int64_t d,
+                          const std::vector<std::vector<float>>& queries, const std::string& what) const {
+    kernels::expect_bounds_hold(table, bias, n, d, queries, code(), what);
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Codes, QuantizedScan, ::testing::Values(ScanCode::int8, ScanCode::int4),
+                         [](const ::testing::TestParamInfo<ScanCode>& info) {
+                           return info.param == ScanCode::int8 ? std::string("int8") : std::string("int4");
+                         });
+
+TEST_P(QuantizedScan, LayoutAndIntegerDotsMatchAScalarReference) {
   unsigned seed = 1;
-  for (int64_t d : {1, 3, 4, 5, 16, 50, 63, 64, 65, 100}) {
+  for (int64_t d : {1, 3, 4, 5, 8, 9, 16, 50, 63, 64, 65, 100}) {
     for (int64_t n : {1, 15, 16, 17, 100}) {
       const std::vector<float> table = noise(static_cast<size_t>(n * d), seed++, 0.05f);
       const Bytes q = quantize(table, n, d);
       const std::vector<float> h = noise(static_cast<size_t>(d), seed++, 2.0f);
       ScanQuery query;
-      ASSERT_TRUE(quantize_query(h.data(), d, query));
+      ASSERT_TRUE(quantize_query(h.data(), d, query, code()));
+      EXPECT_EQ(query.code, code());
       // The query's documented form: ĥ = scale · q_h, each within half a step of h.
       std::vector<int> q_h(static_cast<size_t>(d));
       int32_t q_sum = 0;
@@ -151,18 +183,18 @@ TEST(QuantizedScan, LayoutAndIntegerDotsMatchAScalarReference) {
         q_sum += q_h[j];
         EXPECT_LE(std::abs(h[j] - query.scale * q_h[j]), query.scale * 0.5001f);
       }
-      EXPECT_EQ(query.offset, 128 * q_sum);
+      EXPECT_EQ(query.offset, (q_max() + 1) * q_sum);
       std::vector<int32_t> dots(static_cast<size_t>(n));
       quantized_dots(q.data(), n, d, query, dots.data());
       for (int64_t i = 0; i < n; ++i) {
         float s = 0;
-        const std::vector<int> q_i = decode_item(q, d, i, &s);
+        const std::vector<int> q_i = decode_item(q, d, i, code(), &s);
         double max_abs = 0;
         for (int64_t j = 0; j < d; ++j) max_abs = std::max(max_abs, std::abs(double(table[i * d + j])));
-        EXPECT_GE(double(s) * 127, max_abs);
+        EXPECT_GE(double(s) * q_max(), max_abs);
         int32_t want = 0;
         for (int64_t j = 0; j < d; ++j) {
-          EXPECT_LE(std::abs(q_i[j]), 127);
+          EXPECT_LE(std::abs(q_i[j]), q_max());
           EXPECT_LE(std::abs(double(table[i * d + j]) - double(s) * q_i[j]), double(s) * 0.5000001);
           want += q_h[j] * q_i[j];
         }
@@ -193,7 +225,7 @@ TEST(QuantizedScan, ExactScoreEqualsTheScoringProductBitForBit) {
   }
 }
 
-TEST(QuantizedScan, BoundsHoldOnRandomTables) {
+TEST_P(QuantizedScan, BoundsHoldOnRandomTables) {
   unsigned seed = 200;
   for (int64_t d : {1, 2, 50, 64, 65}) {
     const int64_t n = 300;
@@ -212,7 +244,7 @@ TEST(QuantizedScan, BoundsHoldOnRandomTables) {
   }
 }
 
-TEST(QuantizedScan, BoundsHoldOnHostileTables) {
+TEST_P(QuantizedScan, BoundsHoldOnHostileTables) {
   unsigned seed = 300;
   for (int64_t d : {1, 50, 64, 65}) {
     const int64_t n = 200;
@@ -248,25 +280,26 @@ TEST(QuantizedScan, BoundsHoldOnHostileTables) {
   }
 }
 
-TEST(QuantizedScan, RefusesWhatItCannotBound) {
+TEST_P(QuantizedScan, RefusesWhatItCannotBound) {
   std::vector<float> table(64, 1.0f);
-  Bytes q(static_cast<size_t>(quantized_table_bytes(2, 32)));
+  Bytes q(static_cast<size_t>(quantized_table_bytes(2, 32, code())));
   table[5] = NAN;
-  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data()));
+  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data(), code()));
   table[5] = 3e38f;  // finite, but the row's norm is beyond kMaxScanNorm
-  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data()));
+  EXPECT_FALSE(quantize_table(table.data(), 2, 32, q.data(), code()));
   std::vector<float> h(32, 1.0f);
   ScanQuery query;
   h[3] = INFINITY;
-  EXPECT_FALSE(quantize_query(h.data(), 32, query));
+  EXPECT_FALSE(quantize_query(h.data(), 32, query, code()));
   h[3] = 1e30f;
-  EXPECT_FALSE(quantize_query(h.data(), 32, query));
+  EXPECT_FALSE(quantize_query(h.data(), 32, query, code()));
   int32_t rows[1];
   float scores[1];
-  EXPECT_EQ(scan_top_k(table.data(), nullptr, q.data(), 2, 32, h.data(), nullptr, 0, 1, rows, scores), -1);
+  EXPECT_EQ(scan_top_k(table.data(), nullptr, q.data(), 2, 32, h.data(), nullptr, 0, 1, rows, scores, nullptr, code()),
+            -1);
 }
 
-TEST(QuantizedScan, TopKEqualsTheFullScan) {
+TEST_P(QuantizedScan, TopKEqualsTheFullScan) {
   unsigned seed = 400;
   for (int64_t d : {1, 50, 64, 65}) {
     const int64_t n = 5000;
@@ -294,7 +327,7 @@ TEST(QuantizedScan, TopKEqualsTheFullScan) {
   }
 }
 
-TEST(QuantizedScan, TopKWithKNearOrBeyondTheEligibleRows) {
+TEST_P(QuantizedScan, TopKWithKNearOrBeyondTheEligibleRows) {
   const int64_t n = 70, d = 64;
   const std::vector<float> table = noise(static_cast<size_t>(n * d), 500, 0.1f);
   const Bytes q = quantize(table, n, d);
@@ -312,7 +345,7 @@ TEST(QuantizedScan, TopKWithKNearOrBeyondTheEligibleRows) {
 }
 
 // Duplicate rows score exactly alike: catalog order decides, across blocks too.
-TEST(QuantizedScan, TiesGoToTheLowerRow) {
+TEST_P(QuantizedScan, TiesGoToTheLowerRow) {
   const int64_t n = 1000, d = 50;
   std::vector<float> table = noise(static_cast<size_t>(n * d), 600, 0.1f);
   const std::vector<float> h = noise(static_cast<size_t>(d), 601);
@@ -337,7 +370,7 @@ TEST(QuantizedScan, TiesGoToTheLowerRow) {
 
 // A batch's queries share the reads of the table; each gets what it gets alone. A query that
 // cannot be bounded says so, and the others are not disturbed.
-TEST(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
+TEST_P(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
   const int64_t n = 20000, d = 64;  // several of the scan's chunks
   const std::vector<float> table = noise(static_cast<size_t>(n * d), 650, 0.1f);
   const std::vector<float> bias = noise(static_cast<size_t>(n), 651, 0.3f);
@@ -360,7 +393,7 @@ TEST(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
     queries[b].rows = rows[b].data();
     queries[b].scores = scores[b].data();
   }
-  scan_top_k(table.data(), bias.data(), q.data(), n, d, queries.data(), batch);
+  scan_top_k(table.data(), bias.data(), q.data(), n, d, queries.data(), batch, code());
   for (int64_t b = 0; b < batch; ++b) {
     if (b == 4) {
       EXPECT_EQ(queries[b].found, -1);
@@ -374,8 +407,9 @@ TEST(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
   }
 }
 
-// The point of the scan: on a table like a trained one, only a sliver is rescored.
-TEST(QuantizedScan, RescoresFewRows) {
+// The point of the scan: on a table like a trained one, only a sliver is rescored (int8: under
+// 1%; int4, whose bounds are wider: under 10% here, a share that falls as the catalog grows).
+TEST_P(QuantizedScan, RescoresFewRows) {
   const int64_t n = 50000, d = 64;
   const std::vector<float> table = noise(static_cast<size_t>(n * d), 700, 0.02f);
   const Bytes q = quantize(table, n, d);
@@ -386,7 +420,7 @@ TEST(QuantizedScan, RescoresFewRows) {
     scan(table, nullptr, q, n, d, h.data(), {0}, 10, &stats);
     worst = std::max(worst, stats.rescored);
   }
-  EXPECT_LT(worst, n / 100) << "rows rescored out of " << n;
+  EXPECT_LT(worst, code() == ScanCode::int8 ? n / 100 : n / 10) << "rows rescored out of " << n;
 }
 
 }  // namespace
@@ -499,6 +533,7 @@ void expect_pre_scan_answers_as_full_scan(const ModelSpec& spec, const std::stri
   const Recommender scan(spec, weights, offset_ids(spec.n_items), {}, std::nullopt, PreScan::always);
   ASSERT_FALSE(full.model().scorer().has_pre_scan());
   ASSERT_TRUE(scan.model().scorer().has_pre_scan());
+  ASSERT_TRUE(scan.model().scorer().has_int4_pre_scan());  // batch 1 scans it, larger batches the int8 copy
   const std::vector<Request> requests = request_mix(spec.n_items, 11);
   // The same requests in one large batch (one pre-scan for all).
   std::vector<Request> large_batch;
@@ -591,6 +626,22 @@ TEST(PreScanRecommender, TiedItemsComeInCatalogOrder) {
   EXPECT_GT(ties, 100);
 }
 
+// Weights from a cheap generator (a large catalog has tens of millions of values).
+WeightMap cheap_weights(const ModelSpec& spec) {
+  WeightMap weights;
+  uint64_t state = 1;
+  for (const TensorDecl& decl : required_tensors(spec)) {
+    Tensor t(decl.shape);
+    const bool gain = decl.name.find("norm/weight") != std::string::npos;
+    for (float& v : t.data) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      v = (gain ? 1.0f : 0.0f) + (static_cast<float>(state >> 40) / 16777216.0f - 0.5f) * 0.5f;
+    }
+    weights.emplace(decl.name, std::move(t));
+  }
+  return weights;
+}
+
 // The automatic policy: small catalogs keep the packed fp32 GEMM, a table over 16M floats
 // (here 262,401 items × 64) gets the int8 copy and answers as the full logits rank.
 TEST(PreScanRecommender, LargeCatalogsGetThePreScan) {
@@ -600,19 +651,9 @@ TEST(PreScanRecommender, LargeCatalogsGetThePreScan) {
                    .scorer()
                    .has_pre_scan());
   const ModelSpec spec = testing::small_spec((int64_t{16} << 20) / 64 + 257, 10, 64, 2);
-  WeightMap weights;
-  uint64_t state = 1;
-  for (const TensorDecl& decl : required_tensors(spec)) {  // a cheap generator: 16.8M values
-    Tensor t(decl.shape);
-    const bool gain = decl.name.find("norm/weight") != std::string::npos;
-    for (float& v : t.data) {
-      state = state * 6364136223846793005ull + 1442695040888963407ull;
-      v = (gain ? 1.0f : 0.0f) + (static_cast<float>(state >> 40) / 16777216.0f - 0.5f) * 0.5f;
-    }
-    weights.emplace(decl.name, std::move(t));
-  }
-  const Recommender rec(spec, std::move(weights), offset_ids(spec.n_items), {}, std::nullopt);
+  const Recommender rec(spec, cheap_weights(spec), offset_ids(spec.n_items), {}, std::nullopt);
   ASSERT_TRUE(rec.model().scorer().has_pre_scan());
+  EXPECT_FALSE(rec.model().scorer().has_int4_pre_scan());  // 17 MB of int8: cached between requests
   EXPECT_EQ(rec.model().scorer().pre_scan_bytes(),
             static_cast<size_t>(kernels::quantized_table_bytes(spec.n_items, spec.d)));
   for (const Request& r : request_mix(spec.n_items, 14)) {
@@ -718,6 +759,43 @@ TEST(StoredScorerTables, AnswerAsTablesMadeAtLoad) {
   for (const std::string item : {"100", "517", "2198"})
     expect_same_answers(from_file.similar_items(item, similar, ws_a), made.similar_items(item, similar, ws_b), 0,
                         "similar items of " + item);
+  std::filesystem::remove(path);
+}
+
+// A table that streams from memory (here 524,321 items × 64 = 32M floats, 128 MB) also gets
+// the int4 copy, stored in the file and used in place; a request alone scans it, a batch the
+// int8 copy, and both answer bit for bit as the same model with its tables made at load.
+TEST(StoredScorerTables, LargeCatalogsCarryTheInt4Copy) {
+  const ModelSpec spec = testing::small_spec((int64_t{32} << 20) / 64 + 33, 10, 64, 2);
+  ModelFile file;
+  file.spec = spec;
+  file.tensors = cheap_weights(spec);
+  file.catalog = testing::offset_ids(spec.n_items);
+  file.provenance = {"safetensors", "", "m.safetensors", "test", std::nullopt};
+  const std::string path = ::testing::TempDir() + "stored_int4.seqrec";
+  save_model_file(file, path);
+  const LoadedModel loaded = load_recommender(path, std::nullopt, nullptr);
+  const Scorer& scorer = loaded.recommender->model().scorer();
+  ASSERT_TRUE(scorer.tables_from_file());
+  ASSERT_TRUE(scorer.has_int4_pre_scan());
+  EXPECT_EQ(scorer.pre_scan_bytes(),
+            static_cast<size_t>(kernels::quantized_table_bytes(spec.n_items, spec.d) +
+                                kernels::quantized_table_bytes(spec.n_items, spec.d, kernels::ScanCode::int4)));
+  const Recommender made(spec, cheap_weights(spec), testing::offset_ids(spec.n_items), {}, std::nullopt);
+  ASSERT_TRUE(made.model().scorer().has_int4_pre_scan());
+  ASSERT_FALSE(made.model().scorer().tables_from_file());
+  std::vector<Request> requests;
+  for (const Request& r : request_mix(spec.n_items, 19))
+    if (r.k <= 100) requests.push_back(r);
+  requests.resize(std::min<size_t>(requests.size(), 12));
+  Workspace ws;
+  const std::vector<Response> batched = loaded.recommender->recommend(requests, ws);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const std::string what = "request " + std::to_string(i);
+    const Response alone = one(*loaded.recommender, requests[i]);
+    expect_same_answers(alone, one(made, requests[i]), 0, what);
+    expect_same_answers(batched[i], alone, 0, what + " (batched: the int8 copy)");
+  }
   std::filesystem::remove(path);
 }
 

@@ -464,14 +464,48 @@ std::vector<std::pair<std::string, std::string>> derived_sections(const ModelFil
           {"inverse_norms", std::string(reinterpret_cast<const char*>(d.inverse_norms.data()), d.inverse_norms.size() * 4)}};
 }
 
-TEST_F(SeqrecFileTest, VersionThreeStoresTheScorersTables) {
+TEST_F(SeqrecFileTest, VersionFourStoresTheScorersTables) {
   const ModelFile model = prescanned_model();
   save_model_file(model, path_);
-  EXPECT_EQ(read(path_), encode(model, 3, derived_sections(model)).bytes);
+  // A catalog this small streams from no memory: no int4 table (see the large-catalog test).
+  EXPECT_EQ(read(path_), encode(model, 4, derived_sections(model)).bytes);
   const ModelFile loaded = load_model_file(path_);
   expect_same(model, loaded);
   EXPECT_NE(loaded.scorer_tables.scan_table, nullptr);
   EXPECT_NE(loaded.scorer_tables.inverse_norms, nullptr);
+  EXPECT_EQ(loaded.scorer_tables.scan_table_int4, nullptr);
+}
+
+// The int4 table (version 4) is read with its size checked, only beside the int8 one; a
+// version 3 file (none) still loads, and may not carry one.
+TEST_F(SeqrecFileTest, TheInt4ScanTable) {
+  const ModelFile model = prescanned_model();
+  auto sections = derived_sections(model);
+  const auto int4_bytes = static_cast<size_t>(
+      kernels::quantized_table_bytes(model.spec.n_items, model.spec.d, kernels::ScanCode::int4));
+  std::string int4(int4_bytes, '\x88');
+  sections.emplace_back("scan_table_int4", int4);
+  write(encode(model, 4, sections).bytes);
+  const ModelFile loaded = load_model_file(path_);
+  ASSERT_NE(loaded.scorer_tables.scan_table_int4, nullptr);
+  EXPECT_EQ(loaded.scorer_tables.scan_table_int4_bytes, int4_bytes);
+  EXPECT_EQ(loaded.scorer_tables.scan_table_int4[17], 0x88);
+
+  write(encode(model, 3, derived_sections(model)).bytes);
+  const ModelFile old = load_model_file(path_);
+  EXPECT_EQ(old.format_version, 3u);
+  EXPECT_NE(old.scorer_tables.scan_table, nullptr);
+  EXPECT_EQ(old.scorer_tables.scan_table_int4, nullptr);
+  load_error(encode(model, 3, sections).bytes, "section 'scan_table_int4': unknown section");
+
+  auto shorter = sections;
+  shorter[2].second.resize(int4_bytes - 64);
+  load_error(encode(model, 4, shorter).bytes, "section 'scan_table_int4': " + std::to_string(int4_bytes - 64) +
+                                                  " bytes, expected " + std::to_string(int4_bytes));
+  load_error(encode(model, 4, {sections[1], sections[2]}).bytes, "section 'scan_table': missing");
+  auto twice = sections;
+  twice.push_back(sections[2]);
+  load_error(encode(model, 4, twice).bytes, "section 'scan_table_int4': appears twice");
 }
 
 // Version 2 files (no derived tables) still load; the scorer makes its tables itself.
@@ -490,22 +524,22 @@ TEST_F(SeqrecFileTest, DamagedScorerTables) {
   const ModelFile model = prescanned_model();
   auto sections = derived_sections(model);
   const std::size_t scan_bytes = sections[0].second.size();
-  load_error(encode(model, 3, {sections[0]}).bytes, "section 'inverse_norms': missing");
-  load_error(encode(model, 3, {sections[1]}).bytes, "section 'scan_table': missing");
+  load_error(encode(model, 4, {sections[0]}).bytes, "section 'inverse_norms': missing");
+  load_error(encode(model, 4, {sections[1]}).bytes, "section 'scan_table': missing");
   auto shorter = sections;
   shorter[0].second.resize(scan_bytes - 64);
-  load_error(encode(model, 3, shorter).bytes,
+  load_error(encode(model, 4, shorter).bytes,
              "section 'scan_table': " + std::to_string(scan_bytes - 64) + " bytes, expected " + std::to_string(scan_bytes));
   auto fewer = sections;
   fewer[1].second.resize(4 * 100);
-  load_error(encode(model, 3, fewer).bytes, "section 'inverse_norms': 400 bytes, expected 8400 (one f32 per item)");
+  load_error(encode(model, 4, fewer).bytes, "section 'inverse_norms': 400 bytes, expected 8400 (one f32 per item)");
   auto nan = sections;
   const float bad = std::nanf("");
   std::memcpy(nan[1].second.data() + 4 * 7, &bad, 4);
-  load_error(encode(model, 3, nan).bytes, "section 'inverse_norms'");
+  load_error(encode(model, 4, nan).bytes, "section 'inverse_norms'");
   auto twice = sections;
   twice.push_back(sections[0]);
-  load_error(encode(model, 3, twice).bytes, "section 'scan_table': appears twice");
+  load_error(encode(model, 4, twice).bytes, "section 'scan_table': appears twice");
 }
 
 TEST_F(SeqrecFileTest, SaveOverwritesAnExistingFile) {
@@ -628,7 +662,9 @@ TEST_F(SeqrecFileTest, CatalogInPlace) {
     ASSERT_EQ(c.size(), static_cast<int64_t>(model.catalog.size()));
     for (size_t r = 0; r < model.catalog.size(); ++r) {
       EXPECT_EQ(c.id(static_cast<int32_t>(r)), model.catalog[r]);
-      if (r > 0) EXPECT_EQ(c.row(model.catalog[r]), static_cast<int32_t>(r));
+      if (r > 0) {
+        EXPECT_EQ(c.row(model.catalog[r]), static_cast<int32_t>(r));
+      }
     }
     EXPECT_EQ(c.row(model.catalog[3]), 3);
     EXPECT_EQ(c.row("nope"), -1);
@@ -756,7 +792,7 @@ TEST_F(SeqrecFileTest, BadMagic) {
 
 TEST_F(SeqrecFileTest, NewerAndOlderFormatVersions) {
   load_error(encode(small_model(), kSeqrecFormatVersion + 1).bytes, "written by a newer seqrec");
-  load_error(encode(small_model(), 0).bytes, "format version 0, expected 1, 2 or 3");
+  load_error(encode(small_model(), 0).bytes, "format version 0, expected 1 to 4");
 }
 
 TEST_F(SeqrecFileTest, TrailingBytes) {
