@@ -491,24 +491,17 @@ void read_v2(const std::shared_ptr<FileBytes>& file, const std::string& path, Mo
       if (in_place)
         m.catalog_in_place = std::make_shared<Catalog>(static_cast<int64_t>(n), reinterpret_cast<const uint64_t*>(offsets),
                                                        reinterpret_cast<const char*>(text), file);
-    } else if (name == "scan_table" && m.format_version >= 3) {
-      if (m.scorer_tables.scan_table) r.fail(field + ": appears twice");
-      const auto expected = static_cast<uint64_t>(kernels::quantized_table_bytes(m.spec.n_items, m.spec.d));
+    } else if ((name == "scan_table" && m.format_version >= 3) || (name == "scan_table_int4" && m.format_version >= 4)) {
+      const bool int8 = name == "scan_table";
+      const uint8_t*& table = int8 ? m.scorer_tables.scan_table : m.scorer_tables.scan_table_int4;
+      if (table) r.fail(field + ": appears twice");
+      const auto expected = static_cast<uint64_t>(kernels::quantized_table_bytes(
+          m.spec.n_items, m.spec.d, int8 ? kernels::ScanCode::int8 : kernels::ScanCode::int4));
       if (e.bytes != expected)
         r.fail(field + ": " + std::to_string(e.bytes) + " bytes, expected " + std::to_string(expected) + " (n_items " +
                std::to_string(m.spec.n_items) + ", d " + std::to_string(m.spec.d) + ")");
-      m.scorer_tables.scan_table = data;
-      m.scorer_tables.scan_table_bytes = e.bytes;
-      m.scorer_tables.backing = file;
-    } else if (name == "scan_table_int4" && m.format_version >= 4) {
-      if (m.scorer_tables.scan_table_int4) r.fail(field + ": appears twice");
-      const auto expected =
-          static_cast<uint64_t>(kernels::quantized_table_bytes(m.spec.n_items, m.spec.d, kernels::ScanCode::int4));
-      if (e.bytes != expected)
-        r.fail(field + ": " + std::to_string(e.bytes) + " bytes, expected " + std::to_string(expected) + " (n_items " +
-               std::to_string(m.spec.n_items) + ", d " + std::to_string(m.spec.d) + ")");
-      m.scorer_tables.scan_table_int4 = data;
-      m.scorer_tables.scan_table_int4_bytes = e.bytes;
+      table = data;
+      (int8 ? m.scorer_tables.scan_table_bytes : m.scorer_tables.scan_table_int4_bytes) = e.bytes;
       m.scorer_tables.backing = file;
     } else if (name == "inverse_norms" && m.format_version >= 3) {
       if (m.scorer_tables.inverse_norms) r.fail(field + ": appears twice");
