@@ -313,9 +313,23 @@ SEQREC_INTRINSIC_WARNINGS_OFF
 // vpdpbusd each). A accumulators per query keep vpdpbusd's latency off the critical path
 // when Q alone does not. Every loop over q and a is unrolled (GCC otherwise keeps acc in
 // memory).
+//
+// Eight queries (a full pass) take block_dots_8 when their groups come interleaved.
+__attribute__((always_inline)) inline void block_dots_8(const uint8_t* block, int64_t d4, const int32_t* interleaved,
+                                                        __m512i (&acc)[8]);
+
 template <int Q>
 __attribute__((always_inline)) inline void block_dots(const uint8_t* block, int64_t d4, const ScanQuery* const* queries,
-                                                      const int32_t* const* groups, __m512i (&dots)[Q]) {
+                                                      const int32_t* const* groups, const int32_t* interleaved,
+                                                      __m512i (&dots)[Q]) {
+  if constexpr (Q == 8) {
+    if (interleaved) {
+      block_dots_8(block, d4, interleaved, dots);
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q) dots[q] = _mm512_sub_epi32(dots[q], _mm512_set1_epi32(queries[q]->offset));
+      return;
+    }
+  }
   constexpr int A = Q == 1 ? 4 : Q == 2 ? 2 : 1;
   __m512i acc[Q][A];
 #pragma GCC unroll 8
@@ -354,6 +368,39 @@ __attribute__((always_inline)) inline void block_dots(const uint8_t* block, int6
   }
 }
 
+// acc[q] = q_h · q_i (offset not removed) of one block's 16 lanes for 8 queries whose groups
+// are interleaved: interleaved[g·8 + q] is query q's group g. Written in assembly because GCC
+// 12 keeps eight loop-carried accumulators either in memory or behind two register copies per
+// vpdpbusd, and does not fold the query's broadcast into it: 36 instructions per 8 vpdpbusd
+// where this loop has 12 (one load of the 16 items' group, eight vpdpbusd with the queries'
+// four bytes as embedded broadcasts, the loop's three). d4 >= 1.
+__attribute__((always_inline)) inline void block_dots_8(const uint8_t* block, int64_t d4, const int32_t* interleaved,
+                                                        __m512i (&acc)[8]) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, items;
+  const uint8_t* items_at = block;
+  const int32_t* groups_at = interleaved;
+  const int32_t* const groups_end = interleaved + d4 * 8;
+  asm("1:\n\t"
+      "vmovdqa64 (%[items_at]), %[items]\n\t"
+      "vpdpbusd 0(%[groups_at])%{1to16%}, %[items], %[a0]\n\t"
+      "vpdpbusd 4(%[groups_at])%{1to16%}, %[items], %[a1]\n\t"
+      "vpdpbusd 8(%[groups_at])%{1to16%}, %[items], %[a2]\n\t"
+      "vpdpbusd 12(%[groups_at])%{1to16%}, %[items], %[a3]\n\t"
+      "vpdpbusd 16(%[groups_at])%{1to16%}, %[items], %[a4]\n\t"
+      "vpdpbusd 20(%[groups_at])%{1to16%}, %[items], %[a5]\n\t"
+      "vpdpbusd 24(%[groups_at])%{1to16%}, %[items], %[a6]\n\t"
+      "vpdpbusd 28(%[groups_at])%{1to16%}, %[items], %[a7]\n\t"
+      "add $64, %[items_at]\n\t"
+      "add $32, %[groups_at]\n\t"
+      "cmp %[groups_end], %[groups_at]\n\t"
+      "jb 1b"
+      : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5), [a6] "+v"(a6),
+        [a7] "+v"(a7), [items] "=&v"(items), [items_at] "+r"(items_at), [groups_at] "+r"(groups_at)
+      : [groups_end] "r"(groups_end)
+      : "cc", "memory");
+  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3, acc[4] = a4, acc[5] = a5, acc[6] = a6, acc[7] = a7;
+}
+
 // The same for one query over an int4 block of d8 pairs: each 64-byte load is two groups'
 // nibbles; a mask and a shift make each an int8 group layout for vpdpbusd (the bytes read
 // halve, the vpdpbusd stay as many).
@@ -386,10 +433,11 @@ __attribute__((always_inline)) inline __m512i block_dots_int4(const uint8_t* blo
 template <ScanCode C, int Q, class Bounds>
 __attribute__((always_inline)) inline void bound_block(const uint8_t* block, int64_t units, const float* block_bias,
                                                        float bias_coef, const ScanQuery* const* queries,
-                                                       const int32_t* const* groups, Bounds&& bounds) {
+                                                       const int32_t* const* groups, const int32_t* interleaved,
+                                                       Bounds&& bounds) {
   __m512i dots[Q];
   if constexpr (C == ScanCode::int8) {
-    block_dots<Q>(block, units, queries, groups, dots);
+    block_dots<Q>(block, units, queries, groups, interleaved, dots);
   } else {
     static_assert(Q == 1);
     dots[0] = block_dots_int4(block, units, *queries[0], groups[0]);
@@ -448,7 +496,7 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
       }
       for (int j = 0; j < blocks; ++j) {
         const int64_t first = (run + j) * kLanes;
-        bound_block<C, 1>(qtable + (run + j) * block_bytes, units, bias_of(first), bias_coef, queries, groups,
+        bound_block<C, 1>(qtable + (run + j) * block_bytes, units, bias_of(first), bias_coef, queries, groups, nullptr,
                        [&](int, __m512 upper, auto lower) {
                          _mm512_store_ps(hi[j], upper);
                          _mm512_store_ps(lo[j], lower());
@@ -466,6 +514,17 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
   } else {
     // Several queries: enough independent work per block to hide the test's branch.
     alignas(64) float lo[Q][kLanes], hi[Q][kLanes];
+    // Eight int8 queries: their groups interleaved for block_dots_8 (a table of d <= 4096).
+    constexpr int64_t kMaxInterleavedGroups = 1024;
+    alignas(64) int32_t interleaved_groups[Q == 8 && C == ScanCode::int8 ? kMaxInterleavedGroups * 8 : 1];
+    const int32_t* interleaved = nullptr;
+    if constexpr (Q == 8 && C == ScanCode::int8) {
+      if (units <= kMaxInterleavedGroups) {
+        for (int64_t g = 0; g < units; ++g)
+          for (int q = 0; q < Q; ++q) interleaved_groups[g * 8 + q] = groups[q][g];
+        interleaved = interleaved_groups;
+      }
+    }
     for (int64_t b = first_block; b < end_block; ++b) {
       const int64_t first = b * kLanes;
       const __mmask16 valid = valid_lanes(first);
@@ -473,7 +532,7 @@ void scan_blocks_vnni(const uint8_t* qtable, int64_t n, int64_t d, const float* 
       // GCC keep the other queries' accumulators in memory.
       __mmask16 reach[Q];
       bool any = false;
-      bound_block<C, Q>(qtable + b * block_bytes, units, bias_of(first), bias_coef, queries, groups,
+      bound_block<C, Q>(qtable + b * block_bytes, units, bias_of(first), bias_coef, queries, groups, interleaved,
                      [&](int q, __m512 upper, auto lower) {
                        reach[q] = _mm512_cmp_ps_mask(upper, _mm512_set1_ps(selections[q]->threshold()), _CMP_GE_OQ) &
                                   valid;
@@ -553,7 +612,7 @@ SEQREC_INTRINSIC_WARNINGS_OFF
     const int32_t* groups[1] = {query.groups.data()};
     __m512i block_dot[1];
     if (query.code == ScanCode::int8)
-      block_dots<1>(block, units, queries, groups, block_dot);
+      block_dots<1>(block, units, queries, groups, nullptr, block_dot);
     else
       block_dot[0] = block_dots_int4(block, units, query, groups[0]);
     _mm512_storeu_si512(dots, block_dot[0]);
@@ -583,9 +642,11 @@ SEQREC_INTRINSIC_WARNINGS_OFF
       _mm512_storeu_ps(lo, l());
     };
     if (query.code == ScanCode::int8)
-      bound_block<ScanCode::int8, 1>(block, units, bias ? padded_bias : nullptr, query.bias_coef, queries, groups, store);
+      bound_block<ScanCode::int8, 1>(block, units, bias ? padded_bias : nullptr, query.bias_coef, queries, groups, nullptr,
+                                     store);
     else
-      bound_block<ScanCode::int4, 1>(block, units, bias ? padded_bias : nullptr, query.bias_coef, queries, groups, store);
+      bound_block<ScanCode::int4, 1>(block, units, bias ? padded_bias : nullptr, query.bias_coef, queries, groups, nullptr,
+                                     store);
 SEQREC_INTRINSIC_WARNINGS_ON
 #else
     int32_t dots[kLanes];

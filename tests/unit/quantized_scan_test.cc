@@ -158,6 +158,7 @@ class QuantizedScan : public ::testing::TestWithParam<ScanCode> {
                           const std::vector<std::vector<float>>& queries, const std::string& what) const {
     kernels::expect_bounds_hold(table, bias, n, d, queries, code(), what);
   }
+  void a_batch_answers_each_query_as_alone(int64_t n, int64_t d) const;
 };
 
 INSTANTIATE_TEST_SUITE_P(Codes, QuantizedScan, ::testing::Values(ScanCode::int8, ScanCode::int4),
@@ -369,15 +370,16 @@ TEST_P(QuantizedScan, TiesGoToTheLowerRow) {
 }
 
 // A batch's queries share the reads of the table; each gets what it gets alone. A query that
-// cannot be bounded says so, and the others are not disturbed.
-TEST_P(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
-  const int64_t n = 20000, d = 64;  // several of the scan's chunks
+// cannot be bounded says so, and the others are not disturbed. Dimensions: an even and an odd
+// number of four-dimension groups (a full group of eight queries takes its own loop), a single
+// partial group, and more groups than that loop takes (d > 4096: the general loop).
+void QuantizedScan::a_batch_answers_each_query_as_alone(int64_t n, int64_t d) const {
   const std::vector<float> table = noise(static_cast<size_t>(n * d), 650, 0.1f);
   const std::vector<float> bias = noise(static_cast<size_t>(n), 651, 0.3f);
   const Bytes q = quantize(table, n, d);
   const int64_t batch = 13;  // a group of eight queries and one of five
   std::vector<float> hidden = noise(static_cast<size_t>(batch * d), 652, 2.0f);
-  hidden[4 * d + 3] = NAN;  // query 4 cannot be bounded
+  hidden[4 * d + d - 1] = NAN;  // query 4 cannot be bounded
   std::vector<std::vector<int32_t>> never(batch), rows(batch);
   std::vector<std::vector<float>> scores(batch);
   std::vector<ScanTopK> queries(batch);
@@ -404,6 +406,13 @@ TEST_P(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
     expect_same(got, scan(table, bias.data(), q, n, d, queries[b].h, never[b], queries[b].k), "query " + std::to_string(b));
     expect_same(got, full_scan(table, bias.data(), n, d, queries[b].h, never[b], queries[b].k),
                 "query " + std::to_string(b));
+  }
+}
+
+TEST_P(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
+  for (const auto& [n, d] : {std::pair<int64_t, int64_t>{20000, 64}, {20000, 50}, {5000, 3}, {600, 4100}}) {
+    SCOPED_TRACE("n " + std::to_string(n) + ", d " + std::to_string(d));
+    a_batch_answers_each_query_as_alone(n, d);
   }
 }
 
