@@ -6,7 +6,6 @@ checkpoints / model files. Needs only Python's standard library (no PyTorch).
 usage: test_cli.py --seqrec build/seqrec --workdir DIR [--only NAME]
 """
 import argparse
-import glob
 import json
 import os
 import random
@@ -15,17 +14,8 @@ import subprocess
 import sys
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLE = os.path.join(ROOT, "examples", "movielens")
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import EXAMPLE, Failure, check, example_checkpoint, item_ids  # noqa: E402
 
 
 class Cli:
@@ -56,16 +46,6 @@ class Cli:
         proc = self.run("recommend", "--model", model, *flags, stdin=body)
         check(proc.returncode == 0, f"recommend failed: {proc.stderr.strip()} for {body[:200]}")
         return json.loads(proc.stdout)
-
-
-def example_checkpoint():
-    found = sorted(glob.glob(os.path.join(EXAMPLE, "SASRec.*.pth")))
-    return found[0] if found else None
-
-
-def item_ids():
-    with open(os.path.join(EXAMPLE, "item_ids.txt")) as f:
-        return [line.rstrip("\n") for line in f][1:]
 
 
 def ids_of(response):

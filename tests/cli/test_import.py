@@ -16,18 +16,11 @@ import subprocess
 import sys
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RATINGS = os.path.join(ROOT, "examples", "movielens", "ratings.csv")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import EXAMPLE, Failure, check  # noqa: E402
+
+RATINGS = os.path.join(EXAMPLE, "ratings.csv")
 SUMMARY = re.compile(r"^imported (\d+) interactions of (\d+) users into (\S+) in ([0-9.]+) s \((\d+) interactions/min\)")
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
 
 
 class Cli:

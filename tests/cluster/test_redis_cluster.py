@@ -30,37 +30,17 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLE = os.path.join(ROOT, "examples", "movielens")
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import EXAMPLE, REDIS_SERVER, Failure, check, free_port, item_ids  # noqa: E402
+
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 SKIP = 77
 GONE = (ConnectionError, socket.timeout, http.client.HTTPException, OSError)
 
 
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cli(port, *args, timeout=10):
     proc = subprocess.run([REDIS_CLI, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
     return proc.stdout + proc.stderr
-
-
-def item_ids():
-    with open(os.path.join(EXAMPLE, "item_ids.txt")) as f:
-        return [line.rstrip("\n") for line in f][1:]
 
 
 class Cluster:

@@ -41,17 +41,11 @@ sys.path.insert(0, HERE)
 import reference_eval as ref  # noqa: E402
 import sasrec_pytorch  # noqa: E402  (on the path reference_eval set up)
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import Failure, check  # noqa: E402
+
 TOLERANCE = 1e-6
 TIMEOUT = 300
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
 
 
 class Seqrec:

@@ -46,20 +46,14 @@ import gsasrec_reference  # noqa: E402
 import hstu_reference  # noqa: E402
 import tisasrec_reference  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import Failure, check  # noqa: E402
+
 TOLERANCE = 1e-6
 TIMEOUT = 300
 KS = (1, 5, 10)
 NEGATIVES = 15
 SEED = 7
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
 
 
 def run(seqrec, *args):

@@ -36,38 +36,14 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLE = os.path.join(ROOT, "examples", "movielens")
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import (EXAMPLE, REDIS_SERVER, Failure, RedisServer, Skip, Tally, check,  # noqa: E402
+                     convert_example, example_checkpoint, free_port, item_ids)
+
 TICKS = os.sysconf("SC_CLK_TCK")
 # The errors a client sees when the server goes away under it.
 GONE = (OSError, http.client.HTTPException)
-
-
-class Failure(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def item_ids():
-    with open(os.path.join(EXAMPLE, "item_ids.txt")) as f:
-        return [line.rstrip("\n") for line in f][1:]
 
 
 def proc_status(pid):
@@ -176,37 +152,8 @@ def error_code(got):
     return got.get("error", {}).get("code") if isinstance(got, dict) else None
 
 
-class Redis:
-    """A redis-server on a free loopback port; `durable`: AOF with a sync per write, so an
-    acknowledged write survives kill -9 of Redis itself."""
-
-    def __init__(self, workdir, durable=False):
-        if not os.path.exists(REDIS):
-            raise Skip("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        self.workdir = workdir
-        self.durable = durable
-        self.start()
-
-    def start(self):
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
-        self.proc = subprocess.Popen([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      *persistence, "--dir", self.workdir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise Failure("redis-server did not start")
-
-    def kill9(self):
-        self.proc.kill()
-        self.proc.wait()
+class Redis(RedisServer):
+    """The test's redis-server (harness.RedisServer), with a data set to fill it."""
 
     def fill(self, db, keys, value_bytes=100):
         """`keys` string keys in `db` (pipelined): a data set that takes Redis a moment to load."""
@@ -224,15 +171,6 @@ class Redis:
                 chunk = s.recv(1 << 20)
                 check(chunk, "redis closed the connection while being filled")
                 received = received[-16:] + chunk
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # a frozen Redis cannot act on SIGTERM
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def url(self, db=0):
-        return f"redis://127.0.0.1:{self.port}/{db}"
 
 
 class Context:
@@ -409,7 +347,7 @@ def kill9_trials(ctx, label, history, trials, users_per_trial=64):
 def test_kill9(ctx):
     trials = 200 if ctx.long else 5
     kill9_trials(ctx, "lmdb", "lmdb:" + ctx.fresh_dir("kill9-lmdb"), trials)
-    if not os.path.exists(REDIS):
+    if not os.path.exists(REDIS_SERVER):
         print("  kill9[redis]: skipped (redis-server is not installed)")
         return
     redis = Redis(ctx.fresh_dir("kill9-redis"))
@@ -1158,8 +1096,7 @@ def main():
     args = parser.parse_args()
     if args.seed is None:
         args.seed = int(time.time()) % 100_000
-    checkpoint = sorted(glob.glob(os.path.join(EXAMPLE, "SASRec.*.pth")))
-    if not checkpoint:
+    if not example_checkpoint():
         print("SKIPPED: no bundled example checkpoint")
         return 77
     workdir = os.path.abspath(args.workdir)
@@ -1169,35 +1106,17 @@ def main():
             subprocess.run(["umount", mount_point], capture_output=True)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
-    proc = subprocess.run([args.seqrec, "convert", "--from", "pmixer", checkpoint[0], "--item-ids",
-                           os.path.join(EXAMPLE, "item_ids.txt"), "--rating-threshold", "3.5", "--out",
-                           os.path.join(workdir, "movielens.seqrec")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print("FAIL convert:", proc.stderr)
+    failed_convert = convert_example(args.seqrec, os.path.join(workdir, "movielens.seqrec"))
+    if failed_convert:
+        print("FAIL convert:", failed_convert.stderr)
         return 1
     print(f"seed {args.seed}{' (long)' if args.long else ''}")
     ctx = Context(args, workdir)
-    passed = failed = skipped = 0
-    began = time.time()
+    tally = Tally(timed=True)
     for name, test in TESTS:
-        if args.only and args.only not in name:
-            continue
-        started = time.time()
-        try:
-            test(ctx)
-            passed += 1
-            print(f"ok   {name} ({time.time() - started:.0f} s)")
-        except Skip as e:
-            skipped += 1
-            print(f"skip {name}: {e}")
-        except Exception as e:  # noqa: BLE001
-            failed += 1
-            print(f"FAIL {name} ({time.time() - started:.0f} s): {e}")
-            if not isinstance(e, Failure):
-                traceback.print_exc()
-        sys.stdout.flush()
-    print(f"{passed} passed, {failed} failed, {skipped} skipped in {time.time() - began:.0f} s")
-    return 1 if failed else 0
+        if not args.only or args.only in name:
+            tally.run(name, test, ctx)
+    return tally.summary()
 
 
 if __name__ == "__main__":

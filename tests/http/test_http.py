@@ -18,42 +18,17 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import openapi_contract  # noqa: E402
+from harness import (EXAMPLE, Failure, RedisServer, Skip, Tally, check, convert_example,  # noqa: E402
+                     example_checkpoint, free_port, item_ids)
 
 # Every answer a test receives is checked against server/openapi/openapi.json (when
 # python3-jsonschema is installed; main() says which).
 CONTRACT = None
 VALIDATED = [0]
-EXAMPLE = os.path.join(ROOT, "examples", "movielens")
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-class Failure(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def item_ids():
-    with open(os.path.join(EXAMPLE, "item_ids.txt")) as f:
-        return [line.rstrip("\n") for line in f][1:]
 
 
 class Server:
@@ -130,38 +105,6 @@ class Server:
         return self.proc.returncode
 
 
-class Redis:
-    def __init__(self, workdir):
-        if not os.path.exists(REDIS):
-            raise Skip("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        self.workdir = workdir
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.workdir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise Failure("redis-server did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 class Context:
     def __init__(self, args, backend, workdir):
         self.binary = os.path.abspath(args.seqrec)
@@ -179,8 +122,8 @@ class Context:
         if self.backend == "lmdb":
             return "lmdb:" + os.path.join(self.workdir, f"lmdb-{self.counter}")
         if self.redis is None:
-            self.redis = Redis(self.workdir)
-        return self.redis.url.rsplit("/", 1)[0] + f"/{self.counter % 16}"
+            self.redis = RedisServer(self.workdir)
+        return self.redis.url(self.counter % 16)
 
     def serve(self, *extra, history=None, env=None):
         return Server(self.binary, self.model, history or self.history(), self.workdir, *extra, env=env)
@@ -1015,6 +958,8 @@ def test_models_split_and_routes(ctx):
         before = {m["name"]: m["loaded_at"] for m in server.get("/models")[1]["models"]}
         status, got = server.post("/admin/reload", {"model": "b"}, admin)
         check(status == 200 and got["reloaded"] == ["b"], got)
+        after = {m["name"]: m["loaded_at"] for m in server.get("/models")[1]["models"]}
+        check(after["movielens"] == before["movielens"], f"reloading b reloaded movielens too: {before} -> {after}")
         status, got = server.post("/admin/reload", {"model": "nope"}, admin)
         check(status == 404 and got["error"]["code"] == "model_not_found", got)
         status, got = server.post("/admin/reload", {"path": "second.seqrec"}, admin)
@@ -1238,17 +1183,14 @@ def main():
     parser.add_argument("--backend", default="all")
     parser.add_argument("--only")
     args = parser.parse_args()
-    checkpoint = sorted(glob.glob(os.path.join(EXAMPLE, "SASRec.*.pth")))
-    if not checkpoint:
+    if not example_checkpoint():
         print("SKIPPED: no bundled example checkpoint")
         return 77
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    proc = subprocess.run([args.seqrec, "convert", "--from", "pmixer", checkpoint[0], "--item-ids",
-                           os.path.join(EXAMPLE, "item_ids.txt"), "--rating-threshold", "3.5", "--out",
-                           os.path.join(args.workdir, "movielens.seqrec")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print("FAIL convert:", proc.stderr)
+    failed_convert = convert_example(args.seqrec, os.path.join(args.workdir, "movielens.seqrec"))
+    if failed_convert:
+        print("FAIL convert:", failed_convert.stderr)
         print("0 passed, 1 failed")
         return 1
     global CONTRACT
@@ -1257,35 +1199,21 @@ def main():
     else:
         print("note: python3-jsonschema is not installed: answers are not checked against the OpenAPI document")
     backends = ["memory", "lmdb", "redis"] if args.backend == "all" else [args.backend]
-    passed = failed = skipped = 0
+    tally = Tally()
     for backend in backends:
         workdir = os.path.join(args.workdir, backend)
         os.makedirs(workdir)
         ctx = Context(args, backend, workdir)
         try:
             for test in TESTS:
-                if args.only and args.only not in test.__name__:
-                    continue
-                name = f"{backend}: {test.__name__}"
-                try:
-                    test(ctx)
-                    passed += 1
-                    print(f"ok   {name}")
-                except Skip as e:
-                    skipped += 1
-                    print(f"skip {name}: {e}")
-                except Exception as e:  # noqa: BLE001
-                    failed += 1
-                    print(f"FAIL {name}: {e}")
-                    if not isinstance(e, Failure):
-                        traceback.print_exc()
+                if not args.only or args.only in test.__name__:
+                    tally.run(f"{backend}: {test.__name__}", test, ctx)
         finally:
             if ctx.redis:
                 ctx.redis.stop()
     if CONTRACT is not None:
         print(f"{VALIDATED[0]} answers matched the OpenAPI document (server/openapi/openapi.json)")
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    return 1 if failed else 0
+    return tally.summary()
 
 
 if __name__ == "__main__":

@@ -27,37 +27,14 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_ROOT = os.path.dirname(HERE)
 ROOT = os.path.dirname(os.path.dirname(PACKAGE_ROOT))
-EXAMPLE = os.path.join(ROOT, "examples", "movielens")
 sys.path.insert(0, os.path.join(PACKAGE_ROOT, "src"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import seqrec_client as sc  # noqa: E402  (from the source tree, no install needed)
+from harness import EXAMPLE, Failure, Skip, check, free_port, item_ids  # noqa: E402  (the repository's test helpers)
 
 ADMIN_KEY, READ_KEY = "admin-s3cret", "read-s3cret"
 NOT_YET = "skipped: route not in this server yet"
-
-
-class Failure(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def item_ids():
-    with open(os.path.join(EXAMPLE, "item_ids.txt")) as f:
-        return [line.rstrip("\n") for line in f][1:]
 
 
 def interactions_of(ids, start=1000, rating=4.5):
