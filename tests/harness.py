@@ -64,6 +64,18 @@ def convert_example(seqrec, out):
     return proc if proc.returncode != 0 else None
 
 
+def stop_process(proc, sig=signal.SIGTERM, timeout=30):
+    """Asks a process to stop with `sig` (kill -9 after `timeout` s); returns its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class RedisServer:
     """A redis-server of the test's own on a free loopback port, with no snapshots; `durable`:
     AOF with a sync per write, so an acknowledged write survives kill -9 of Redis itself."""

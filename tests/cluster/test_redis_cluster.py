@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import EXAMPLE, REDIS_SERVER, Failure, check, free_port, item_ids  # noqa: E402
+from harness import EXAMPLE, REDIS_SERVER, Failure, check, free_port, item_ids, stop_process  # noqa: E402
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 SKIP = 77
@@ -157,13 +156,7 @@ class Server:
             conn.close()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

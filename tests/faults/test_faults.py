@@ -39,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import (EXAMPLE, REDIS_SERVER, Failure, RedisServer, Skip, Tally, check,  # noqa: E402
-                     convert_example, example_checkpoint, free_port, item_ids)
+                     convert_example, example_checkpoint, free_port, item_ids, stop_process)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The errors a client sees when the server goes away under it.
@@ -122,16 +122,10 @@ class Server:
         self.log.close()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = stop_process(self.proc)
         if not self.log.closed:
             self.log.close()
-        return self.proc.returncode
+        return status
 
 
 def send(conn, method, path, body=None, headers=None):

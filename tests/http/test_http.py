@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import openapi_contract  # noqa: E402
 from harness import (EXAMPLE, Failure, RedisServer, Skip, Tally, check, convert_example,  # noqa: E402
-                     example_checkpoint, free_port, item_ids)
+                     example_checkpoint, free_port, item_ids, stop_process)
 
 # Every answer a test receives is checked against server/openapi/openapi.json (when
 # python3-jsonschema is installed; main() says which).
@@ -94,15 +94,9 @@ class Server:
         return status, parsed
 
     def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = stop_process(self.proc, sig)
         self.log.close()
-        return self.proc.returncode
+        return status
 
 
 class Context:

@@ -15,7 +15,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ sys.path.insert(0, os.path.join(PACKAGE_ROOT, "src"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import seqrec_client as sc  # noqa: E402  (from the source tree, no install needed)
-from harness import EXAMPLE, Failure, Skip, check, free_port, item_ids  # noqa: E402  (the repository's test helpers)
+from harness import EXAMPLE, Failure, Skip, check, free_port, item_ids, stop_process  # noqa: E402  (the repo's test helpers)
 
 ADMIN_KEY, READ_KEY = "admin-s3cret", "read-s3cret"
 NOT_YET = "skipped: route not in this server yet"
@@ -100,13 +99,7 @@ class Server:
             conn.close()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
