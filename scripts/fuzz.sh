@@ -3,9 +3,11 @@
 # time budget on its seeds and dictionary; new corpus entries are kept in build-fuzz/corpus/NAME
 # (never in the repository), so later runs start where earlier ones stopped.
 #
-# usage: scripts/fuzz.sh [--seconds N] [--runs R] [--jobs J] [--build-only] [NAME...]
+# usage: scripts/fuzz.sh [--seconds N] [--runs R] [--max-len B] [--jobs J] [--build-only] [NAME...]
 #   --seconds N   run each fuzzer N seconds (default 600)
 #   --runs R      also stop a fuzzer once it has executed R inputs (e.g. 10000000)
+#   --max-len B   inputs of at most B bytes (libFuzzer's -max_len; default: its own, 4096 or the
+#                 largest seed): import_file's rate halves as its inputs grow to 3 KB
 #   --jobs J      compile with J jobs and run J fuzzers side by side (default 2)
 #   --build-only  configure and build, run nothing
 #   NAME          the fuzzers to run (default: all): json_request import_file zip_reader pickle
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 all_fuzzers=(json_request import_file zip_reader pickle safetensors seqrec_file percent_decode http_request)
 seconds=600
 runs=-1
+max_len=
 jobs=2
 build_only=0
 fuzzers=()
@@ -29,9 +32,10 @@ while (($#)); do
   case $1 in
     --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
     --runs) runs=${2:?--runs needs a value}; shift 2 ;;
+    --max-len) max_len=${2:?--max-len needs a value}; shift 2 ;;
     --jobs) jobs=${2:?--jobs needs a value}; shift 2 ;;
     --build-only) build_only=1; shift ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "fuzz.sh: error: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *)
       [[ " ${all_fuzzers[*]} " == *" $1 "* ]] || { echo "fuzz.sh: error: unknown fuzzer '$1' (expected one of: ${all_fuzzers[*]})" >&2; exit 2; }
@@ -40,6 +44,7 @@ while (($#)); do
 done
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --seconds '$seconds' (expected a positive integer)" >&2; exit 2; }
 [[ $runs == -1 || $runs =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --runs '$runs' (expected a positive integer)" >&2; exit 2; }
+[[ -z $max_len || $max_len =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --max-len '$max_len' (expected a positive integer)" >&2; exit 2; }
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: error: --jobs '$jobs' (expected a positive integer)" >&2; exit 2; }
 ((${#fuzzers[@]})) || fuzzers=("${all_fuzzers[@]}")
 
@@ -68,15 +73,16 @@ run_one() {
   for folder in "fuzz/corpus/$name" "$build/fuzz/seeds/$name" "fuzz/regressions/$name"; do
     [[ -d $folder ]] && inputs+=("$folder")
   done
-  local dict=()
+  local dict=() len=()
   [[ -f fuzz/$name.dict ]] && dict=(-dict="fuzz/$name.dict")
+  [[ -n $max_len ]] && len=(-max_len="$max_len")
   # -timeout=30: every input runs in well under a second, and a real hang stays caught; with
   # 10 s, ASan's quarantine recycling stalled past the limit three times in hours-long runs
   # while memory-heavy benchmarks ran beside them (zip_reader, http_request: each input
   # replayed in 0.2 s).
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 UBSAN_OPTIONS=print_stacktrace=1 \
     "$build/fuzz/${name}_fuzzer" -max_total_time="$seconds" -runs="$runs" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$artifacts/" "${dict[@]}" "${inputs[@]}" > "$log" 2>&1
+    -artifact_prefix="$artifacts/" "${len[@]}" "${dict[@]}" "${inputs[@]}" > "$log" 2>&1
 }
 
 rm -rf "$build/logs"
