@@ -308,6 +308,39 @@ constexpr int kQueriesPerPass = 8;
 
 #if SEQREC_HAVE_VNNI
 SEQREC_INTRINSIC_WARNINGS_OFF
+// acc[q] = q_h · q_i (offset not removed) of one block's 16 lanes for 8 queries whose groups
+// are interleaved: interleaved[g·8 + q] is query q's group g. Written in assembly because GCC
+// 12 keeps eight loop-carried accumulators either in memory or behind two register copies per
+// vpdpbusd, and does not fold the query's broadcast into it: 36 instructions per 8 vpdpbusd
+// where this loop has 12 (one load of the 16 items' group, eight vpdpbusd with the queries'
+// four bytes as embedded broadcasts, the loop's three). d4 >= 1.
+__attribute__((always_inline)) inline void block_dots_8(const uint8_t* block, int64_t d4, const int32_t* interleaved,
+                                                        __m512i (&acc)[8]) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, items;
+  const uint8_t* items_at = block;
+  const int32_t* groups_at = interleaved;
+  const int32_t* const groups_end = interleaved + d4 * 8;
+  asm("1:\n\t"
+      "vmovdqa64 (%[items_at]), %[items]\n\t"
+      "vpdpbusd 0(%[groups_at])%{1to16%}, %[items], %[a0]\n\t"
+      "vpdpbusd 4(%[groups_at])%{1to16%}, %[items], %[a1]\n\t"
+      "vpdpbusd 8(%[groups_at])%{1to16%}, %[items], %[a2]\n\t"
+      "vpdpbusd 12(%[groups_at])%{1to16%}, %[items], %[a3]\n\t"
+      "vpdpbusd 16(%[groups_at])%{1to16%}, %[items], %[a4]\n\t"
+      "vpdpbusd 20(%[groups_at])%{1to16%}, %[items], %[a5]\n\t"
+      "vpdpbusd 24(%[groups_at])%{1to16%}, %[items], %[a6]\n\t"
+      "vpdpbusd 28(%[groups_at])%{1to16%}, %[items], %[a7]\n\t"
+      "add $64, %[items_at]\n\t"
+      "add $32, %[groups_at]\n\t"
+      "cmp %[groups_end], %[groups_at]\n\t"
+      "jb 1b"
+      : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5), [a6] "+v"(a6),
+        [a7] "+v"(a7), [items] "=&v"(items), [items_at] "+r"(items_at), [groups_at] "+r"(groups_at)
+      : [groups_end] "r"(groups_end)
+      : "cc", "memory");
+  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3, acc[4] = a4, acc[5] = a5, acc[6] = a6, acc[7] = a7;
+}
+
 // The integer dot products q_h · q_i (offset removed) of one block's 16 lanes for Q queries
 // at once: the block's int8 groups are loaded once and multiplied with each query's (one
 // vpdpbusd each). A accumulators per query keep vpdpbusd's latency off the critical path
@@ -315,8 +348,6 @@ SEQREC_INTRINSIC_WARNINGS_OFF
 // memory).
 //
 // Eight queries (a full pass) take block_dots_8 when their groups come interleaved.
-__attribute__((always_inline)) inline void block_dots_8(const uint8_t* block, int64_t d4, const int32_t* interleaved,
-                                                        __m512i (&acc)[8]);
 
 template <int Q>
 __attribute__((always_inline)) inline void block_dots(const uint8_t* block, int64_t d4, const ScanQuery* const* queries,
@@ -366,39 +397,6 @@ __attribute__((always_inline)) inline void block_dots(const uint8_t* block, int6
     for (int a = 1; a < A; ++a) sum = _mm512_add_epi32(sum, acc[q][a]);
     dots[q] = _mm512_sub_epi32(sum, _mm512_set1_epi32(queries[q]->offset));
   }
-}
-
-// acc[q] = q_h · q_i (offset not removed) of one block's 16 lanes for 8 queries whose groups
-// are interleaved: interleaved[g·8 + q] is query q's group g. Written in assembly because GCC
-// 12 keeps eight loop-carried accumulators either in memory or behind two register copies per
-// vpdpbusd, and does not fold the query's broadcast into it: 36 instructions per 8 vpdpbusd
-// where this loop has 12 (one load of the 16 items' group, eight vpdpbusd with the queries'
-// four bytes as embedded broadcasts, the loop's three). d4 >= 1.
-__attribute__((always_inline)) inline void block_dots_8(const uint8_t* block, int64_t d4, const int32_t* interleaved,
-                                                        __m512i (&acc)[8]) {
-  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, items;
-  const uint8_t* items_at = block;
-  const int32_t* groups_at = interleaved;
-  const int32_t* const groups_end = interleaved + d4 * 8;
-  asm("1:\n\t"
-      "vmovdqa64 (%[items_at]), %[items]\n\t"
-      "vpdpbusd 0(%[groups_at])%{1to16%}, %[items], %[a0]\n\t"
-      "vpdpbusd 4(%[groups_at])%{1to16%}, %[items], %[a1]\n\t"
-      "vpdpbusd 8(%[groups_at])%{1to16%}, %[items], %[a2]\n\t"
-      "vpdpbusd 12(%[groups_at])%{1to16%}, %[items], %[a3]\n\t"
-      "vpdpbusd 16(%[groups_at])%{1to16%}, %[items], %[a4]\n\t"
-      "vpdpbusd 20(%[groups_at])%{1to16%}, %[items], %[a5]\n\t"
-      "vpdpbusd 24(%[groups_at])%{1to16%}, %[items], %[a6]\n\t"
-      "vpdpbusd 28(%[groups_at])%{1to16%}, %[items], %[a7]\n\t"
-      "add $64, %[items_at]\n\t"
-      "add $32, %[groups_at]\n\t"
-      "cmp %[groups_end], %[groups_at]\n\t"
-      "jb 1b"
-      : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5), [a6] "+v"(a6),
-        [a7] "+v"(a7), [items] "=&v"(items), [items_at] "+r"(items_at), [groups_at] "+r"(groups_at)
-      : [groups_end] "r"(groups_end)
-      : "cc", "memory");
-  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3, acc[4] = a4, acc[5] = a5, acc[6] = a6, acc[7] = a7;
 }
 
 // The same for one query over an int4 block of d8 pairs: each 64-byte load is two groups'
