@@ -1,7 +1,8 @@
 // Feeds the bytes as an interactions file to the import reader (server/history/import.h:
 // InteractionFile + load_into) reading into a fresh memory history store, as `seqrec import`
-// does. The file arrives through a packet-mode pipe in pieces whose size the input chooses, so the reader's
-// refills split records, quoted fields and "\r\n" at every place a real slow stream could.
+// does. The file arrives through a packet-mode pipe in pieces whose size the input chooses, so
+// the reader's refills split records, quoted fields and "\r\n" at every place a real slow
+// stream could.
 //
 // Input: byte 0 chooses the run (bit 0: --skip-bad-lines; bits 1-2: interactions per chunk
 // 1 / 3 / 64 / the default; bits 3-5: the pipe piece size 1 / 2 / 3 / 7 / 64 / 512 / 1024 /
@@ -49,16 +50,17 @@ class PacketPipe {
   static constexpr size_t kPage = 4096;
   static constexpr size_t kMaxBytes = seqrec::tabular::kStreamBlockBytes - kPage;
 
-  // Throws nothing; `ok()` is false when the file is over kMaxBytes or the pipe cannot hold it.
+  // `ok()` is false when the file is over kMaxBytes (nothing is written then); a failing pipe
+  // call is the harness's fault and stops the fuzzer.
   PacketPipe(const std::string& bytes, size_t piece) {
     if (bytes.size() > kMaxBytes) return;
-    size_t packets = 0;
-    for (size_t at = 0; at < bytes.size(); ++packets)
-      at += std::min(packets < kSplitPieces ? piece : kPage, bytes.size() - at);
+    const size_t split = std::min(bytes.size(), kSplitPieces * piece);
+    const size_t packets = (split + piece - 1) / piece + (bytes.size() - split + kPage - 1) / kPage;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC | O_DIRECT) != 0) fail("pipe2(O_DIRECT) failed");
     read_fd_ = fds[0];
-    // One page of pipe capacity per packet, whatever its size (a pipe's default is 16 pages).
+    // One page of pipe capacity per packet, whatever its size (a pipe's default is 16 pages; at
+    // kMaxBytes in 1-byte pieces, 143 packets: 256 pages, the default pipe-max-size of 1 MiB).
     const size_t pages = std::max<size_t>(std::bit_ceil(packets + 1), 16);
     if (fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pages * kPage)) < 0) fail("F_SETPIPE_SZ failed");
     for (size_t at = 0, n = 0; at < bytes.size(); ++n) {
