@@ -11,6 +11,7 @@ Standard-library Python only, like the scripts.
 """
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,8 +39,20 @@ def check(condition, message):
 
 
 def free_port():
-    """A loopback TCP port nothing listens on now."""
-    with socket.socket() as s:
+    """A loopback TCP port nothing listens on now, chosen at random below Linux's ephemeral
+    range (32768-60999): a port from bind(0) lies inside that range, where every outgoing
+    connection of the parallel tests also takes its local port, and one of them could take it
+    before our server binds it."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # 200 taken ports in a row: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -86,23 +99,52 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.durable = durable
-        self.start()
+        self.start(new_port_if_taken=True)
 
-    def start(self):
+    def start(self, new_port_if_taken=False):
+        """Starts (or restarts, on the same port) and waits for PONG from this very process. The
+        free port can be taken by another process before redis-server binds it (tests run in
+        parallel); a first start then tries other ports."""
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
-        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      *persistence, "--dir", self.workdir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
+        for _ in range(5 if new_port_if_taken else 1):
+            self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                          *persistence, "--dir", self.workdir],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 10
+            while time.time() < deadline and self.proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                        s.sendall(b"PING\r\n")  # -LOADING while an AOF is read back: not ready yet
+                        if s.recv(16).startswith(b"+PONG") and self._answers_as_own():
+                            return
+                except OSError:
+                    pass
                 time.sleep(0.05)
-        raise Failure("redis-server did not start")
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+                raise Failure(f"redis-server did not answer PING on port {self.port} within 10 s")
+            if new_port_if_taken:
+                self.port = free_port()
+        raise Failure(f"redis-server exited at start (exit code {self.proc.returncode}, port {self.port} taken?)")
+
+    def _answers_as_own(self):
+        """True when the server on self.port is this one, not another test's that holds the port."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(b"INFO server\r\n")
+            reply = b""
+            while True:  # one reply: a bulk string "$<length>\r\n<body>\r\n", or an error line
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+                head, sep, body = reply.partition(b"\r\n")
+                if sep and (not head.startswith(b"$") or len(body) >= int(head[1:]) + 2):
+                    break
+        for line in reply.split(b"\r\n"):
+            if line.startswith(b"process_id:"):
+                return int(line[len(b"process_id:"):]) == self.proc.pid
+        return False
 
     def stop(self):
         if self.proc.poll() is None:

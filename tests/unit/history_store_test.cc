@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -66,12 +67,13 @@ fs::path fresh_dir(const std::string& name) {
   return dir;
 }
 
-int free_loopback_port() {
+// Binds `port` on loopback (0: the kernel chooses) and returns the port bound, or 0.
+int bind_loopback_port(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
+  address.sin_port = htons(static_cast<uint16_t>(port));
   socklen_t size = sizeof address;
   if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
       getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) {
@@ -82,6 +84,39 @@ int free_loopback_port() {
   return ntohs(address.sin_port);
 }
 
+// A loopback port nothing listens on now, at random below Linux's ephemeral range (32768-60999):
+// a port from bind(0) lies inside it, where every outgoing connection of the parallel tests takes
+// its local port too, and one could take it before the server binds it.
+int free_loopback_port() {
+  static std::mt19937 random(std::random_device{}());
+  for (int attempt = 0; attempt < 200; ++attempt)
+    if (const int port = bind_loopback_port(std::uniform_int_distribution<int>(20000, 32767)(random))) return port;
+  return bind_loopback_port(0);
+}
+
+// The output of redis-cli against `port` (empty when it cannot run).
+std::string cli_output(int port, const std::string& args) {
+  const std::string command = std::string(kRedisCli) + " -p " + std::to_string(port) + " " + args + " 2>&1";
+  std::string out;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char buffer[4096];
+    size_t n;
+    while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+    pclose(pipe);
+  }
+  return out;
+}
+
+// True when the redis-server answering on `port` is process `pid`, not another test's server
+// that took the port first (the other one answers PING just as well). Without redis-cli: true.
+bool served_by(int port, pid_t pid) {
+  if (access(kRedisCli, X_OK) != 0) return true;
+  const std::string info = cli_output(port, "INFO server");
+  const std::string key = "process_id:" + std::to_string(pid);
+  const size_t at = info.find(key);
+  return at != std::string::npos && (at + key.size() == info.size() || !std::isdigit(info[at + key.size()]));
+}
+
 // A private redis-server on a loopback port, no persistence; stopped with the object.
 class RedisServer {
  public:
@@ -89,27 +124,41 @@ class RedisServer {
 
   ~RedisServer() { stop(); }
 
-  // Starts on `port` (0: a free one) and waits until it answers PING.
+  // Starts on `port` (0: a free one) and waits until it answers PING. A free port can be taken
+  // by another process before redis-server binds it (ctest runs tests in parallel, and every
+  // client connection takes an ephemeral port too): when the server exits at once, it starts
+  // again on another port.
   void start(int port = 0) {
-    port_ = port ? port : free_loopback_port();
-    ASSERT_NE(port_, 0) << "no free loopback port";
-    pid_ = fork();
-    ASSERT_GE(pid_, 0);
-    if (pid_ == 0) {
-      const int devnull = ::open("/dev/null", O_WRONLY);
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-      const std::string port_text = std::to_string(port_);
-      execl(kRedisServer, kRedisServer, "--port", port_text.c_str(), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", static_cast<char*>(nullptr));
-      _exit(127);
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      port_ = port ? port : free_loopback_port();
+      ASSERT_NE(port_, 0) << "no free loopback port";
+      pid_ = fork();
+      ASSERT_GE(pid_, 0);
+      if (pid_ == 0) {
+        const int devnull = ::open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        const std::string port_text = std::to_string(port_);
+        execl(kRedisServer, kRedisServer, "--port", port_text.c_str(), "--bind", "127.0.0.1", "--save", "",
+              "--appendonly", "no", "--daemonize", "no", static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      auto probe = open_store(url());
+      bool exited = false;
+      for (int i = 0; i < 400 && !exited; ++i) {
+        if (probe->ready() && served_by(port_, pid_)) return;
+        exited = waitpid(pid_, nullptr, WNOHANG) == pid_;
+        if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      }
+      if (!exited) {
+        stop();
+        FAIL() << "redis-server did not answer PING on port " << port_ << " within 10 s";
+      }
+      pid_ = 0;
+      if (port != 0) break;  // a fixed port: another try would meet the same owner
     }
-    auto probe = open_store(url());
-    for (int i = 0; i < 200; ++i) {
-      if (probe->ready()) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    }
-    FAIL() << "redis-server did not answer PING on port " << port_ << " within 5 s";
+    FAIL() << "redis-server exited at start on port " << port_ << " (port taken?), " << (port ? 1 : 5)
+           << " attempt(s)";
   }
 
   void stop() {
@@ -133,19 +182,6 @@ class RedisServer {
   pid_t pid_ = 0;
   int port_ = 0;
 };
-
-// The output of redis-cli against `port` (empty when it cannot run).
-std::string cli_output(int port, const std::string& args) {
-  const std::string command = std::string(kRedisCli) + " -p " + std::to_string(port) + " " + args + " 2>&1";
-  std::string out;
-  if (FILE* pipe = popen(command.c_str(), "r")) {
-    char buffer[4096];
-    size_t n;
-    while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-    pclose(pipe);
-  }
-  return out;
-}
 
 // A private Redis Cluster: 3 masters, no replicas, on loopback ports, no persistence. One per
 // test process (a cluster takes seconds to form), emptied before each test, stopped at exit.
@@ -192,33 +228,40 @@ class RedisCluster {
   std::string start() {
     dir_ = fresh_dir("cluster");
     fs::create_directories(dir_);
+    // A node whose port was taken between free_loopback_port() and its bind exits at once;
+    // it starts again on other ports (see RedisServer::start).
     for (int i = 0; i < 3; ++i) {
-      const int port = free_loopback_port(), bus = free_loopback_port();
-      if (port == 0 || bus == 0) return "no free loopback port";
-      const pid_t pid = fork();
-      if (pid < 0) return "fork failed";
-      if (pid == 0) {
-        const int devnull = ::open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        const std::string p = std::to_string(port), b = std::to_string(bus);
-        const std::string conf = (dir_ / ("nodes-" + p + ".conf")).string();
-        execl(kRedisServer, kRedisServer, "--port", p.c_str(), "--cluster-port", b.c_str(), "--bind", "127.0.0.1",
-              "--cluster-enabled", "yes", "--cluster-config-file", conf.c_str(), "--cluster-node-timeout", "2000",
-              "--dir", dir_.c_str(), "--save", "", "--appendonly", "no", "--daemonize", "no",
-              static_cast<char*>(nullptr));
-        _exit(127);
+      std::string failure;
+      for (int attempt = 0; attempt < 5; ++attempt) {
+        const int port = free_loopback_port(), bus = free_loopback_port();
+        if (port == 0 || bus == 0 || port == bus) {
+          failure = "no two free loopback ports";
+          continue;
+        }
+        const pid_t pid = start_node(port, bus);
+        if (pid < 0) return "fork failed";
+        bool up = false, exited = false;
+        for (int wait = 0; wait < 400 && !up && !exited; ++wait) {
+          up = cli_output(port, "PING").find("PONG") != std::string::npos && served_by(port, pid);
+          exited = !up && waitpid(pid, nullptr, WNOHANG) == pid;
+          if (!up && !exited) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        }
+        if (up) {
+          pids_.push_back(pid);
+          ports_.push_back(port);
+          failure.clear();
+          break;
+        }
+        if (!exited) {
+          kill(pid, SIGKILL);
+          waitpid(pid, nullptr, 0);
+          return "redis-server (cluster-enabled) did not answer PING on port " + std::to_string(port) +
+                 " within 10 s";
+        }
+        failure = "redis-server (cluster-enabled) exited at start on port " + std::to_string(port) +
+                  " (port taken?), 5 attempts";
       }
-      pids_.push_back(pid);
-      ports_.push_back(port);
-    }
-    for (int port : ports_) {
-      bool up = false;
-      for (int i = 0; i < 200 && !up; ++i) {
-        up = cli_output(port, "PING").find("PONG") != std::string::npos;
-        if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-      }
-      if (!up) return "redis-server (cluster-enabled) did not answer PING on port " + std::to_string(port);
+      if (!failure.empty()) return failure;
     }
     std::string nodes;
     for (int port : ports_) nodes += " 127.0.0.1:" + std::to_string(port);
@@ -231,6 +274,24 @@ class RedisCluster {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     return "the cluster did not reach cluster_state:ok within 20 s";
+  }
+
+  // Forks a cluster-enabled redis-server on `port` (cluster bus on `bus`); its pid, or -1.
+  pid_t start_node(int port, int bus) const {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const int devnull = ::open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      const std::string p = std::to_string(port), b = std::to_string(bus);
+      const std::string conf = (dir_ / ("nodes-" + p + ".conf")).string();
+      execl(kRedisServer, kRedisServer, "--port", p.c_str(), "--cluster-port", b.c_str(), "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes", "--cluster-config-file", conf.c_str(), "--cluster-node-timeout", "2000",
+            "--dir", dir_.c_str(), "--save", "", "--appendonly", "no", "--daemonize", "no",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    return pid;
   }
 
   fs::path dir_;
