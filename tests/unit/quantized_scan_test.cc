@@ -6,6 +6,7 @@
 #include "kernels/quantized_scan.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -370,9 +371,10 @@ TEST_P(QuantizedScan, TiesGoToTheLowerRow) {
 }
 
 // A batch's queries share the reads of the table; each gets what it gets alone. A query that
-// cannot be bounded says so, and the others are not disturbed. Dimensions: an even and an odd
-// number of four-dimension groups (a full group of eight queries takes its own loop), a single
-// partial group, and more groups than that loop takes (d > 4096: the general loop).
+// cannot be bounded says so, and the others are not disturbed. Tables: an even and an odd
+// number of four-dimension groups (a full group of eight queries takes its own loop), an odd
+// number of blocks with a partial last one, a single partial group, and more groups than that
+// loop takes (d > 4096: the general loop).
 void QuantizedScan::a_batch_answers_each_query_as_alone(int64_t n, int64_t d) const {
   const std::vector<float> table = noise(static_cast<size_t>(n * d), 650, 0.1f);
   const std::vector<float> bias = noise(static_cast<size_t>(n), 651, 0.3f);
@@ -410,7 +412,7 @@ void QuantizedScan::a_batch_answers_each_query_as_alone(int64_t n, int64_t d) co
 }
 
 TEST_P(QuantizedScan, ABatchAnswersEachQueryAsAlone) {
-  for (const auto& [n, d] : {std::pair<int64_t, int64_t>{20000, 64}, {20000, 50}, {5000, 3}, {600, 4100}}) {
+  for (const auto& [n, d] : {std::pair<int64_t, int64_t>{20000, 64}, {4001, 64}, {20000, 50}, {5000, 3}, {600, 4100}}) {
     SCOPED_TRACE("n " + std::to_string(n) + ", d " + std::to_string(d));
     a_batch_answers_each_query_as_alone(n, d);
   }
@@ -742,7 +744,8 @@ TEST(StoredScorerTables, AnswerAsTablesMadeAtLoad) {
   file.tensors = testing::random_weights(spec, 21);
   file.catalog = testing::offset_ids(spec.n_items);
   file.provenance = {"safetensors", "", "m.safetensors", "test", std::nullopt};
-  const std::string path = ::testing::TempDir() + "stored_tables.seqrec";
+  // Per process: CTest runs this binary once per kernel path (isa.*), in parallel.
+  const std::string path = ::testing::TempDir() + "stored_tables_" + std::to_string(::getpid()) + ".seqrec";
   save_model_file(file, path);
 
   const ModelFile read = load_model_file(path);
@@ -781,7 +784,7 @@ TEST(StoredScorerTables, LargeCatalogsCarryTheInt4Copy) {
   file.tensors = cheap_weights(spec);
   file.catalog = testing::offset_ids(spec.n_items);
   file.provenance = {"safetensors", "", "m.safetensors", "test", std::nullopt};
-  const std::string path = ::testing::TempDir() + "stored_int4.seqrec";
+  const std::string path = ::testing::TempDir() + "stored_int4_" + std::to_string(::getpid()) + ".seqrec";
   save_model_file(file, path);
   const LoadedModel loaded = load_recommender(path, std::nullopt, nullptr);
   const Scorer& scorer = loaded.recommender->model().scorer();
