@@ -44,6 +44,43 @@ def require_kernel_path(seqrec):
     print(f"kernel path forced: {path}")
 
 
+def seqrec_binary(path, workdir):
+    """The seqrec binary at `path` as an absolute path, ready for a suite: the kernel path
+    checked (require_kernel_path), `workdir` made. None, after a FAIL line, when there is no
+    executable there."""
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        print(f"FAIL: no executable seqrec binary at {path}")
+        return None
+    seqrec = os.path.abspath(path)
+    require_kernel_path(seqrec)
+    os.makedirs(workdir, exist_ok=True)
+    return seqrec
+
+
+def finish(results):
+    """The summary line, and the suite's exit status."""
+    print(f"{results.passed} passed, {results.failed} failed")
+    return 1 if results.failed else 0
+
+
+def record_refusal(results, label, result, must_mention, leftovers):
+    """A refused input: the command exits non-zero with exactly one stderr line mentioning each
+    of `must_mention` (case-insensitive), and `leftovers` (what it left behind) is empty.
+    `label` leads the result's line."""
+    missing = [word for word in must_mention if word.lower() not in result.stderr.lower()]
+    problems = []
+    if result.returncode == 0:
+        problems.append("exit status 0")
+    if len(result.stderr.strip().splitlines()) != 1:
+        problems.append(f"{len(result.stderr.strip().splitlines())} stderr lines")
+    if missing:
+        problems.append(f"stderr does not mention {missing}")
+    if leftovers:
+        problems.append(f"left behind {leftovers}")
+    detail = "; ".join(problems) if problems else "refused"
+    results.record(not problems, f"{label} {detail} -- stderr: {one_line(result.stderr)}")
+
+
 def one_line(text):
     return text.strip().replace("\n", " | ")[:400]
 

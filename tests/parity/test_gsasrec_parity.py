@@ -41,8 +41,8 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gsasrec_reference as gr  # noqa: E402  (needs the path above)
-from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length, require_kernel_path,  # noqa: E402
-                           one_line, recommend_all, run)
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, finish, history_of_length, one_line,  # noqa: E402
+                           recommend_all, record_refusal, run, seqrec_binary)
 
 MODEL_CASES = ("relu", "no_ffn_relu", "tied", "tied_no_ffn_relu")
 
@@ -264,20 +264,8 @@ def check_refused(results, label, command, case_dir, out, must_mention):
     """Non-zero exit, exactly one stderr line mentioning each of `must_mention`
     (case-insensitive), and no output file."""
     result = run(command)
-    stderr_lines = result.stderr.strip().splitlines()
-    missing = [word for word in must_mention if word.lower() not in result.stderr.lower()]
-    problems = []
-    if result.returncode == 0:
-        problems.append("exit status 0")
-    if len(stderr_lines) != 1:
-        problems.append(f"{len(stderr_lines)} stderr lines")
-    if missing:
-        problems.append(f"stderr does not mention {missing}")
     leftovers = [name for name in os.listdir(case_dir) if name.startswith(os.path.basename(out))]
-    if leftovers:
-        problems.append(f"left behind {leftovers}")
-    detail = "; ".join(problems) if problems else "refused"
-    results.record(not problems, f"error:{label:28s} {detail} -- stderr: {one_line(result.stderr)}")
+    record_refusal(results, f"error:{label:28s}", result, must_mention, leftovers)
 
 
 def check_errors(results, seqrec, workdir):
@@ -357,12 +345,9 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    if not (os.path.isfile(args.seqrec) and os.access(args.seqrec, os.X_OK)):
-        print(f"FAIL: no executable seqrec binary at {args.seqrec}")
+    seqrec = seqrec_binary(args.seqrec, args.workdir)
+    if seqrec is None:
         return 1
-    seqrec = os.path.abspath(args.seqrec)
-    require_kernel_path(seqrec)
-    os.makedirs(args.workdir, exist_ok=True)
 
     results = Results()
     for case in (cases if args.case == "all" else [args.case]):
@@ -370,8 +355,7 @@ def main():
             check_errors(results, seqrec, args.workdir)
         else:
             check_case(results, seqrec, args.workdir, case)
-    print(f"{results.passed} passed, {results.failed} failed")
-    return 1 if results.failed else 0
+    return finish(results)
 
 
 if __name__ == "__main__":

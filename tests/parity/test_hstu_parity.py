@@ -51,8 +51,8 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hstu_reference as ref  # noqa: E402  (needs the path above)
-from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, one_line, require_kernel_path,  # noqa: E402
-                           run)
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, finish, one_line, record_refusal,  # noqa: E402
+                           run, seqrec_binary)
 
 # ml-1m's first rating (2000-04-25), a plausible base for second timestamps.
 BASE_TS = 956_703_932
@@ -436,20 +436,8 @@ def check_refused(results, label, command, case_dir, out, must_mention):
     """Non-zero exit, exactly one stderr line mentioning each of `must_mention`
     (case-insensitive), and no output file."""
     result = run(command)
-    stderr_lines = result.stderr.strip().splitlines()
-    missing = [word for word in must_mention if word.lower() not in result.stderr.lower()]
-    problems = []
-    if result.returncode == 0:
-        problems.append("exit status 0")
-    if len(stderr_lines) != 1:
-        problems.append(f"{len(stderr_lines)} stderr lines")
-    if missing:
-        problems.append(f"stderr does not mention {missing}")
     leftovers = [name for name in os.listdir(case_dir) if name.startswith(os.path.basename(out))]
-    if leftovers:
-        problems.append(f"left behind {leftovers}")
-    detail = "; ".join(problems) if problems else "refused"
-    results.record(not problems, f"error:{label:30s} {detail} -- stderr: {one_line(result.stderr)}")
+    record_refusal(results, f"error:{label:30s}", result, must_mention, leftovers)
 
 
 def check_errors(results, seqrec, workdir):
@@ -523,12 +511,9 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    if not (os.path.isfile(args.seqrec) and os.access(args.seqrec, os.X_OK)):
-        print(f"FAIL: no executable seqrec binary at {args.seqrec}")
+    seqrec = seqrec_binary(args.seqrec, args.workdir)
+    if seqrec is None:
         return 1
-    seqrec = os.path.abspath(args.seqrec)
-    require_kernel_path(seqrec)
-    os.makedirs(args.workdir, exist_ok=True)
 
     results = Results()
     selected = CASES if args.case == "all" else [args.case]
@@ -537,8 +522,7 @@ def main():
             check_shape(results, seqrec, args.workdir, shape, seed=500 + index)
     if "errors" in selected:
         check_errors(results, seqrec, args.workdir)
-    print(f"{results.passed} passed, {results.failed} failed")
-    return 1 if results.failed else 0
+    return finish(results)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ except ImportError as error:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sasrec_pytorch  # noqa: E402  (needs the path above)
-from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length, require_kernel_path,  # noqa: E402
-                           one_line, recommend_all, run)
+from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, finish, history_of_length, one_line,  # noqa: E402
+                           recommend_all, record_refusal, run, seqrec_binary)
 
 
 # The test's variant name -> the converter's --variant. Both "original" layouts share one flag;
@@ -191,20 +191,8 @@ def check_refused(results, seqrec, workdir, variant, shape, label, write_checkpo
     out = os.path.join(case_dir, "model.seqrec")
     conversion = run(convert_command(seqrec, checkpoint, out, variant, shape, True))
 
-    stderr_lines = conversion.stderr.strip().splitlines()
-    missing = [word for word in must_mention if word.lower() not in conversion.stderr.lower()]
     leftovers = sorted(set(os.listdir(case_dir)) - {os.path.basename(checkpoint)})
-    problems = []
-    if conversion.returncode == 0:
-        problems.append("exit status 0")
-    if len(stderr_lines) != 1:
-        problems.append(f"{len(stderr_lines)} stderr lines")
-    if missing:
-        problems.append(f"stderr does not mention {missing}")
-    if leftovers:
-        problems.append(f"left behind {leftovers}")
-    detail = "; ".join(problems) if problems else "refused"
-    results.record(not problems, f"{variant:15s} error:{label:22s} {detail} -- stderr: {one_line(conversion.stderr)}")
+    record_refusal(results, f"{variant:15s} error:{label:22s}", conversion, must_mention, leftovers)
 
 
 def check_malformed_checkpoints(results, seqrec, workdir, variant, shape, model):
@@ -267,19 +255,15 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    if not (os.path.isfile(args.seqrec) and os.access(args.seqrec, os.X_OK)):
-        print(f"FAIL: no executable seqrec binary at {args.seqrec}")
+    seqrec = seqrec_binary(args.seqrec, args.workdir)
+    if seqrec is None:
         return 1
-    seqrec = os.path.abspath(args.seqrec)
-    require_kernel_path(seqrec)
-    os.makedirs(args.workdir, exist_ok=True)
 
     results = Results()
     variants = list(CONVERTER_VARIANT) if args.variant == "all" else [args.variant]
     for variant in variants:
         check_variant(results, seqrec, args.workdir, variant)
-    print(f"{results.passed} passed, {results.failed} failed")
-    return 1 if results.failed else 0
+    return finish(results)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ except ImportError as error:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tisasrec_reference as reference  # noqa: E402  (needs the path above)
 from parity_common import (SCORE_TOLERANCE, TOP_N, Results, compare, history_of_length, one_line,  # noqa: E402
-                           require_kernel_path, run)
+                           record_refusal, run, seqrec_binary)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The published checkpoint is not in the repository: SEQREC_PUBLISHED_CHECKPOINTS names the
@@ -465,20 +465,8 @@ def check_refused(results, seqrec, workdir, shape, label, write_checkpoint, must
     out = os.path.join(case_dir, "model.seqrec")
     conversion = run(convert_command(seqrec, checkpoint, out, shape, "relu", None))
 
-    stderr_lines = conversion.stderr.strip().splitlines()
-    missing = [word for word in must_mention if word.lower() not in conversion.stderr.lower()]
     leftovers = sorted(set(os.listdir(case_dir)) - {os.path.basename(checkpoint)})
-    problems = []
-    if conversion.returncode == 0:
-        problems.append("exit status 0")
-    if len(stderr_lines) != 1:
-        problems.append(f"{len(stderr_lines)} stderr lines")
-    if missing:
-        problems.append(f"stderr does not mention {missing}")
-    if leftovers:
-        problems.append(f"left behind {leftovers}")
-    detail = "; ".join(problems) if problems else "refused"
-    results.record(not problems, f"{'errors':8s} {label:26s} {detail} -- stderr: {one_line(conversion.stderr)}")
+    record_refusal(results, f"{'errors':8s} {label:26s}", conversion, must_mention, leftovers)
 
 
 def check_errors(results, seqrec, workdir):
@@ -521,12 +509,9 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    if not (os.path.isfile(args.seqrec) and os.access(args.seqrec, os.X_OK)):
-        print(f"FAIL: no executable seqrec binary at {args.seqrec}")
+    seqrec = seqrec_binary(args.seqrec, args.workdir)
+    if seqrec is None:
         return 1
-    seqrec = os.path.abspath(args.seqrec)
-    require_kernel_path(seqrec)
-    os.makedirs(args.workdir, exist_ok=True)
 
     results = Results()
     check_pipeline(results)
