@@ -93,12 +93,14 @@ class RedisServer:
     """A redis-server of the test's own on a free loopback port, with no snapshots; `durable`:
     AOF with a sync per write, so an acknowledged write survives kill -9 of Redis itself."""
 
-    def __init__(self, workdir, durable=False):
+    def __init__(self, workdir, durable=False, extra_args=()):
+        """`extra_args`: more redis-server options (a cluster node's, say)."""
         if not os.path.exists(REDIS_SERVER):
             raise Skip("redis-server is not installed (apt-get install redis-server)")
         self.port = free_port()
         self.workdir = workdir
         self.durable = durable
+        self.extra_args = list(extra_args)
         self.start(new_port_if_taken=True)
 
     def start(self, new_port_if_taken=False):
@@ -108,7 +110,7 @@ class RedisServer:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         for _ in range(5 if new_port_if_taken else 1):
             self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                          *persistence, "--dir", self.workdir],
+                                          *persistence, "--dir", self.workdir, *self.extra_args],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.time() + 10
             while time.time() < deadline and self.proc.poll() is None:

@@ -30,7 +30,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import EXAMPLE, REDIS_SERVER, Failure, check, free_port, item_ids, stop_process  # noqa: E402
+from harness import (EXAMPLE, REDIS_SERVER, Failure, RedisServer, check, free_port, item_ids,  # noqa: E402
+                     stop_process)
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 SKIP = 77
@@ -48,20 +49,18 @@ class Cluster:
     def __init__(self, workdir, nodes=6):
         self.workdir = workdir
         self.ports, self.procs = [], {}
-        for _ in range(nodes):
-            port, bus = free_port(), free_port()
-            node_dir = os.path.join(workdir, f"node-{port}")
-            os.makedirs(node_dir)
-            log = open(os.path.join(node_dir, "redis.log"), "w")
-            self.procs[port] = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", os.path.join(node_dir, "nodes.conf"),
-                 "--cluster-node-timeout", "2000", "--dir", node_dir, "--save", "", "--appendonly", "no",
-                 "--daemonize", "no"], stdout=log, stderr=subprocess.STDOUT)
-            self.ports.append(port)
         try:
-            for port in self.ports:
-                self.wait(lambda p=port: "PONG" in cli(p, "PING"), 10, f"redis-server on {port} did not start")
+            # Each node through harness.RedisServer: a free port, started again elsewhere when
+            # another process takes it first, and up only when the PONG is its own.
+            for i in range(nodes):
+                node_dir = os.path.join(workdir, f"node-{i}")
+                os.makedirs(node_dir)
+                node = RedisServer(node_dir, extra_args=[
+                    "--cluster-port", str(free_port()), "--cluster-enabled", "yes",
+                    "--cluster-config-file", os.path.join(node_dir, "nodes.conf"), "--cluster-node-timeout", "2000",
+                    "--logfile", os.path.join(node_dir, "redis.log")])
+                self.procs[node.port] = node.proc
+                self.ports.append(node.port)
             out = cli(self.ports[0], "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
                       "--cluster-replicas", "1", "--cluster-yes", timeout=60)
             check("All 16384 slots covered" in out, f"redis-cli --cluster create:\n{out}")

@@ -68,11 +68,12 @@ def record_refusal(results, label, result, must_mention, leftovers):
     of `must_mention` (case-insensitive), and `leftovers` (what it left behind) is empty.
     `label` leads the result's line."""
     missing = [word for word in must_mention if word.lower() not in result.stderr.lower()]
+    stderr_lines = len(result.stderr.strip().splitlines())
     problems = []
     if result.returncode == 0:
         problems.append("exit status 0")
-    if len(result.stderr.strip().splitlines()) != 1:
-        problems.append(f"{len(result.stderr.strip().splitlines())} stderr lines")
+    if stderr_lines != 1:
+        problems.append(f"{stderr_lines} stderr lines")
     if missing:
         problems.append(f"stderr does not mention {missing}")
     if leftovers:

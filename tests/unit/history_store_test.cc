@@ -15,6 +15,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -108,57 +109,77 @@ std::string cli_output(int port, const std::string& args) {
 }
 
 // True when the redis-server answering on `port` is process `pid`, not another test's server
-// that took the port first (the other one answers PING just as well). Without redis-cli: true.
+// that took the port first (the other one answers PING just as well).
 bool served_by(int port, pid_t pid) {
-  if (access(kRedisCli, X_OK) != 0) return true;
   const std::string info = cli_output(port, "INFO server");
   const std::string key = "process_id:" + std::to_string(pid);
   const size_t at = info.find(key);
   return at != std::string::npos && (at + key.size() == info.size() || !std::isdigit(info[at + key.size()]));
 }
 
+// Forks redis-server with `options` (stdout and stderr to /dev/null); its pid, or -1.
+pid_t spawn_redis(const std::vector<std::string>& options) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    std::vector<char*> argv{const_cast<char*>(kRedisServer)};
+    for (const std::string& option : options) argv.push_back(const_cast<char*>(option.c_str()));
+    argv.push_back(nullptr);
+    execv(kRedisServer, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Starts a redis-server on a free loopback port (options_for(port) gives its options) and
+// waits until that very process answers PING. A free port can be taken by another process
+// before redis-server binds it (ctest runs tests in parallel, and every client connection
+// takes an ephemeral port too); a server that exits at once is started again on another port.
+// `fixed_port` (not 0): that port, one attempt (a restart). Sets `port` and `pid`; "" or what
+// went wrong.
+std::string start_redis(const std::function<std::vector<std::string>(int port)>& options_for, int& port,
+                        pid_t& pid, int fixed_port = 0) {
+  const int attempts = fixed_port ? 1 : 5;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
+    port = fixed_port ? fixed_port : free_loopback_port();
+    if (port == 0) return "no free loopback port";
+    pid = spawn_redis(options_for(port));
+    if (pid < 0) return "fork failed";
+    for (int wait = 0; wait < 400; ++wait) {  // 10 s and more: redis-cli takes its own time
+      if (cli_output(port, "PING").find("PONG") != std::string::npos && served_by(port, pid)) return "";
+      if (waitpid(pid, nullptr, WNOHANG) == pid) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    if (kill(pid, 0) == 0) {  // alive but silent
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      return "redis-server did not answer PING on port " + std::to_string(port) + " within 10 s";
+    }
+  }
+  pid = 0;
+  return "redis-server exited at start " + std::to_string(attempts) + " time(s) (last port " + std::to_string(port) +
+         ": taken?)";
+}
+
 // A private redis-server on a loopback port, no persistence; stopped with the object.
 class RedisServer {
  public:
-  static bool installed() { return access(kRedisServer, X_OK) == 0; }
+  // Both: start_redis asks with redis-cli (Debian's redis-server depends on redis-tools).
+  static bool installed() { return access(kRedisServer, X_OK) == 0 && access(kRedisCli, X_OK) == 0; }
 
   ~RedisServer() { stop(); }
 
-  // Starts on `port` (0: a free one) and waits until it answers PING. A free port can be taken
-  // by another process before redis-server binds it (ctest runs tests in parallel, and every
-  // client connection takes an ephemeral port too): when the server exits at once, it starts
-  // again on another port.
+  // Starts on `port` (0: a free one; see start_redis) and waits until it answers PING.
   void start(int port = 0) {
-    for (int attempt = 0; attempt < 5; ++attempt) {
-      port_ = port ? port : free_loopback_port();
-      ASSERT_NE(port_, 0) << "no free loopback port";
-      pid_ = fork();
-      ASSERT_GE(pid_, 0);
-      if (pid_ == 0) {
-        const int devnull = ::open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        const std::string port_text = std::to_string(port_);
-        execl(kRedisServer, kRedisServer, "--port", port_text.c_str(), "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--daemonize", "no", static_cast<char*>(nullptr));
-        _exit(127);
-      }
-      auto probe = open_store(url());
-      bool exited = false;
-      for (int i = 0; i < 400 && !exited; ++i) {
-        if (probe->ready() && served_by(port_, pid_)) return;
-        exited = waitpid(pid_, nullptr, WNOHANG) == pid_;
-        if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-      }
-      if (!exited) {
-        stop();
-        FAIL() << "redis-server did not answer PING on port " << port_ << " within 10 s";
-      }
-      pid_ = 0;
-      if (port != 0) break;  // a fixed port: another try would meet the same owner
-    }
-    FAIL() << "redis-server exited at start on port " << port_ << " (port taken?), " << (port ? 1 : 5)
-           << " attempt(s)";
+    const std::string error = start_redis(
+        [](int p) {
+          return std::vector<std::string>{"--port", std::to_string(p), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--daemonize", "no"};
+        },
+        port_, pid_, port);
+    if (!error.empty()) FAIL() << error;
   }
 
   void stop() {
@@ -187,7 +208,7 @@ class RedisServer {
 // test process (a cluster takes seconds to form), emptied before each test, stopped at exit.
 class RedisCluster {
  public:
-  static bool installed() { return RedisServer::installed() && access(kRedisCli, X_OK) == 0; }
+  static bool installed() { return RedisServer::installed(); }
 
   // The shared cluster, started on first use; nullptr (and `error`) when it cannot start.
   static RedisCluster* shared(std::string& error) {
@@ -228,40 +249,24 @@ class RedisCluster {
   std::string start() {
     dir_ = fresh_dir("cluster");
     fs::create_directories(dir_);
-    // A node whose port was taken between free_loopback_port() and its bind exits at once;
-    // it starts again on other ports (see RedisServer::start).
     for (int i = 0; i < 3; ++i) {
-      std::string failure;
-      for (int attempt = 0; attempt < 5; ++attempt) {
-        const int port = free_loopback_port(), bus = free_loopback_port();
-        if (port == 0 || bus == 0 || port == bus) {
-          failure = "no two free loopback ports";
-          continue;
-        }
-        const pid_t pid = start_node(port, bus);
-        if (pid < 0) return "fork failed";
-        bool up = false, exited = false;
-        for (int wait = 0; wait < 400 && !up && !exited; ++wait) {
-          up = cli_output(port, "PING").find("PONG") != std::string::npos && served_by(port, pid);
-          exited = !up && waitpid(pid, nullptr, WNOHANG) == pid;
-          if (!up && !exited) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-        }
-        if (up) {
-          pids_.push_back(pid);
-          ports_.push_back(port);
-          failure.clear();
-          break;
-        }
-        if (!exited) {
-          kill(pid, SIGKILL);
-          waitpid(pid, nullptr, 0);
-          return "redis-server (cluster-enabled) did not answer PING on port " + std::to_string(port) +
-                 " within 10 s";
-        }
-        failure = "redis-server (cluster-enabled) exited at start on port " + std::to_string(port) +
-                  " (port taken?), 5 attempts";
-      }
-      if (!failure.empty()) return failure;
+      const int bus = free_loopback_port();
+      if (bus == 0) return "no free loopback port";
+      int port = 0;
+      pid_t pid = 0;
+      const std::string error = start_redis(
+          [&](int p) {
+            return std::vector<std::string>{
+                "--port", std::to_string(p), "--cluster-port", std::to_string(bus), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file",
+                (dir_ / ("nodes-" + std::to_string(p) + ".conf")).string(),
+                "--cluster-node-timeout", "2000", "--dir", dir_.string(), "--save", "", "--appendonly", "no",
+                "--daemonize", "no"};
+          },
+          port, pid);
+      if (!error.empty()) return "cluster node: " + error;
+      pids_.push_back(pid);
+      ports_.push_back(port);
     }
     std::string nodes;
     for (int port : ports_) nodes += " 127.0.0.1:" + std::to_string(port);
@@ -276,24 +281,6 @@ class RedisCluster {
     return "the cluster did not reach cluster_state:ok within 20 s";
   }
 
-  // Forks a cluster-enabled redis-server on `port` (cluster bus on `bus`); its pid, or -1.
-  pid_t start_node(int port, int bus) const {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      const int devnull = ::open("/dev/null", O_WRONLY);
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-      const std::string p = std::to_string(port), b = std::to_string(bus);
-      const std::string conf = (dir_ / ("nodes-" + p + ".conf")).string();
-      execl(kRedisServer, kRedisServer, "--port", p.c_str(), "--cluster-port", b.c_str(), "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes", "--cluster-config-file", conf.c_str(), "--cluster-node-timeout", "2000",
-            "--dir", dir_.c_str(), "--save", "", "--appendonly", "no", "--daemonize", "no",
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    return pid;
-  }
-
   fs::path dir_;
   std::vector<pid_t> pids_;
   std::vector<int> ports_;
@@ -306,7 +293,7 @@ class HistoryStoreTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (GetParam() == "redis") {
       if (!RedisServer::installed())
-        GTEST_SKIP() << "redis-server is not installed (" << kRedisServer
+        GTEST_SKIP() << "redis-server or redis-cli is not installed (" << kRedisServer
                      << "); Redis backend cases skipped. Install it: scripts/install-deps.sh --test";
       redis_.start();
     } else if (GetParam() == "redis-cluster") {
@@ -840,7 +827,7 @@ class RedisStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!RedisServer::installed())
-      GTEST_SKIP() << "redis-server is not installed (" << kRedisServer << "); Redis cases skipped";
+      GTEST_SKIP() << "redis-server or redis-cli is not installed (" << kRedisServer << "); Redis cases skipped";
     redis_.start();
   }
   RedisServer redis_;
